@@ -1,0 +1,117 @@
+package policy
+
+import "time"
+
+// Defaults from the mission brief. Every later component reads its figures
+// from the Policy after ApplyDefaults, never from its own constants.
+const (
+	DefaultEnvoyListen    = "127.0.0.1:10000"
+	DefaultEnvoyAdmin     = "127.0.0.1:9901"
+	DefaultExtProcListen  = "127.0.0.1:9002"
+	DefaultExtProcMetrics = "127.0.0.1:9102"
+
+	DefaultMaxBodyBytes        Size = 8 << 20
+	DefaultOutputReserveTokens      = 1024
+	DefaultRequestTimeout           = 300 * time.Second
+	DefaultMessageTimeout           = 500 * time.Millisecond
+
+	// Health thresholds ("health monitoring").
+	DefaultTTFT            = 500 * time.Millisecond
+	DefaultTokensPerSecond = 20.0
+	DefaultTotalTime       = 5 * time.Second
+	DefaultErrorRate       = 0.001
+
+	// Circuit breaker ("circuit breakers").
+	DefaultBreakerErrorRate   = 0.25
+	DefaultBreakerWindow      = 30 * time.Second
+	DefaultBreakerMinRequests = 20
+	DefaultSlowResponse       = 2 * time.Second
+	DefaultFailuresPerMinute  = 50
+
+	// Retry schedule ("smart retries"): 100, 200, 400, 800 ms ± 50 %,
+	// capped at 1.2 s.
+	DefaultRetryAttempts  = 4
+	DefaultRetryBaseDelay = 100 * time.Millisecond
+	DefaultRetryMaxDelay  = 1200 * time.Millisecond
+	DefaultRetryJitter    = 0.5
+
+	ObjectiveCheapest = "cheapest"
+	ObjectiveOrdered  = "ordered"
+
+	APIOpenAI = "openai"
+)
+
+// AllAPIs are the endpoint families a backend may serve.
+var AllAPIs = []string{"chat", "completions", "embeddings"}
+
+// ApplyDefaults fills every unset field with its default. It is idempotent.
+func (p *Policy) ApplyDefaults() {
+	if p.Version == 0 {
+		p.Version = 1
+	}
+	for i := range p.Backends {
+		b := &p.Backends[i]
+		if b.API == "" {
+			b.API = APIOpenAI
+		}
+		if b.Capabilities.Streaming == nil {
+			t := true
+			b.Capabilities.Streaming = &t
+		}
+		if len(b.Capabilities.APIs) == 0 {
+			b.Capabilities.APIs = append([]string(nil), AllAPIs...)
+		}
+	}
+	for i := range p.Routes {
+		if p.Routes[i].Objective == "" {
+			p.Routes[i].Objective = ObjectiveCheapest
+		}
+	}
+	setInt(&p.Routing.OutputReserveTokens, DefaultOutputReserveTokens)
+	if p.Limits.MaxBodyBytes == 0 {
+		p.Limits.MaxBodyBytes = DefaultMaxBodyBytes
+	}
+	setDur(&p.Health.TTFT, DefaultTTFT)
+	setFloat(&p.Health.TokensPerSecond, DefaultTokensPerSecond)
+	setDur(&p.Health.TotalTime, DefaultTotalTime)
+	setFloat(&p.Health.ErrorRate, DefaultErrorRate)
+	setFloat(&p.CircuitBreaker.ErrorRate, DefaultBreakerErrorRate)
+	setDur(&p.CircuitBreaker.Window, DefaultBreakerWindow)
+	setInt(&p.CircuitBreaker.MinRequests, DefaultBreakerMinRequests)
+	setDur(&p.CircuitBreaker.SlowResponse, DefaultSlowResponse)
+	setInt(&p.CircuitBreaker.FailuresPerMinute, DefaultFailuresPerMinute)
+	setInt(&p.Retry.Attempts, DefaultRetryAttempts)
+	setDur(&p.Retry.BaseDelay, DefaultRetryBaseDelay)
+	setDur(&p.Retry.MaxDelay, DefaultRetryMaxDelay)
+	setFloat(&p.Retry.Jitter, DefaultRetryJitter)
+	setStr(&p.Envoy.Listen, DefaultEnvoyListen)
+	setStr(&p.Envoy.Admin, DefaultEnvoyAdmin)
+	setDur(&p.Envoy.RequestTimeout, DefaultRequestTimeout)
+	setStr(&p.ExtProc.Listen, DefaultExtProcListen)
+	setStr(&p.ExtProc.Metrics, DefaultExtProcMetrics)
+	setDur(&p.ExtProc.MessageTimeout, DefaultMessageTimeout)
+}
+
+func setInt(v *int, d int) {
+	if *v == 0 {
+		*v = d
+	}
+}
+
+func setFloat(v *float64, d float64) {
+	if *v == 0 {
+		*v = d
+	}
+}
+
+func setDur(v *Duration, d time.Duration) {
+	if *v == 0 {
+		*v = Duration(d)
+	}
+}
+
+func setStr(v *string, d string) {
+	if *v == "" {
+		*v = d
+	}
+}

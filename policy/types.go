@@ -1,0 +1,180 @@
+// Package policy is detour's policy file: its YAML schema, the defaults
+// taken from the mission brief, loading with line:column errors, and the
+// conversion into the routing core's table.
+package policy
+
+// Policy is the whole policy file. Field comments are the documentation that
+// `detour schema` puts into the JSON Schema for editors.
+type Policy struct {
+	// Version of the file format; only 1 exists.
+	Version int `yaml:"version" jsonschema:"enum=1"`
+	// Backends are the upstream deployments detour can route to.
+	Backends []Backend `yaml:"backends" jsonschema:"minItems=1"`
+	// Routes are model aliases (such as "auto") that clients may ask for.
+	// A concrete model id needs no route: it goes to the backends serving it.
+	Routes []Route `yaml:"routes,omitempty"`
+	// Routing tunes how a request's needs are estimated.
+	Routing Routing `yaml:"routing,omitempty"`
+	// Limits bound what a client may send.
+	Limits Limits `yaml:"limits,omitempty"`
+	// Health holds the per-backend performance thresholds.
+	Health HealthThresholds `yaml:"health,omitempty"`
+	// CircuitBreaker holds the thresholds that take a backend out of service.
+	CircuitBreaker CircuitBreaker `yaml:"circuit_breaker,omitempty"`
+	// Retry is the retry schedule for a failed attempt.
+	Retry Retry `yaml:"retry,omitempty"`
+	// Envoy describes the Envoy that detour configures.
+	Envoy EnvoySettings `yaml:"envoy,omitempty"`
+	// ExtProc configures detour's ext_proc service.
+	ExtProc ExtProcSettings `yaml:"extproc,omitempty"`
+}
+
+// Backend is one provider deployment: a model served at some endpoints.
+type Backend struct {
+	// Name is unique; it names the Envoy cluster and appears in metrics and
+	// in the x-detour-backend response header. Letters, digits, '-', '_', '.'.
+	Name string `yaml:"name" jsonschema:"pattern=^[A-Za-z0-9][A-Za-z0-9._-]*$"`
+	// API is the wire flavour the backend speaks.
+	API string `yaml:"api,omitempty" jsonschema:"enum=openai,default=openai"`
+	// Model is the provider's model id, written into each request sent here.
+	Model string `yaml:"model"`
+	// Endpoints are the addresses that serve this backend.
+	Endpoints []Endpoint `yaml:"endpoints" jsonschema:"minItems=1"`
+	// Capabilities say which requests this backend can serve.
+	Capabilities Capabilities `yaml:"capabilities"`
+	// Price in USD per million tokens; the "cheapest" objective reads it.
+	Price Price `yaml:"price,omitempty"`
+	// Priority is a tier: lower tiers are always preferred over higher ones,
+	// whatever the objective says. Default 0.
+	Priority int `yaml:"priority,omitempty" jsonschema:"minimum=0"`
+}
+
+// Endpoint is one address of a backend.
+type Endpoint struct {
+	// Address is host:port.
+	Address string `yaml:"address"`
+	// Region groups endpoints for geographic failover.
+	Region string `yaml:"region,omitempty"`
+	// TLS enables TLS to this endpoint.
+	TLS *TLS `yaml:"tls,omitempty"`
+}
+
+// TLS is the upstream TLS setting of an endpoint.
+type TLS struct {
+	// SNI sent in the handshake; defaults to the endpoint's host.
+	SNI string `yaml:"sni,omitempty"`
+	// CAFile is a PEM bundle to verify the server; empty uses the system roots.
+	CAFile string `yaml:"ca_file,omitempty"`
+}
+
+// Capabilities describe what a backend's model can do.
+type Capabilities struct {
+	// ContextWindow is the model's context in tokens (prompt + answer).
+	ContextWindow int `yaml:"context_window" jsonschema:"minimum=1"`
+	// MaxOutputTokens is the most tokens the model writes in one answer;
+	// 0 means bounded by the context window only.
+	MaxOutputTokens int  `yaml:"max_output_tokens,omitempty" jsonschema:"minimum=0"`
+	Vision          bool `yaml:"vision,omitempty"`
+	Tools           bool `yaml:"tools,omitempty"`
+	JSONMode        bool `yaml:"json_mode,omitempty"`
+	// Streaming defaults to true: almost every provider streams.
+	Streaming *bool `yaml:"streaming,omitempty"`
+	// APIs lists the endpoints served: chat, completions, embeddings.
+	// Default: all three.
+	APIs []string `yaml:"apis,omitempty" jsonschema:"uniqueItems=true"`
+}
+
+// Price is USD per million tokens.
+type Price struct {
+	Input  float64 `yaml:"input" jsonschema:"minimum=0"`
+	Output float64 `yaml:"output" jsonschema:"minimum=0"`
+}
+
+// Route is a model alias clients may ask for.
+type Route struct {
+	// Name is the model name clients send, e.g. "auto".
+	Name string `yaml:"name"`
+	// Backends are the candidates; empty means every backend.
+	Backends []string `yaml:"backends,omitempty"`
+	// Objective orders the qualified candidates: "cheapest" (estimated cost
+	// of this request) or "ordered" (the order of Backends).
+	Objective string `yaml:"objective,omitempty" jsonschema:"enum=cheapest,enum=ordered,default=cheapest"`
+}
+
+// Routing tunes the estimate of what a request needs.
+type Routing struct {
+	// OutputReserveTokens is reserved for the answer when the client does
+	// not set max_tokens, so a prompt that just fits is not sent to a model
+	// with no room left to answer. Default 1024.
+	OutputReserveTokens int `yaml:"output_reserve_tokens,omitempty" jsonschema:"minimum=0"`
+}
+
+// Limits bound what a client may send.
+type Limits struct {
+	// MaxBodyBytes is the largest request body accepted; larger gets 413.
+	// Accepts a number of bytes or a size such as "8MiB". Default 8MiB.
+	MaxBodyBytes Size `yaml:"max_body_bytes,omitempty"`
+}
+
+// HealthThresholds are the performance a healthy backend shows (mission
+// brief, "health monitoring").
+type HealthThresholds struct {
+	TTFT            Duration `yaml:"ttft,omitempty"`              // default 500ms
+	TokensPerSecond float64  `yaml:"tokens_per_second,omitempty"` // default 20
+	TotalTime       Duration `yaml:"total_time,omitempty"`        // default 5s
+	ErrorRate       float64  `yaml:"error_rate,omitempty" jsonschema:"minimum=0,maximum=1"` // default 0.001
+}
+
+// CircuitBreaker holds when a backend is taken out of service (mission
+// brief, "circuit breakers").
+type CircuitBreaker struct {
+	// ErrorRate over Window above which the circuit opens. Default 0.25.
+	ErrorRate float64 `yaml:"error_rate,omitempty" jsonschema:"minimum=0,maximum=1"`
+	// Window for ErrorRate. Default 30s.
+	Window Duration `yaml:"window,omitempty"`
+	// MinRequests in Window before ErrorRate is trusted. Default 20.
+	MinRequests int `yaml:"min_requests,omitempty" jsonschema:"minimum=0"`
+	// SlowResponse above which a backend is degraded. Default 2s.
+	SlowResponse Duration `yaml:"slow_response,omitempty"`
+	// FailuresPerMinute above which traffic switches to the backup. Default 50.
+	FailuresPerMinute int `yaml:"failures_per_minute,omitempty" jsonschema:"minimum=0"`
+}
+
+// Retry is exponential back-off with jitter (mission brief, "smart retries").
+type Retry struct {
+	// Attempts is the total number of attempts, the first included. Default 4.
+	Attempts int `yaml:"attempts,omitempty" jsonschema:"minimum=1,maximum=10"`
+	// BaseDelay before the first retry; it doubles each time. Default 100ms.
+	BaseDelay Duration `yaml:"base_delay,omitempty"`
+	// MaxDelay caps a single wait. Default 1200ms.
+	MaxDelay Duration `yaml:"max_delay,omitempty"`
+	// Jitter is the ± share of each delay. Default 0.5.
+	Jitter float64 `yaml:"jitter,omitempty" jsonschema:"minimum=0,maximum=1"`
+}
+
+// EnvoySettings describe the Envoy that detour configures.
+type EnvoySettings struct {
+	// Listen is where Envoy serves clients. Default 127.0.0.1:10000.
+	Listen string `yaml:"listen,omitempty"`
+	// Admin is Envoy's admin address. Default 127.0.0.1:9901.
+	Admin string `yaml:"admin,omitempty"`
+	// RequestTimeout bounds a whole request, generation included. Default 300s
+	// (Envoy's own default of 15s cuts long generations).
+	RequestTimeout Duration `yaml:"request_timeout,omitempty"`
+}
+
+// ExtProcSettings configure detour's ext_proc service.
+type ExtProcSettings struct {
+	// Listen is the gRPC address Envoy calls. Default 127.0.0.1:9002.
+	Listen string `yaml:"listen,omitempty"`
+	// Metrics is the Prometheus /metrics address. Default 127.0.0.1:9102.
+	Metrics string `yaml:"metrics,omitempty"`
+	// MessageTimeout is how long Envoy waits for each answer. Default 500ms.
+	MessageTimeout Duration `yaml:"message_timeout,omitempty"`
+	// FailureModeAllow lets requests through to the default route when the
+	// processor is down. Default false: fail with a clear 503... see docs.
+	FailureModeAllow bool `yaml:"failure_mode_allow,omitempty"`
+	// LogPrompts logs prompt text at debug level. Default false: prompts
+	// are never logged unless a user opts in.
+	LogPrompts bool `yaml:"log_prompts,omitempty"`
+}

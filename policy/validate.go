@@ -1,0 +1,181 @@
+package policy
+
+import (
+	"fmt"
+	"net"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
+
+// MaxBodyLimit is the largest max_body_bytes accepted: Envoy buffers the
+// whole body in memory for routing and retries.
+const MaxBodyLimit Size = 64 << 20
+
+// Validate checks a defaulted policy and returns every problem, each with
+// the path of the value at fault (positions are added by Parse).
+func (p *Policy) Validate() []Problem {
+	var v validator
+	if p.Version != 1 {
+		v.add("version", fmt.Sprintf("unsupported version %d", p.Version), "use version: 1")
+	}
+	if len(p.Backends) == 0 {
+		v.add("backends", "no backends", "add at least one backend with a name, model, endpoints and capabilities")
+	}
+	byName := map[string]int{}
+	models := map[string]string{}
+	for i, b := range p.Backends {
+		at := fmt.Sprintf("backends[%d]", i)
+		switch {
+		case b.Name == "":
+			v.add(at+".name", "backend has no name", "")
+		case !nameRE.MatchString(b.Name):
+			v.add(at+".name", fmt.Sprintf("backend name %q has characters Envoy cluster names cannot carry", b.Name), "use letters, digits, '-', '_' and '.'")
+		default:
+			if j, dup := byName[b.Name]; dup {
+				v.add(at+".name", fmt.Sprintf("backend name %q is used twice (also backends[%d])", b.Name, j), "names must be unique")
+			} else {
+				byName[b.Name] = i
+			}
+		}
+		if b.API != APIOpenAI {
+			v.add(at+".api", fmt.Sprintf("unsupported api %q", b.API), "only \"openai\" is supported")
+		}
+		if b.Model == "" {
+			v.add(at+".model", "backend has no model id", "the provider's model id, e.g. gpt-4o-mini")
+		} else if _, ok := models[b.Model]; !ok {
+			models[b.Model] = b.Name
+		}
+		if len(b.Endpoints) == 0 {
+			v.add(at+".endpoints", "backend has no endpoints", "add one: - address: host:port")
+		}
+		for j, e := range b.Endpoints {
+			if msg := checkAddress(e.Address); msg != "" {
+				v.add(fmt.Sprintf("%s.endpoints[%d].address", at, j), msg, "write host:port, e.g. api.example.com:443")
+			}
+		}
+		c := b.Capabilities
+		if c.ContextWindow <= 0 {
+			v.add(at+".capabilities.context_window", "context_window must be a positive number of tokens", "e.g. 128000")
+		}
+		if c.MaxOutputTokens < 0 {
+			v.add(at+".capabilities.max_output_tokens", "max_output_tokens cannot be negative", "")
+		} else if c.ContextWindow > 0 && c.MaxOutputTokens > c.ContextWindow {
+			v.add(at+".capabilities.max_output_tokens", fmt.Sprintf("max_output_tokens %d exceeds context_window %d", c.MaxOutputTokens, c.ContextWindow), "")
+		}
+		for j, api := range c.APIs {
+			if !slices.Contains(AllAPIs, api) {
+				v.add(fmt.Sprintf("%s.capabilities.apis[%d]", at, j), fmt.Sprintf("unknown api %q", api), "one of "+strings.Join(AllAPIs, ", "))
+			}
+		}
+		if b.Price.Input < 0 || b.Price.Output < 0 {
+			v.add(at+".price", "prices cannot be negative", "")
+		}
+		if b.Priority < 0 {
+			v.add(at+".priority", "priority cannot be negative", "0 is the first tier")
+		}
+	}
+	routeNames := map[string]int{}
+	for i, r := range p.Routes {
+		at := fmt.Sprintf("routes[%d]", i)
+		if r.Name == "" {
+			v.add(at+".name", "route has no name", "the model name clients send, e.g. auto")
+		} else if j, dup := routeNames[r.Name]; dup {
+			v.add(at+".name", fmt.Sprintf("route %q is defined twice (also routes[%d])", r.Name, j), "")
+		} else {
+			routeNames[r.Name] = i
+			if b, clash := models[r.Name]; clash {
+				v.add(at+".name", fmt.Sprintf("route %q has the name of a model id served by backend %q", r.Name, b), "give the alias another name")
+			}
+		}
+		for j, name := range r.Backends {
+			if _, ok := byName[name]; !ok {
+				v.add(fmt.Sprintf("%s.backends[%d]", at, j), fmt.Sprintf("unknown backend %q", name), suggestName(name, p.Backends))
+			}
+			if slices.Index(r.Backends, name) != j {
+				v.add(fmt.Sprintf("%s.backends[%d]", at, j), fmt.Sprintf("backend %q is listed twice", name), "")
+			}
+		}
+		if r.Objective != ObjectiveCheapest && r.Objective != ObjectiveOrdered {
+			v.add(at+".objective", fmt.Sprintf("unknown objective %q", r.Objective), "one of cheapest, ordered")
+		}
+	}
+	if p.Routing.OutputReserveTokens < 0 {
+		v.add("routing.output_reserve_tokens", "cannot be negative", "")
+	}
+	if p.Limits.MaxBodyBytes < 1024 || p.Limits.MaxBodyBytes > MaxBodyLimit {
+		v.add("limits.max_body_bytes", fmt.Sprintf("max_body_bytes %d is out of range", p.Limits.MaxBodyBytes), "between 1KiB and 64MiB")
+	}
+	v.rate("health.error_rate", p.Health.ErrorRate)
+	if p.Health.TokensPerSecond < 0 {
+		v.add("health.tokens_per_second", "cannot be negative", "")
+	}
+	v.rate("circuit_breaker.error_rate", p.CircuitBreaker.ErrorRate)
+	if p.CircuitBreaker.MinRequests < 0 {
+		v.add("circuit_breaker.min_requests", "cannot be negative", "")
+	}
+	if p.CircuitBreaker.FailuresPerMinute < 0 {
+		v.add("circuit_breaker.failures_per_minute", "cannot be negative", "")
+	}
+	if p.Retry.Attempts < 1 || p.Retry.Attempts > 10 {
+		v.add("retry.attempts", fmt.Sprintf("attempts %d is out of range", p.Retry.Attempts), "between 1 (no retry) and 10")
+	}
+	if p.Retry.MaxDelay < p.Retry.BaseDelay {
+		v.add("retry.max_delay", "max_delay is shorter than base_delay", "")
+	}
+	if p.Retry.Jitter < 0 || p.Retry.Jitter > 1 {
+		v.add("retry.jitter", "jitter is a share between 0 and 1", "0.5 means ±50 %")
+	}
+	for path, addr := range map[string]string{
+		"envoy.listen": p.Envoy.Listen, "envoy.admin": p.Envoy.Admin,
+		"extproc.listen": p.ExtProc.Listen, "extproc.metrics": p.ExtProc.Metrics,
+	} {
+		if msg := checkAddress(addr); msg != "" {
+			v.add(path, msg, "write host:port, e.g. 127.0.0.1:9002")
+		}
+	}
+	return v.problems
+}
+
+type validator struct{ problems []Problem }
+
+func (v *validator) add(path, msg, hint string) {
+	v.problems = append(v.problems, Problem{Path: path, Message: msg, Hint: hint})
+}
+
+func (v *validator) rate(path string, r float64) {
+	if r <= 0 || r > 1 {
+		v.add(path, fmt.Sprintf("%g is not a share between 0 and 1", r), "0.25 means 25 %")
+	}
+}
+
+func checkAddress(addr string) string {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Sprintf("address %q is not host:port", addr)
+	}
+	if host == "" {
+		return fmt.Sprintf("address %q has no host", addr)
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil || n < 1 || n > 65535 {
+		return fmt.Sprintf("address %q has no valid port", addr)
+	}
+	return ""
+}
+
+func suggestName(name string, backends []Backend) string {
+	best, bestD := "", 1<<30
+	for _, b := range backends {
+		if d := editDistance(name, b.Name); d < bestD {
+			best, bestD = b.Name, d
+		}
+	}
+	if best != "" && bestD <= max(2, len(name)/3) {
+		return fmt.Sprintf("did you mean %q?", best)
+	}
+	return ""
+}
