@@ -8,12 +8,12 @@ const (
 	DefaultEnvoyListen    = "127.0.0.1:10000"
 	DefaultEnvoyAdmin     = "127.0.0.1:9901"
 	DefaultExtProcListen  = "127.0.0.1:9002"
-	DefaultExtProcMetrics = "127.0.0.1:9102"
+	DefaultExtProcMetrics = "127.0.0.1:9190"
 
 	DefaultMaxBodyBytes        Size = 8 << 20
 	DefaultOutputReserveTokens      = 1024
 	DefaultRequestTimeout           = 300 * time.Second
-	DefaultMessageTimeout           = 500 * time.Millisecond
+	DefaultMessageTimeout           = 2 * time.Second
 
 	// Health thresholds ("health monitoring").
 	DefaultTTFT            = 500 * time.Millisecond

@@ -32,8 +32,8 @@ type Policy struct {
 // Backend is one provider deployment: a model served at some endpoints.
 type Backend struct {
 	// Name is unique; it names the Envoy cluster and appears in metrics and
-	// in the x-detour-backend response header. Letters, digits, '-', '_', '.'.
-	Name string `yaml:"name" jsonschema:"pattern=^[A-Za-z0-9][A-Za-z0-9._-]*$"`
+	// in the x-detour-backend response header. Letters, digits, '-' and '_'.
+	Name string `yaml:"name" jsonschema:"pattern=^[A-Za-z0-9][A-Za-z0-9_-]*$"`
 	// API is the wire flavour the backend speaks.
 	API string `yaml:"api,omitempty" jsonschema:"enum=openai,default=openai"`
 	// Model is the provider's model id, written into each request sent here.
@@ -167,12 +167,14 @@ type EnvoySettings struct {
 type ExtProcSettings struct {
 	// Listen is the gRPC address Envoy calls. Default 127.0.0.1:9002.
 	Listen string `yaml:"listen,omitempty"`
-	// Metrics is the Prometheus /metrics address. Default 127.0.0.1:9102.
+	// Metrics is the Prometheus /metrics address. Default 127.0.0.1:9190.
 	Metrics string `yaml:"metrics,omitempty"`
-	// MessageTimeout is how long Envoy waits for each answer. Default 500ms.
+	// MessageTimeout is how long Envoy waits for each answer. Default 2s:
+	// an 8 MiB body takes longer than Envoy's own 200ms default to cross gRPC.
 	MessageTimeout Duration `yaml:"message_timeout,omitempty"`
 	// FailureModeAllow lets requests through to the default route when the
-	// processor is down. Default false: fail with a clear 503... see docs.
+	// processor is down: they go, unrewritten, to the first backend. Default
+	// false: clients get a 503 in the OpenAI error shape.
 	FailureModeAllow bool `yaml:"failure_mode_allow,omitempty"`
 	// LogPrompts logs prompt text at debug level. Default false: prompts
 	// are never logged unless a user opts in.

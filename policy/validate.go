@@ -9,7 +9,7 @@ import (
 	"strings"
 )
 
-var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
+var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]*$`)
 
 // MaxBodyLimit is the largest max_body_bytes accepted: Envoy buffers the
 // whole body in memory for routing and retries.
@@ -33,7 +33,7 @@ func (p *Policy) Validate() []Problem {
 		case b.Name == "":
 			v.add(at+".name", "backend has no name", "")
 		case !nameRE.MatchString(b.Name):
-			v.add(at+".name", fmt.Sprintf("backend name %q has characters Envoy cluster names cannot carry", b.Name), "use letters, digits, '-', '_' and '.'")
+			v.add(at+".name", fmt.Sprintf("backend name %q has characters Envoy cluster names cannot carry", b.Name), "use letters, digits, '-' and '_' (a dot would break Envoy's stats tags)")
 		default:
 			if j, dup := byName[b.Name]; dup {
 				v.add(at+".name", fmt.Sprintf("backend name %q is used twice (also backends[%d])", b.Name, j), "names must be unique")

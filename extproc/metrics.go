@@ -1,0 +1,69 @@
+package extproc
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// Metrics are the ext_proc service's Prometheus series. They are registered
+// on a registry the caller owns, never on the global one.
+type Metrics struct {
+	Decisions     *prometheus.CounterVec
+	DecisionTime  prometheus.Histogram
+	Errors        *prometheus.CounterVec
+	Rejections    *prometheus.CounterVec
+	TokenCounts   *prometheus.CounterVec
+	StreamsActive prometheus.Gauge
+	PolicyVersion prometheus.Gauge
+	PolicyReloads *prometheus.CounterVec
+	BodyBytes     prometheus.Histogram
+	Panics        prometheus.Counter
+}
+
+// NewMetrics creates the series and registers them on reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		Decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "detour_extproc_decisions_total",
+			Help: "Routing decisions, by the model name asked for (route), the backend chosen and why.",
+		}, []string{"route", "backend", "reason"}),
+		DecisionTime: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "detour_extproc_decision_duration_seconds",
+			Help:    "Time from a complete request body to the routing answer: parse, token count, decide, rewrite.",
+			Buckets: []float64{5e-6, 10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3},
+		}),
+		Errors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "detour_extproc_errors_total",
+			Help: "Requests answered with an error by detour, by kind (invalid_body, body_too_large, unknown_model, unsatisfiable, unknown_path, internal).",
+		}, []string{"kind"}),
+		Rejections: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "detour_extproc_unsatisfiable_total",
+			Help: "Requests no backend could serve, by route and by the requirement that rejected the most candidates.",
+		}, []string{"route", "requirement"}),
+		TokenCounts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "detour_extproc_prompt_token_counts_total",
+			Help: "How prompt sizes were measured: estimate (fast, conservative) or exact (tokenizer, run only when the estimate could change the decision).",
+		}, []string{"method"}),
+		StreamsActive: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "detour_extproc_streams_active",
+			Help: "ext_proc streams currently open from Envoy.",
+		}),
+		PolicyVersion: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "detour_extproc_policy_loaded_timestamp_seconds",
+			Help: "When the policy in force was loaded.",
+		}),
+		PolicyReloads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "detour_extproc_policy_reloads_total",
+			Help: "Policy loads, by result (ok, invalid).",
+		}, []string{"result"}),
+		BodyBytes: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "detour_extproc_request_body_bytes",
+			Help:    "Size of request bodies routed.",
+			Buckets: prometheus.ExponentialBuckets(256, 4, 10),
+		}),
+		Panics: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "detour_extproc_panics_total",
+			Help: "Panics recovered while handling a request (each answered with a 500); any is a bug worth reporting.",
+		}),
+	}
+	reg.MustRegister(m.Panics, m.Decisions, m.DecisionTime, m.Errors, m.Rejections, m.TokenCounts,
+		m.StreamsActive, m.PolicyVersion, m.PolicyReloads, m.BodyBytes)
+	return m
+}

@@ -1,0 +1,428 @@
+// Package extproc is detour's ext_proc service: Envoy sends it each request's
+// headers and buffered body; it picks the backend (route package), rewrites
+// the body's model for that backend and tells Envoy where to send it.
+package extproc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/detourhq/detour/policy"
+	"github.com/detourhq/detour/route"
+)
+
+// Header names detour sets on the request (Envoy routes on
+// HeaderBackend) and echoes to the client.
+const (
+	HeaderBackend = "x-detour-backend"
+	HeaderModel   = "x-detour-model"
+	HeaderRoute   = "x-detour-route"
+	HeaderError   = "x-detour-error"
+
+	// MetadataNamespace carries the decision as dynamic metadata so Envoy
+	// can log it and add it to responses.
+	MetadataNamespace = "detour"
+)
+
+// Config configures a Server.
+type Config struct {
+	Policy  *policy.Policy
+	Metrics *Metrics
+	Logger  *slog.Logger
+	// Tokenizer counts prompts exactly when the estimate could change the
+	// decision; nil uses the estimate only.
+	Tokenizer TokenCounter
+}
+
+// Server implements envoy.service.ext_proc.v3.ExternalProcessor.
+type Server struct {
+	extprocv3.UnimplementedExternalProcessorServer
+
+	state   atomic.Pointer[state]
+	metrics *Metrics
+	log     *slog.Logger
+	tokens  TokenCounter
+	work    sync.Pool
+}
+
+// state is everything a policy decides; swapped whole on reload so one
+// request never sees half of two policies.
+type state struct {
+	router     *route.Router
+	maxBody    int64
+	logPrompts bool
+	modelsJSON []byte // the GET /v1/models answer
+}
+
+// work is the per-request scratch reused across requests.
+type work struct {
+	req      route.Request
+	dec      route.Decision
+	body     []byte
+	out      []byte
+	scratch  []byte
+	kind     route.Kind
+	path     string
+	method   string
+	gotBody  bool
+	received time.Time
+}
+
+// New builds a server on cfg.Policy.
+func New(cfg Config) (*Server, error) {
+	if cfg.Metrics == nil {
+		return nil, errors.New("extproc: Config.Metrics is required")
+	}
+	s := &Server{metrics: cfg.Metrics, log: cfg.Logger, tokens: cfg.Tokenizer}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	s.work.New = func() any { return new(work) }
+	if err := s.SetPolicy(cfg.Policy); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// SetPolicy swaps in a new policy; streams already open finish on the old one.
+func (s *Server) SetPolicy(p *policy.Policy) error {
+	if p == nil {
+		return errors.New("extproc: no policy")
+	}
+	r, err := route.New(p.RouteTable())
+	if err != nil {
+		return fmt.Errorf("extproc: build router: %w", err)
+	}
+	s.state.Store(&state{
+		router:     r,
+		maxBody:    int64(p.Limits.MaxBodyBytes),
+		logPrompts: p.ExtProc.LogPrompts,
+		modelsJSON: modelsList(r.Known()),
+	})
+	s.metrics.PolicyVersion.SetToCurrentTime()
+	return nil
+}
+
+// Process serves one HTTP request's ext_proc stream.
+func (s *Server) Process(stream extprocv3.ExternalProcessor_ProcessServer) error {
+	s.metrics.StreamsActive.Inc()
+	defer s.metrics.StreamsActive.Dec()
+	st := s.state.Load()
+	w := s.work.Get().(*work)
+	w.reset()
+	defer s.work.Put(w)
+	ctx := stream.Context()
+	for {
+		msg, err := stream.Recv()
+		if err != nil {
+			if errors.Is(err, io.EOF) || status.Code(err) == codes.Canceled || ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("extproc: receive: %w", err)
+		}
+		resp := s.handleSafely(ctx, st, w, msg)
+		if err := stream.Send(resp); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("extproc: send: %w", err)
+		}
+	}
+}
+
+func (w *work) reset() {
+	w.req.Reset()
+	w.body = w.body[:0]
+	w.kind, w.path, w.method, w.gotBody = route.KindUnknown, "", "", false
+	// Very large bodies are not kept for the next request.
+	if cap(w.body) > 1<<20 {
+		w.body = nil
+	}
+	if cap(w.out) > 1<<20 {
+		w.out = nil
+	}
+}
+
+// handleSafely turns a panic while handling one message into a 500 for
+// that request: one bad body must not take every other request down.
+func (s *Server) handleSafely(ctx context.Context, st *state, w *work, msg *extprocv3.ProcessingRequest) (resp *extprocv3.ProcessingResponse) {
+	defer func() {
+		if r := recover(); r != nil {
+			s.metrics.Panics.Inc()
+			s.log.Error("panic while routing a request", "panic", fmt.Sprint(r), "path", w.path, "body_bytes", len(w.body))
+			resp = s.reject(w, errInternal("internal error"))
+		}
+	}()
+	return s.handle(ctx, st, w, msg)
+}
+
+func (s *Server) handle(ctx context.Context, st *state, w *work, msg *extprocv3.ProcessingRequest) *extprocv3.ProcessingResponse {
+	switch m := msg.Request.(type) {
+	case *extprocv3.ProcessingRequest_RequestHeaders:
+		return s.onRequestHeaders(st, w, m.RequestHeaders)
+	case *extprocv3.ProcessingRequest_RequestBody:
+		if w.path == "" {
+			w.fromAttributes(msg)
+		}
+		return s.onRequestBody(ctx, st, w, m.RequestBody)
+	case *extprocv3.ProcessingRequest_RequestTrailers:
+		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestTrailers{RequestTrailers: &extprocv3.TrailersResponse{}}}
+	case *extprocv3.ProcessingRequest_ResponseHeaders:
+		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseHeaders{ResponseHeaders: &extprocv3.HeadersResponse{}}}
+	case *extprocv3.ProcessingRequest_ResponseBody:
+		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseBody{ResponseBody: &extprocv3.BodyResponse{}}}
+	case *extprocv3.ProcessingRequest_ResponseTrailers:
+		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseTrailers{ResponseTrailers: &extprocv3.TrailersResponse{}}}
+	}
+	return s.reject(w, errInternal("unexpected ext_proc message"))
+}
+
+// fromAttributes reads the path when Envoy skipped the headers phase and
+// sent it as a request attribute instead.
+func (w *work) fromAttributes(msg *extprocv3.ProcessingRequest) {
+	attrs := msg.GetAttributes()["envoy.filters.http.ext_proc"]
+	if attrs == nil {
+		return
+	}
+	if v := attrs.GetFields()["request.path"]; v != nil {
+		w.path = v.GetStringValue()
+		w.kind = route.KindFromPath(w.path)
+	}
+	if v := attrs.GetFields()["request.method"]; v != nil {
+		w.method = v.GetStringValue()
+	}
+}
+
+func (s *Server) onRequestHeaders(st *state, w *work, h *extprocv3.HttpHeaders) *extprocv3.ProcessingResponse {
+	for _, hv := range h.GetHeaders().GetHeaders() {
+		switch hv.Key {
+		case ":path":
+			w.path = headerValue(hv)
+		case ":method":
+			w.method = headerValue(hv)
+		}
+	}
+	w.kind = route.KindFromPath(w.path)
+	if w.method == "GET" && isModelsPath(w.path) {
+		return immediate(200, st.modelsJSON, "")
+	}
+	if w.kind == route.KindUnknown {
+		return s.reject(w, errUnsupportedPath(w.path))
+	}
+	if h.EndOfStream {
+		return s.reject(w, errEmptyBody())
+	}
+	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestHeaders{RequestHeaders: &extprocv3.HeadersResponse{}}}
+}
+
+func (s *Server) onRequestBody(ctx context.Context, st *state, w *work, b *extprocv3.HttpBody) *extprocv3.ProcessingResponse {
+	if w.received.IsZero() || !w.gotBody {
+		w.received = time.Now()
+	}
+	w.gotBody = true
+	if int64(len(w.body)+len(b.Body)) > st.maxBody {
+		return s.reject(w, errBodyTooLarge(st.maxBody))
+	}
+	w.body = append(w.body, b.Body...)
+	if !b.EndOfStream {
+		// Streamed mode: keep collecting; Envoy forwards nothing until the
+		// final answer because the body is held by the filter.
+		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestBody{RequestBody: &extprocv3.BodyResponse{}}}
+	}
+	return s.route(ctx, st, w)
+}
+
+// route parses, decides and answers with the header and body mutations.
+func (s *Server) route(ctx context.Context, st *state, w *work) *extprocv3.ProcessingResponse {
+	start := w.received
+	if len(w.body) == 0 {
+		return s.reject(w, errEmptyBody())
+	}
+	s.metrics.BodyBytes.Observe(float64(len(w.body)))
+	if w.kind == route.KindUnknown && w.path != "" {
+		return s.reject(w, errUnsupportedPath(w.path))
+	}
+	if err := route.ParseRequest(w.kind, w.body, &w.req); err != nil {
+		var pe *route.ParseError
+		if errors.As(err, &pe) {
+			return s.reject(w, errInvalidJSON(pe.Error()))
+		}
+		return s.reject(w, errInvalidJSON(err.Error()))
+	}
+	r := st.router
+	method := "estimate"
+	if s.tokens != nil && r.Uncertain(&w.req) {
+		n, scratch := exactPromptTokens(s.tokens, &w.req, w.body, w.scratch)
+		w.scratch = scratch
+		w.req.PromptTokens, w.req.PromptTokensExact = n, true
+		method = "exact"
+	}
+	s.metrics.TokenCounts.WithLabelValues(method).Inc()
+	if err := r.Decide(&w.req, &w.dec); err != nil {
+		return s.rejectDecision(w, err)
+	}
+	b := r.Backend(w.dec.Backend)
+	w.out = route.RewriteModel(w.out[:0], w.body, &w.req, w.dec.UpstreamModel)
+	s.metrics.Decisions.WithLabelValues(w.dec.Target, b.Name, w.dec.Reason.String()).Inc()
+	elapsed := time.Since(start)
+	s.metrics.DecisionTime.Observe(elapsed.Seconds())
+	if s.log.Enabled(ctx, slog.LevelDebug) {
+		attrs := []slog.Attr{
+			slog.String("route", w.dec.Target), slog.String("backend", b.Name),
+			slog.String("model", w.dec.UpstreamModel), slog.String("reason", w.dec.Reason.String()),
+			slog.Int("prompt_tokens", w.req.PromptTokens), slog.Bool("exact_tokens", w.req.PromptTokensExact),
+			slog.Int("fallbacks", len(w.dec.Fallbacks)), slog.Duration("took", elapsed),
+		}
+		if st.logPrompts {
+			attrs = append(attrs, slog.String("body", string(w.body)))
+		}
+		s.log.LogAttrs(ctx, slog.LevelDebug, "routed", attrs...)
+	}
+	// The body is copied into the response: w.out is reused after Send.
+	body := append([]byte(nil), w.out...)
+	return &extprocv3.ProcessingResponse{
+		Response: &extprocv3.ProcessingResponse_RequestBody{RequestBody: &extprocv3.BodyResponse{
+			Response: &extprocv3.CommonResponse{
+				HeaderMutation: &extprocv3.HeaderMutation{SetHeaders: []*corev3.HeaderValueOption{
+					setHeader(HeaderBackend, b.Name),
+					setHeader(HeaderModel, w.dec.UpstreamModel),
+					setHeader(HeaderRoute, w.dec.Target),
+					setHeader("content-length", strconv.Itoa(len(body))),
+				}},
+				BodyMutation:    &extprocv3.BodyMutation{Mutation: &extprocv3.BodyMutation_Body{Body: body}},
+				ClearRouteCache: true,
+			},
+		}},
+		DynamicMetadata: decisionMetadata(b.Name, w.dec.UpstreamModel, w.dec.Target),
+	}
+}
+
+func (s *Server) rejectDecision(w *work, err error) *extprocv3.ProcessingResponse {
+	var um *route.UnknownModelError
+	var ue *route.UnsatisfiableError
+	switch {
+	case errors.As(err, &um):
+		return s.reject(w, &apiError{Status: 404, Type: "invalid_request_error", Code: "model_not_found",
+			Param: "model", Message: um.Error(), Kind: "unknown_model"})
+	case errors.As(err, &ue):
+		q := ue.Requirement()
+		s.metrics.Rejections.WithLabelValues(ue.Target, q.String()).Inc()
+		code, param := "unsupported_request", ""
+		switch q {
+		case route.RequireContext:
+			code, param = "context_length_exceeded", "messages"
+		case route.RequireMaxOutput:
+			code, param = "max_tokens_exceeded", "max_tokens"
+		case route.RequireTools:
+			param = "tools"
+		case route.RequireJSONMode:
+			param = "response_format"
+		case route.RequireStreaming:
+			param = "stream"
+		case route.RequireVision:
+			param = "messages"
+		}
+		return s.reject(w, &apiError{Status: 400, Type: "invalid_request_error", Code: code,
+			Param: param, Message: ue.Error(), Kind: "unsatisfiable"})
+	}
+	return s.reject(w, errInternal(err.Error()))
+}
+
+// reject answers the client directly with an OpenAI-shaped error.
+func (s *Server) reject(w *work, e *apiError) *extprocv3.ProcessingResponse {
+	s.metrics.Errors.WithLabelValues(e.Kind).Inc()
+	s.log.Info("request rejected", "status", e.Status, "kind", e.Kind, "code", e.Code, "path", w.path)
+	return immediate(e.Status, e.JSON(), e.Kind)
+}
+
+func immediate(code int, body []byte, errKind string) *extprocv3.ProcessingResponse {
+	headers := []*corev3.HeaderValueOption{setHeader("content-type", "application/json")}
+	if errKind != "" {
+		headers = append(headers, setHeader(HeaderError, errKind))
+	}
+	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ImmediateResponse{
+		ImmediateResponse: &extprocv3.ImmediateResponse{
+			Status:  &typev3.HttpStatus{Code: typev3.StatusCode(code)},
+			Headers: &extprocv3.HeaderMutation{SetHeaders: headers},
+			Body:    body,
+			Details: "detour_" + errKindOr(errKind, "answer"),
+		},
+	}, DynamicMetadata: replyMetadata}
+}
+
+// replyMetadata marks replies detour sends itself, so Envoy's local reply
+// mappers leave their body alone. Read-only: shared by every reply.
+var replyMetadata = &structpb.Struct{Fields: map[string]*structpb.Value{
+	MetadataNamespace: structpb.NewStructValue(&structpb.Struct{Fields: map[string]*structpb.Value{
+		"reply": structpb.NewBoolValue(true),
+	}}),
+}}
+
+func errKindOr(k, d string) string {
+	if k == "" {
+		return d
+	}
+	return k
+}
+
+func setHeader(k, v string) *corev3.HeaderValueOption {
+	return &corev3.HeaderValueOption{
+		Header:       &corev3.HeaderValue{Key: k, RawValue: []byte(v)},
+		AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
+	}
+}
+
+func headerValue(h *corev3.HeaderValue) string {
+	if len(h.RawValue) > 0 {
+		return string(h.RawValue)
+	}
+	return h.Value
+}
+
+func decisionMetadata(backend, model, target string) *structpb.Struct {
+	return &structpb.Struct{Fields: map[string]*structpb.Value{
+		MetadataNamespace: structpb.NewStructValue(&structpb.Struct{Fields: map[string]*structpb.Value{
+			"backend": structpb.NewStringValue(backend),
+			"model":   structpb.NewStringValue(model),
+			"route":   structpb.NewStringValue(target),
+		}}),
+	}}
+}
+
+func isModelsPath(p string) bool {
+	for i := 0; i < len(p); i++ {
+		if p[i] == '?' {
+			p = p[:i]
+			break
+		}
+	}
+	return p == "/v1/models" || p == "/models"
+}
+
+// modelsList renders GET /v1/models: every name a client may send.
+func modelsList(names []string) []byte {
+	b := []byte(`{"object":"list","data":[`)
+	for i, n := range names {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, `{"id":`...)
+		b = appendJSONString(b, n)
+		b = append(b, `,"object":"model","created":0,"owned_by":"detour"}`...)
+	}
+	return append(b, "]}"...)
+}

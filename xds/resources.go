@@ -1,0 +1,461 @@
+// Package xds turns a policy into Envoy configuration: the listener, route,
+// clusters and endpoints that send LLM traffic through detour. The same
+// resources are written into a static bootstrap (`detour bootstrap
+// --static`) or served over ADS.
+package xds
+
+import (
+	"fmt"
+	"net"
+	"strconv"
+	"time"
+
+	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	mutationrulesv3 "github.com/envoyproxy/go-control-plane/envoy/config/common/mutation_rules/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	celv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/filters/cel/v3"
+	extprocfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
+	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	earlyhmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/http/early_header_mutation/header_mutation/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/detourhq/detour/extproc"
+	"github.com/detourhq/detour/policy"
+)
+
+// Names of the resources detour generates.
+const (
+	ListenerName      = "detour_ingress"
+	RouteConfigName   = "detour_routes"
+	ExtProcCluster    = "detour_extproc"
+	ExtProcFilter     = "envoy.filters.http.ext_proc"
+	RouterFilter      = "envoy.filters.http.router"
+	VirtualHostName   = "llm"
+	extProcStatName   = "detour"
+	routedRouteName   = "detour_routed"
+	fallbackRouteName = "detour_unrouted"
+	bodyLimitHeadroom = 64 << 10
+)
+
+// Resources is one consistent set of Envoy resources built from a policy.
+type Resources struct {
+	Listeners []*listenerv3.Listener
+	Routes    []*routev3.RouteConfiguration
+	Clusters  []*clusterv3.Cluster
+}
+
+// Build generates every resource for p. The output depends only on p, so
+// several detour replicas agree on it without talking to each other.
+func Build(p *policy.Policy) (*Resources, error) {
+	r := &Resources{}
+	rc, err := RouteConfig(p)
+	if err != nil {
+		return nil, err
+	}
+	r.Routes = append(r.Routes, rc)
+	l, err := Listener(p, rc)
+	if err != nil {
+		return nil, err
+	}
+	r.Listeners = append(r.Listeners, l)
+	ec, err := extProcCluster(p)
+	if err != nil {
+		return nil, err
+	}
+	r.Clusters = append(r.Clusters, ec)
+	for i := range p.Backends {
+		c, err := BackendCluster(&p.Backends[i])
+		if err != nil {
+			return nil, err
+		}
+		r.Clusters = append(r.Clusters, c)
+	}
+	for _, m := range r.all() {
+		if err := validate(m); err != nil {
+			return nil, err
+		}
+	}
+	return r, nil
+}
+
+func (r *Resources) all() []proto.Message {
+	var out []proto.Message
+	for _, l := range r.Listeners {
+		out = append(out, l)
+	}
+	for _, rc := range r.Routes {
+		out = append(out, rc)
+	}
+	for _, c := range r.Clusters {
+		out = append(out, c)
+	}
+	return out
+}
+
+type validatable interface{ ValidateAll() error }
+
+func validate(m proto.Message) error {
+	v, ok := m.(validatable)
+	if !ok {
+		return nil
+	}
+	if err := v.ValidateAll(); err != nil {
+		return fmt.Errorf("generated %T is invalid: %w", m, err)
+	}
+	return nil
+}
+
+// pack validates an inner typed config (ValidateAll does not look inside
+// Any) and wraps it.
+func pack(m proto.Message) (*anypb.Any, error) {
+	if err := validate(m); err != nil {
+		return nil, err
+	}
+	a, err := anypb.New(m)
+	if err != nil {
+		return nil, fmt.Errorf("pack %T: %w", m, err)
+	}
+	return a, nil
+}
+
+// ExtProcFilterConfig is the router-stage ext_proc filter: request headers
+// and the buffered body go to detour; responses stream straight through.
+func ExtProcFilterConfig(p *policy.Policy) *extprocfilterv3.ExternalProcessor {
+	return &extprocfilterv3.ExternalProcessor{
+		GrpcService: &corev3.GrpcService{
+			TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{ClusterName: ExtProcCluster}},
+			Timeout:         durationpb.New(10 * time.Second),
+		},
+		FailureModeAllow: p.ExtProc.FailureModeAllow,
+		// A dead or hung processor is an unavailable service, not a bug
+		// in the request: 503 tells clients to retry.
+		StatusOnError: &typev3.HttpStatus{Code: typev3.StatusCode_ServiceUnavailable},
+		ProcessingMode: &extprocfilterv3.ProcessingMode{
+			RequestHeaderMode:   extprocfilterv3.ProcessingMode_SEND,
+			RequestBodyMode:     extprocfilterv3.ProcessingMode_BUFFERED,
+			RequestTrailerMode:  extprocfilterv3.ProcessingMode_SKIP,
+			ResponseHeaderMode:  extprocfilterv3.ProcessingMode_SKIP,
+			ResponseBodyMode:    extprocfilterv3.ProcessingMode_NONE,
+			ResponseTrailerMode: extprocfilterv3.ProcessingMode_SKIP,
+		},
+		MessageTimeout: durationpb.New(p.ExtProc.MessageTimeout.D()),
+		StatPrefix:     extProcStatName,
+		MetadataOptions: &extprocfilterv3.MetadataOptions{
+			ReceivingNamespaces: &extprocfilterv3.MetadataOptions_MetadataNamespaces{Untyped: []string{extproc.MetadataNamespace}},
+		},
+	}
+}
+
+// RouteConfig routes each request to the cluster named by the header the
+// ext_proc service sets.
+func RouteConfig(p *policy.Policy) (*routev3.RouteConfiguration, error) {
+	action := func() *routev3.RouteAction {
+		return &routev3.RouteAction{
+			Timeout: durationpb.New(p.Envoy.RequestTimeout.D()),
+		}
+	}
+	routed := action()
+	routed.ClusterSpecifier = &routev3.RouteAction_ClusterHeader{ClusterHeader: extproc.HeaderBackend}
+	routes := []*routev3.Route{{
+		Name: routedRouteName,
+		Match: &routev3.RouteMatch{
+			PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"},
+			Headers: []*routev3.HeaderMatcher{{
+				Name:                 extproc.HeaderBackend,
+				HeaderMatchSpecifier: &routev3.HeaderMatcher_PresentMatch{PresentMatch: true},
+			}},
+		},
+		Action: &routev3.Route_Route{Route: routed},
+	}}
+	// Without the header the processor did not route the request: only
+	// possible when failure_mode_allow let it past a dead processor.
+	fallback := &routev3.Route{
+		Name:  fallbackRouteName,
+		Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
+	}
+	if p.ExtProc.FailureModeAllow {
+		a := action()
+		a.ClusterSpecifier = &routev3.RouteAction_Cluster{Cluster: p.Backends[0].Name}
+		fallback.Action = &routev3.Route_Route{Route: a}
+	} else {
+		fallback.Action = &routev3.Route_DirectResponse{DirectResponse: &routev3.DirectResponseAction{
+			Status: 503,
+			Body: &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{
+				InlineString: `{"error":{"message":"detour did not route this request","type":"server_error","param":null,"code":"not_routed"}}`,
+			}},
+		}}
+	}
+	routes = append(routes, fallback)
+	rc := &routev3.RouteConfiguration{
+		Name: RouteConfigName,
+		VirtualHosts: []*routev3.VirtualHost{{
+			Name:    VirtualHostName,
+			Domains: []string{"*"},
+			Routes:  routes,
+			// The body limit is read from the route matched before the
+			// processor runs (the fallback), so it lives on the virtual host.
+			// Headroom: the rewritten body is checked again, and a longer
+			// model id must not push a body at the limit over it; detour's
+			// processor enforces the exact limit itself.
+			RequestBodyBufferLimit: wrapperspb.UInt64(uint64(p.Limits.MaxBodyBytes) + bodyLimitHeadroom),
+			// Every response says which backend served it; the processor
+			// puts its decision in dynamic metadata.
+			ResponseHeadersToAdd: []*corev3.HeaderValueOption{
+				responseHeader(extproc.HeaderBackend, "%DYNAMIC_METADATA("+extproc.MetadataNamespace+":backend)%"),
+				responseHeader(extproc.HeaderModel, "%DYNAMIC_METADATA("+extproc.MetadataNamespace+":model)%"),
+			},
+		}},
+	}
+	return rc, nil
+}
+
+func responseHeader(k, v string) *corev3.HeaderValueOption {
+	return &corev3.HeaderValueOption{
+		Header:       &corev3.HeaderValue{Key: k, Value: v},
+		AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
+	}
+}
+
+// Listener is the client-facing HTTP listener with the ext_proc filter.
+func Listener(p *policy.Policy, rc *routev3.RouteConfiguration) (*listenerv3.Listener, error) {
+	host, port, err := splitHostPort(p.Envoy.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("envoy.listen: %w", err)
+	}
+	epc, err := pack(ExtProcFilterConfig(p))
+	if err != nil {
+		return nil, err
+	}
+	router, err := pack(&routerv3.Router{})
+	if err != nil {
+		return nil, err
+	}
+	lrc, err := localReplyConfig(p)
+	if err != nil {
+		return nil, err
+	}
+	var muts []*mutationrulesv3.HeaderMutation
+	for _, h := range []string{extproc.HeaderBackend, extproc.HeaderModel, extproc.HeaderRoute} {
+		muts = append(muts, &mutationrulesv3.HeaderMutation{Action: &mutationrulesv3.HeaderMutation_Remove{Remove: h}})
+	}
+	ehm, err := pack(&earlyhmv3.HeaderMutation{Mutations: muts})
+	if err != nil {
+		return nil, err
+	}
+	hcm := &hcmv3.HttpConnectionManager{
+		StatPrefix:     "detour",
+		CodecType:      hcmv3.HttpConnectionManager_AUTO,
+		RouteSpecifier: &hcmv3.HttpConnectionManager_RouteConfig{RouteConfig: rc},
+		HttpFilters: []*hcmv3.HttpFilter{
+			{Name: ExtProcFilter, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: epc}},
+			{Name: RouterFilter, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: router}},
+		},
+		// Generations outlast Envoy's stream idle default while a model
+		// thinks before its first token.
+		StreamIdleTimeout: durationpb.New(p.Envoy.RequestTimeout.D()),
+		LocalReplyConfig:  lrc,
+		// Clients must not choose the backend by sending detour's own
+		// headers: routing happens before any later filter could strip
+		// them, so they go at the connection manager's door.
+		EarlyHeaderMutationExtensions: []*corev3.TypedExtensionConfig{{
+			Name: "envoy.http.early_header_mutation.header_mutation", TypedConfig: ehm,
+		}},
+	}
+	hcmAny, err := pack(hcm)
+	if err != nil {
+		return nil, err
+	}
+	return &listenerv3.Listener{
+		Name:    ListenerName,
+		Address: socketAddress(host, port),
+		FilterChains: []*listenerv3.FilterChain{{
+			Filters: []*listenerv3.Filter{{
+				Name:       "envoy.filters.network.http_connection_manager",
+				ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: hcmAny},
+			}},
+		}},
+	}, nil
+}
+
+// localReplyConfig gives Envoy's own error replies (processor down, no
+// healthy upstream, timeouts, body too large) the OpenAI error shape.
+// Replies detour's processor sends already have that shape and carry the
+// dynamic metadata detour.reply=true, so the first mapper leaves them alone.
+func localReplyConfig(p *policy.Policy) (*hcmv3.LocalReplyConfig, error) {
+	format := func(typ, code string) *corev3.SubstitutionFormatString {
+		return &corev3.SubstitutionFormatString{
+			Format: &corev3.SubstitutionFormatString_JsonFormat{JsonFormat: &structpb.Struct{Fields: map[string]*structpb.Value{
+				"error": structpb.NewStructValue(&structpb.Struct{Fields: map[string]*structpb.Value{
+					"message": structpb.NewStringValue("%LOCAL_REPLY_BODY%"),
+					"type":    structpb.NewStringValue(typ),
+					"param":   structpb.NewNullValue(),
+					"code":    structpb.NewStringValue(code),
+				}}),
+			}}},
+			ContentType: "application/json",
+		}
+	}
+	inline := func(s string) *corev3.DataSource {
+		return &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{InlineString: s}}
+	}
+	status := func(op accesslogv3.ComparisonFilter_Op, code uint32) *accesslogv3.AccessLogFilter {
+		return &accesslogv3.AccessLogFilter{FilterSpecifier: &accesslogv3.AccessLogFilter_StatusCodeFilter{StatusCodeFilter: &accesslogv3.StatusCodeFilter{
+			Comparison: &accesslogv3.ComparisonFilter{Op: op, Value: &corev3.RuntimeUInt32{DefaultValue: code, RuntimeKey: "detour.local_reply.unused"}},
+		}}}
+	}
+	cel, err := pack(&celv3.ExpressionFilter{Expression: "response.code_details.startsWith('ext_proc_error')"})
+	if err != nil {
+		return nil, err
+	}
+	return &hcmv3.LocalReplyConfig{Mappers: []*hcmv3.ResponseMapper{
+		{Filter: &accesslogv3.AccessLogFilter{FilterSpecifier: &accesslogv3.AccessLogFilter_MetadataFilter{MetadataFilter: &accesslogv3.MetadataFilter{
+			Matcher: &matcherv3.MetadataMatcher{
+				Filter: extproc.MetadataNamespace,
+				Path:   []*matcherv3.MetadataMatcher_PathSegment{{Segment: &matcherv3.MetadataMatcher_PathSegment_Key{Key: "reply"}}},
+				Value:  &matcherv3.ValueMatcher{MatchPattern: &matcherv3.ValueMatcher_BoolMatch{BoolMatch: true}},
+			},
+			MatchIfKeyNotFound: wrapperspb.Bool(false),
+		}}}},
+		{
+			Filter: &accesslogv3.AccessLogFilter{FilterSpecifier: &accesslogv3.AccessLogFilter_ExtensionFilter{ExtensionFilter: &accesslogv3.ExtensionFilter{
+				Name: "envoy.access_loggers.extension_filters.cel", ConfigType: &accesslogv3.ExtensionFilter_TypedConfig{TypedConfig: cel},
+			}}},
+			Body:               inline("detour's routing service (ext_proc) is unavailable or did not answer in time"),
+			BodyFormatOverride: format("server_error", "router_unavailable"),
+		},
+		{
+			Filter:             &accesslogv3.AccessLogFilter{FilterSpecifier: &accesslogv3.AccessLogFilter_ResponseFlagFilter{ResponseFlagFilter: &accesslogv3.ResponseFlagFilter{Flags: []string{"NC"}}}},
+			Body:               inline("the backend chosen for this request is not configured in Envoy"),
+			BodyFormatOverride: format("server_error", "backend_not_configured"),
+		},
+		{
+			Filter:             status(accesslogv3.ComparisonFilter_EQ, 413),
+			Body:               inline(fmt.Sprintf("the request body is larger than the limit of %d bytes", int64(p.Limits.MaxBodyBytes))),
+			BodyFormatOverride: format("invalid_request_error", "request_too_large"),
+		},
+		{
+			Filter:             status(accesslogv3.ComparisonFilter_GE, 400),
+			BodyFormatOverride: format("server_error", "%RESPONSE_CODE_DETAILS%"),
+		},
+	}}, nil
+}
+
+func extProcCluster(p *policy.Policy) (*clusterv3.Cluster, error) {
+	host, port, err := splitHostPort(p.ExtProc.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("extproc.listen: %w", err)
+	}
+	opts, err := pack(&upstreamhttpv3.HttpProtocolOptions{
+		UpstreamProtocolOptions: &upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig_{ExplicitHttpConfig: &upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig{
+			ProtocolConfig: &upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{Http2ProtocolOptions: &corev3.Http2ProtocolOptions{
+				ConnectionKeepalive: &corev3.KeepaliveSettings{Interval: durationpb.New(30 * time.Second), Timeout: durationpb.New(5 * time.Second)},
+			}},
+		}},
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &clusterv3.Cluster{
+		Name:                          ExtProcCluster,
+		ClusterDiscoveryType:          &clusterv3.Cluster_Type{Type: clusterTypeFor(host)},
+		ConnectTimeout:                durationpb.New(time.Second),
+		TypedExtensionProtocolOptions: map[string]*anypb.Any{"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": opts},
+		LoadAssignment: &endpointv3.ClusterLoadAssignment{
+			ClusterName: ExtProcCluster,
+			Endpoints:   []*endpointv3.LocalityLbEndpoints{{LbEndpoints: []*endpointv3.LbEndpoint{lbEndpoint(host, port)}}},
+		},
+	}, nil
+}
+
+// BackendCluster is one backend's cluster.
+func BackendCluster(b *policy.Backend) (*clusterv3.Cluster, error) {
+	var eps []*endpointv3.LbEndpoint
+	dns := false
+	for _, e := range b.Endpoints {
+		host, port, err := splitHostPort(e.Address)
+		if err != nil {
+			return nil, fmt.Errorf("backend %s: %w", b.Name, err)
+		}
+		if net.ParseIP(host) == nil {
+			dns = true
+		}
+		eps = append(eps, lbEndpoint(host, port))
+	}
+	c := &clusterv3.Cluster{
+		Name:                 b.Name,
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC},
+		ConnectTimeout:       durationpb.New(2 * time.Second),
+		LbPolicy:             clusterv3.Cluster_ROUND_ROBIN,
+		LoadAssignment: &endpointv3.ClusterLoadAssignment{
+			ClusterName: b.Name,
+			Endpoints:   []*endpointv3.LocalityLbEndpoints{{LbEndpoints: eps}},
+		},
+	}
+	if dns {
+		c.ClusterDiscoveryType = &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STRICT_DNS}
+		c.DnsLookupFamily = clusterv3.Cluster_V4_PREFERRED
+	}
+	if tls := b.Endpoints[0].TLS; tls != nil {
+		sni := tls.SNI
+		if sni == "" {
+			sni, _, _ = net.SplitHostPort(b.Endpoints[0].Address)
+		}
+		ctx := &tlsv3.UpstreamTlsContext{Sni: sni, CommonTlsContext: &tlsv3.CommonTlsContext{}}
+		if tls.CAFile != "" {
+			ctx.CommonTlsContext.ValidationContextType = &tlsv3.CommonTlsContext_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
+				TrustedCa: &corev3.DataSource{Specifier: &corev3.DataSource_Filename{Filename: tls.CAFile}},
+			}}
+		}
+		ts, err := pack(ctx)
+		if err != nil {
+			return nil, err
+		}
+		c.TransportSocket = &corev3.TransportSocket{Name: "envoy.transport_sockets.tls", ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: ts}}
+	}
+	return c, nil
+}
+
+func clusterTypeFor(host string) clusterv3.Cluster_DiscoveryType {
+	if net.ParseIP(host) == nil {
+		return clusterv3.Cluster_STRICT_DNS
+	}
+	return clusterv3.Cluster_STATIC
+}
+
+func lbEndpoint(host string, port uint32) *endpointv3.LbEndpoint {
+	return &endpointv3.LbEndpoint{HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
+		Address: socketAddress(host, port),
+	}}}
+}
+
+func socketAddress(host string, port uint32) *corev3.Address {
+	return &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+		Address:       host,
+		PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: port},
+	}}}
+}
+
+func splitHostPort(addr string) (string, uint32, error) {
+	host, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", 0, fmt.Errorf("address %q: %w", addr, err)
+	}
+	n, err := strconv.ParseUint(p, 10, 16)
+	if err != nil || n == 0 {
+		return "", 0, fmt.Errorf("address %q: bad port", addr)
+	}
+	return host, uint32(n), nil
+}
