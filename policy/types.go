@@ -119,9 +119,9 @@ type Limits struct {
 // HealthThresholds are the performance a healthy backend shows (mission
 // brief, "health monitoring").
 type HealthThresholds struct {
-	TTFT            Duration `yaml:"ttft,omitempty"`              // default 500ms
-	TokensPerSecond float64  `yaml:"tokens_per_second,omitempty"` // default 20
-	TotalTime       Duration `yaml:"total_time,omitempty"`        // default 5s
+	TTFT            Duration `yaml:"ttft,omitempty"`                                        // default 500ms
+	TokensPerSecond float64  `yaml:"tokens_per_second,omitempty"`                           // default 20
+	TotalTime       Duration `yaml:"total_time,omitempty"`                                  // default 5s
 	ErrorRate       float64  `yaml:"error_rate,omitempty" jsonschema:"minimum=0,maximum=1"` // default 0.001
 }
 

@@ -98,6 +98,9 @@ type Request struct {
 	// length of the tools / functions definitions, which count as prompt too.
 	TextBytes int
 	ToolBytes int
+	// TokenIDs counts prompt tokens sent as token ids (a completion prompt
+	// or embedding input may be integer arrays); they need no tokenizer.
+	TokenIDs int
 
 	// PromptTokens is the prompt size in tokens. ParseRequest sets a
 	// conservative estimate (EstimateTokens); a caller with an exact

@@ -372,3 +372,35 @@ func thousands(n int) string {
 	}
 	return s
 }
+
+// The true token count of a prompt lies, for ordinary text, between these
+// shares of the estimate (the estimate over-counts prose and may
+// under-count dense code or JSON).
+const (
+	estimateLowNum, estimateLowDen   = 1, 2
+	estimateHighNum, estimateHighDen = 8, 5
+)
+
+// Uncertain reports whether an exact token count could change the
+// decision: some candidate's context limit falls inside the band where the
+// true count may lie. Short prompts far below every limit skip the
+// tokenizer entirely.
+func (r *Router) Uncertain(req *Request) bool {
+	if req.PromptTokensExact {
+		return false
+	}
+	tg, ok := r.targets[req.Model]
+	if !ok {
+		return false
+	}
+	lo := req.PromptTokens * estimateLowNum / estimateLowDen
+	hi := req.PromptTokens * estimateHighNum / estimateHighDen
+	for _, i := range tg.candidates {
+		b := &r.backends[i]
+		limit := b.Caps.ContextWindow - r.answerRoom(req, b)
+		if lo <= limit && limit < hi {
+			return true
+		}
+	}
+	return false
+}
