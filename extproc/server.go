@@ -266,10 +266,17 @@ func (s *Server) route(ctx context.Context, st *state, w *work) *extprocv3.Proce
 	r := st.router
 	method := "estimate"
 	if s.tokens != nil && r.Uncertain(&w.req) {
-		n, scratch := exactPromptTokens(s.tokens, &w.req, w.body, w.scratch)
+		limit := r.CountLimit(&w.req)
+		n, scratch := exactPromptTokens(s.tokens, &w.req, w.body, w.scratch, limit)
 		w.scratch = scratch
-		w.req.PromptTokens, w.req.PromptTokensExact = n, true
 		method = "exact"
+		if n >= limit {
+			// Counting stopped early: n is only a lower bound, and no
+			// candidate fits either way.
+			w.req.PromptTokens = max(n, w.req.PromptTokens)
+		} else {
+			w.req.PromptTokens, w.req.PromptTokensExact = n, true
+		}
 	}
 	s.metrics.TokenCounts.WithLabelValues(method).Inc()
 	if err := r.Decide(&w.req, &w.dec); err != nil {

@@ -404,3 +404,18 @@ func (r *Router) Uncertain(req *Request) bool {
 	}
 	return false
 }
+
+// CountLimit is the prompt size past which an exact count cannot change
+// the decision: above it no candidate fits. Counting may stop there.
+func (r *Router) CountLimit(req *Request) int {
+	tg, ok := r.targets[req.Model]
+	if !ok {
+		return 0
+	}
+	limit := 0
+	for _, i := range tg.candidates {
+		b := &r.backends[i]
+		limit = max(limit, b.Caps.ContextWindow-r.answerRoom(req, b)+1)
+	}
+	return limit
+}

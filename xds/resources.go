@@ -199,6 +199,9 @@ func RouteConfig(p *policy.Policy) (*routev3.RouteConfiguration, error) {
 		}}
 	}
 	routes = append(routes, fallback)
+	for _, r := range routes {
+		r.RequestBodyBufferLimit = wrapperspb.UInt64(uint64(p.Limits.MaxBodyBytes) + bodyLimitHeadroom)
+	}
 	rc := &routev3.RouteConfiguration{
 		Name: RouteConfigName,
 		VirtualHosts: []*routev3.VirtualHost{{
@@ -206,7 +209,9 @@ func RouteConfig(p *policy.Policy) (*routev3.RouteConfiguration, error) {
 			Domains: []string{"*"},
 			Routes:  routes,
 			// The body limit is read from the route matched before the
-			// processor runs (the fallback), so it lives on the virtual host.
+			// processor runs (the fallback), so it is set on the virtual host
+			// and on every route (a probe of Envoy 1.40 showed the virtual
+			// host's alone leaves the 1 MiB connection default in force).
 			// Headroom: the rewritten body is checked again, and a longer
 			// model id must not push a body at the limit over it; detour's
 			// processor enforces the exact limit itself.
@@ -281,6 +286,10 @@ func Listener(p *policy.Policy, rc *routev3.RouteConfiguration) (*listenerv3.Lis
 	return &listenerv3.Listener{
 		Name:    ListenerName,
 		Address: socketAddress(host, port),
+		// The ext_proc filter buffers the whole body in the connection's
+		// buffer; with only the route-level request_body_buffer_limit,
+		// Envoy 1.40 still answered 413 above its 1 MiB default here.
+		PerConnectionBufferLimitBytes: wrapperspb.UInt32(uint32(p.Limits.MaxBodyBytes) + bodyLimitHeadroom),
 		FilterChains: []*listenerv3.FilterChain{{
 			Filters: []*listenerv3.Filter{{
 				Name:       "envoy.filters.network.http_connection_manager",

@@ -132,7 +132,7 @@ func startSims(ctx context.Context, p *policy.Policy, log *slog.Logger) ([]*sim.
 				log.Info("not simulating a non-loopback endpoint", "backend", b.Name, "address", e.Address)
 				continue
 			}
-			s, err := sim.New(sim.Config{Name: b.Name, Addr: e.Address, Models: []string{b.Model}, Logger: log.With("sim", b.Name)})
+			s, err := sim.New(sim.Config{Name: b.Name, Addr: e.Address, Models: []string{b.Model}, Logger: log})
 			if err != nil {
 				return out, fmt.Errorf("simulated provider for %s: %w", b.Name, err)
 			}

@@ -1,0 +1,54 @@
+# detour: two commands matter on a fresh clone.
+#   make run    builds everything, obtains Envoy if missing, starts the quickstart stack
+#   make test   the whole suite: lint, unit tests (race), e2e against a real Envoy
+SHELL := /bin/bash
+GO ?= go
+BIN := bin/detour
+ENVOY = $(shell scripts/get-envoy.sh --path)
+UNIT_PKGS = $(shell $(GO) list ./... | grep -v /e2e)
+FUZZTIME ?= 30s
+
+.PHONY: all build run test unit e2e bench bench-micro envoy lint fuzz schema clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/detour
+
+envoy:
+	@scripts/get-envoy.sh
+
+run: build
+	@ENVOY_BIN="$(ENVOY)" ./$(BIN) up
+
+test: lint unit e2e
+
+unit:
+	$(GO) test -race -count=1 $(UNIT_PKGS)
+
+e2e: build
+	@scripts/get-envoy.sh
+	ENVOY_BIN="$(ENVOY)" DETOUR_BIN="$(CURDIR)/$(BIN)" $(GO) test -count=1 -timeout 20m -v ./e2e/ 2>&1 | scripts/testsummary.sh
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "not gofmt'ed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	GOOS=wasip1 GOARCH=wasm $(GO) build ./route/
+
+bench-micro:
+	$(GO) test -run '^$$' -bench . -benchmem -count=5 ./route/ ./extproc/
+
+bench: build
+	@scripts/get-envoy.sh
+	ENVOY_BIN="$(ENVOY)" $(GO) run ./bench/cmd/detour-bench -detour $(CURDIR)/$(BIN) -out BENCHMARKS.md
+
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzParseRequest$$' -fuzztime $(FUZZTIME) ./route/
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./policy/
+	$(GO) test -run '^$$' -fuzz '^FuzzProcess$$' -fuzztime $(FUZZTIME) ./extproc/
+
+schema: build
+	./$(BIN) schema > policy/detour-policy.schema.json
+
+clean:
+	rm -rf bin .venv

@@ -1,0 +1,342 @@
+// Package e2e runs detour's real processes with a real Envoy 1.40 and
+// simulated providers, on loopback. A missing Envoy fails the suite: it is
+// never skipped.
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"text/template"
+	"time"
+
+	"github.com/detourhq/detour/envoy"
+	"github.com/detourhq/detour/sim"
+)
+
+// Binaries the suite runs, found once in TestMain.
+var (
+	detourBin string
+	envoyBin  string
+)
+
+func TestMain(m *testing.M) {
+	code, err := setup()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "e2e setup:", err)
+		os.Exit(1)
+	}
+	if code >= 0 {
+		os.Exit(code)
+	}
+	os.Exit(m.Run())
+}
+
+func setup() (int, error) {
+	var err error
+	envoyBin, err = envoy.Locate("")
+	if err != nil {
+		return 0, fmt.Errorf("%w (the e2e suite needs a real Envoy; `make e2e` installs one)", err)
+	}
+	detourBin = os.Getenv("DETOUR_BIN")
+	if detourBin == "" {
+		dir, err := os.MkdirTemp("", "detour-e2e-bin-")
+		if err != nil {
+			return 0, err
+		}
+		detourBin = filepath.Join(dir, "detour")
+		out, err := exec.Command("go", "build", "-o", detourBin, "../cmd/detour").CombinedOutput()
+		if err != nil {
+			return 0, fmt.Errorf("build detour: %v\n%s", err, out)
+		}
+	}
+	return -1, nil
+}
+
+// backendSpec is one simulated backend of a test stack.
+type backendSpec struct {
+	Name, Model   string
+	Context       int
+	MaxOutput     int
+	Tools, Vision bool
+	In, Out       float64
+	Addr          string // filled by startStack
+}
+
+// quickstartBackends mirrors examples/quickstart/policy.yaml on random ports.
+func quickstartBackends() []backendSpec {
+	return []backendSpec{
+		{Name: "fast", Model: "fast-8k", Context: 8192, MaxOutput: 4096, Tools: true, In: 0.10, Out: 0.40},
+		{Name: "fast-b", Model: "fast-8k", Context: 8192, MaxOutput: 4096, Tools: true, In: 0.12, Out: 0.48},
+		{Name: "long", Model: "long-200k", Context: 200000, MaxOutput: 8192, In: 1.00, Out: 4.00},
+		{Name: "vision", Model: "vision-128k", Context: 128000, MaxOutput: 16384, Tools: true, Vision: true, In: 2.50, Out: 10.00},
+	}
+}
+
+type stackOptions struct {
+	Backends         []backendSpec
+	FailureModeAllow bool
+	MaxBodyBytes     int
+}
+
+// stack is one running detour deployment: simulated providers (in this
+// process), `detour extproc` and Envoy (child processes).
+type stack struct {
+	t          testing.TB
+	dir        string
+	policyPath string
+	sims       map[string]*sim.Server
+	opts       stackOptions
+
+	EnvoyAddr, AdminAddr, ExtProcAddr, MetricsAddr string
+
+	mu      sync.Mutex
+	extproc *exec.Cmd
+	extLog  *bytes.Buffer
+	envoy   *envoy.Process
+	envLog  *bytes.Buffer
+}
+
+var policyTmpl = template.Must(template.New("p").Parse(`version: 1
+backends:
+{{- range .Backends}}
+  - name: {{.Name}}
+    model: {{.Model}}
+    endpoints: [{address: "{{.Addr}}", region: local}]
+    capabilities:
+      context_window: {{.Context}}
+      max_output_tokens: {{.MaxOutput}}
+      tools: {{.Tools}}
+      vision: {{.Vision}}
+      json_mode: true
+    price: {input: {{.In}}, output: {{.Out}}}
+{{- end}}
+routes:
+  - name: auto
+limits:
+  max_body_bytes: {{.MaxBody}}
+envoy:
+  listen: "{{.Envoy}}"
+  admin: "{{.Admin}}"
+extproc:
+  listen: "{{.ExtProc}}"
+  metrics: "{{.Metrics}}"
+  failure_mode_allow: {{.FMA}}
+`))
+
+// startStack starts everything and registers its shutdown with t.Cleanup.
+func startStack(t testing.TB, o stackOptions) *stack {
+	t.Helper()
+	if o.Backends == nil {
+		o.Backends = quickstartBackends()
+	}
+	if o.MaxBodyBytes == 0 {
+		o.MaxBodyBytes = 8 << 20
+	}
+	s := &stack{t: t, dir: t.TempDir(), sims: map[string]*sim.Server{}, opts: o}
+	ctx := context.Background()
+	for i := range o.Backends {
+		b := &o.Backends[i]
+		srv, err := sim.New(sim.Config{Name: b.Name, Addr: "127.0.0.1:0", Models: []string{b.Model}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := srv.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			srv.Close(cctx)
+		})
+		b.Addr = srv.Addr()
+		s.sims[b.Name] = srv
+	}
+	s.EnvoyAddr, s.AdminAddr, s.ExtProcAddr, s.MetricsAddr = freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
+	var buf bytes.Buffer
+	if err := policyTmpl.Execute(&buf, map[string]any{
+		"Backends": o.Backends, "MaxBody": o.MaxBodyBytes, "FMA": o.FailureModeAllow,
+		"Envoy": s.EnvoyAddr, "Admin": s.AdminAddr, "ExtProc": s.ExtProcAddr, "Metrics": s.MetricsAddr,
+	}); err != nil {
+		t.Fatal(err)
+	}
+	s.policyPath = filepath.Join(s.dir, "policy.yaml")
+	if err := os.WriteFile(s.policyPath, buf.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s.StartExtProc()
+	s.startEnvoy()
+	t.Cleanup(s.stop)
+	return s
+}
+
+// StartExtProc runs `detour extproc` and waits until it accepts connections.
+func (s *stack) StartExtProc() {
+	s.t.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.extLog = &bytes.Buffer{}
+	cmd := exec.Command(detourBin, "extproc", "--policy", s.policyPath, "--log-level", "debug")
+	cmd.Stdout, cmd.Stderr = syncWriter(s.extLog), syncWriter(s.extLog)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		s.t.Fatal(err)
+	}
+	s.extproc = cmd
+	waitTCP(s.t, s.ExtProcAddr, 10*time.Second, s.extLog)
+}
+
+// StopExtProc kills `detour extproc` abruptly, as a crash would.
+func (s *stack) StopExtProc() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.extproc == nil {
+		return
+	}
+	s.extproc.Process.Kill()
+	s.extproc.Wait()
+	s.extproc = nil
+}
+
+func (s *stack) startEnvoy() {
+	s.t.Helper()
+	out, err := exec.Command(detourBin, "bootstrap", "--policy", s.policyPath).Output()
+	if err != nil {
+		s.t.Fatalf("detour bootstrap: %v", err)
+	}
+	cfg := filepath.Join(s.dir, "envoy.json")
+	if err := os.WriteFile(cfg, out, 0o644); err != nil {
+		s.t.Fatal(err)
+	}
+	s.envLog = &bytes.Buffer{}
+	p, err := envoy.Start(context.Background(), envoy.Options{
+		Bin: envoyBin, ConfigPath: cfg, AdminAddr: s.AdminAddr, Concurrency: 2,
+		Stdout: syncWriter(s.envLog), Stderr: syncWriter(s.envLog),
+	})
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	s.envoy = p
+	if err := p.WaitReady(context.Background(), 30*time.Second); err != nil {
+		s.t.Fatalf("%v\nenvoy log:\n%s", err, s.envLog)
+	}
+}
+
+func (s *stack) stop() {
+	if s.t.Failed() {
+		s.t.Logf("ext_proc log:\n%s", tail(s.extLog, 60))
+		s.t.Logf("envoy log:\n%s", tail(s.envLog, 60))
+	}
+	if s.envoy != nil {
+		s.envoy.Stop(5 * time.Second)
+	}
+	s.mu.Lock()
+	cmd := s.extproc
+	s.extproc = nil
+	s.mu.Unlock()
+	if cmd != nil {
+		cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			cmd.Process.Kill()
+			<-done
+		}
+	}
+}
+
+// URL is a client URL through Envoy.
+func (s *stack) URL(path string) string { return "http://" + s.EnvoyAddr + path }
+
+// Sim returns a backend's simulated provider.
+func (s *stack) Sim(name string) *sim.Server { return s.sims[name] }
+
+// ResetSims clears every provider's faults, counters and request log.
+func (s *stack) ResetSims() {
+	for _, srv := range s.sims {
+		srv.ClearFault()
+		srv.ResetStats()
+	}
+}
+
+// EnvoyStat reads one counter or gauge from Envoy's admin /stats.
+func (s *stack) EnvoyStats(filter string) string {
+	resp, err := http.Get("http://" + s.AdminAddr + "/stats?filter=" + filter)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
+
+// Metrics returns the ext_proc service's /metrics text.
+func (s *stack) Metrics() string {
+	resp, err := http.Get("http://" + s.MetricsAddr + "/metrics")
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
+
+func freeAddr(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func waitTCP(t testing.TB, addr string, timeout time.Duration, log *bytes.Buffer) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
+		if err == nil {
+			c.Close()
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("nothing listening on %s after %s\n%s", addr, timeout, log)
+}
+
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
+
+func syncWriter(w io.Writer) io.Writer { return &lockedWriter{w: w} }
+
+func tail(b *bytes.Buffer, n int) string {
+	if b == nil {
+		return ""
+	}
+	lines := strings.Split(strings.TrimRight(b.String(), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
