@@ -136,7 +136,9 @@ func TestStreamingPassesThrough(t *testing.T) {
 			Choices []struct {
 				Delta struct{ Content string }
 			}
-			Usage *struct{ CompletionTokens int `json:"completion_tokens"` }
+			Usage *struct {
+				CompletionTokens int `json:"completion_tokens"`
+			}
 		}
 		if err := json.Unmarshal([]byte(data), &chunk); err != nil {
 			t.Fatalf("bad chunk %q: %v", data, err)
