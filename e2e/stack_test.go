@@ -341,4 +341,6 @@ func tail(b *bytes.Buffer, n int) string {
 	return strings.Join(lines, "\n")
 }
 
-func netDial(addr string) (net.Conn, error) { return net.DialTimeout("tcp", addr, 200*time.Millisecond) }
+func netDial(addr string) (net.Conn, error) {
+	return net.DialTimeout("tcp", addr, 200*time.Millisecond)
+}

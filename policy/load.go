@@ -100,7 +100,7 @@ func Parse(name string, data []byte) (*Policy, error) {
 			Message: "the file holds several YAML documents; a policy is one document"}}}
 	}
 
-	w := walker{positions: map[string]token.Position{}}
+	w := walker{positions: map[string]token.Position{}, anchors: anchors(root), checked: map[checkedKey]bool{}}
 	w.walk(root, reflect.TypeOf(Policy{}), "")
 	if len(w.problems) > 0 {
 		return nil, &ValidationError{File: name, Problems: w.problems}
@@ -142,6 +142,47 @@ func problemFromYAML(err error, path string) Problem {
 type walker struct {
 	problems  []Problem
 	positions map[string]token.Position
+	// anchors holds every anchor by name, in document order; an alias
+	// refers to the last one of its name defined before it.
+	anchors map[string][]*ast.AnchorNode
+	// checked records the anchored values already checked against a type,
+	// so an alias used many times (or nested aliases) is checked once.
+	checked map[checkedKey]bool
+}
+
+type checkedKey struct {
+	node ast.Node
+	typ  reflect.Type
+}
+
+func anchors(root ast.Node) map[string][]*ast.AnchorNode {
+	m := map[string][]*ast.AnchorNode{}
+	for _, n := range ast.Filter(ast.AnchorType, root) {
+		a, ok := n.(*ast.AnchorNode)
+		if !ok || a.Name == nil || a.Value == nil || a.Name.GetToken() == nil {
+			continue
+		}
+		name := a.Name.GetToken().Value
+		m[name] = append(m[name], a)
+	}
+	return m
+}
+
+// resolve returns the value the alias a refers to, or nil.
+func (w *walker) resolve(a *ast.AliasNode) ast.Node {
+	if a.Value == nil || a.Value.GetToken() == nil || a.Start == nil {
+		return nil
+	}
+	at := a.Start.Position
+	var v ast.Node
+	for _, an := range w.anchors[a.Value.GetToken().Value] {
+		p := an.Start.Position
+		if p.Line > at.Line || p.Line == at.Line && p.Column > at.Column {
+			break
+		}
+		v = an.Value
+	}
+	return v
 }
 
 var interfaceUnmarshaler = reflect.TypeOf((*yaml.InterfaceUnmarshaler)(nil)).Elem()
@@ -164,7 +205,22 @@ func (w *walker) walk(n ast.Node, t reflect.Type, path string) {
 			n = v.Value
 			continue
 		case *ast.AliasNode:
-			return // the anchor it names was checked where it stands
+			// The anchored value was checked where it stands, but maybe
+			// against another type: check it against this one too, once.
+			if tk := v.GetToken(); tk != nil {
+				defer func() { w.positions[path] = *tk.Position }()
+			}
+			target := w.resolve(v)
+			if target == nil {
+				return // the parser reports an alias without an anchor
+			}
+			k := checkedKey{target, t}
+			if w.checked[k] {
+				return
+			}
+			w.checked[k] = true
+			n = target
+			continue
 		}
 		break
 	}
@@ -190,6 +246,13 @@ func (w *walker) walk(n ast.Node, t reflect.Type, path string) {
 		fields := yamlFields(t)
 		it := mn.MapRange()
 		for it.Next() {
+			if it.Key().IsMergeKey() {
+				// The decoder refuses a merged key that is also written
+				// out, so merges are refused here, where they have a path.
+				w.add(it.Key(), path, "YAML merge keys (<<) are not supported",
+					"write the keys out, or use an alias (*name) for the whole value")
+				continue
+			}
 			key := it.Key().String()
 			kp := join(path, key)
 			f, ok := fields[key]
@@ -222,6 +285,12 @@ func (w *walker) leaf(n ast.Node, t reflect.Type, path string) {
 		w.add(n, path, "want a single value, got "+describe(n), "")
 		return
 	}
+	if !scalarFits(n, t) {
+		// The decoder would truncate 1.5 to 1 and read "3" as 3; the JSON
+		// Schema (and so an editor) refuses both.
+		w.add(n, path, typeMessage(n, t), "")
+		return
+	}
 	if err := yaml.NodeToValue(n, reflect.New(t).Interface()); err != nil {
 		p := problemFromYAML(err, path)
 		if p.Line == 0 {
@@ -251,6 +320,30 @@ func (w *walker) position(path string) (int, int) {
 		}
 		path = path[:i]
 	}
+}
+
+// scalarFits reports whether the YAML scalar n has the type a field of
+// kind t needs: numbers unquoted, whole numbers whole, finite floats.
+func scalarFits(n ast.Node, t reflect.Type) bool {
+	if reflect.PointerTo(t).Implements(interfaceUnmarshaler) {
+		return true // the type checks its own input
+	}
+	switch t.Kind() {
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		_, ok := n.(*ast.IntegerNode)
+		return ok
+	case reflect.Float32, reflect.Float64:
+		switch n.(type) {
+		case *ast.IntegerNode, *ast.FloatNode:
+			return true
+		}
+		return false
+	case reflect.Bool:
+		_, ok := n.(*ast.BoolNode)
+		return ok
+	}
+	return true
 }
 
 func typeMessage(n ast.Node, t reflect.Type) string {

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"fmt"
+	"math"
 	"net"
 	"regexp"
 	"slices"
@@ -71,7 +72,9 @@ func (p *Policy) Validate() []Problem {
 				v.add(fmt.Sprintf("%s.capabilities.apis[%d]", at, j), fmt.Sprintf("unknown api %q", api), "one of "+strings.Join(AllAPIs, ", "))
 			}
 		}
-		if b.Price.Input < 0 || b.Price.Output < 0 {
+		if !finite(b.Price.Input) || !finite(b.Price.Output) {
+			v.add(at+".price", "prices must be finite numbers", "")
+		} else if b.Price.Input < 0 || b.Price.Output < 0 {
 			v.add(at+".price", "prices cannot be negative", "")
 		}
 		if b.Priority < 0 {
@@ -110,8 +113,8 @@ func (p *Policy) Validate() []Problem {
 		v.add("limits.max_body_bytes", fmt.Sprintf("max_body_bytes %d is out of range", p.Limits.MaxBodyBytes), "between 1KiB and 64MiB")
 	}
 	v.rate("health.error_rate", p.Health.ErrorRate)
-	if p.Health.TokensPerSecond < 0 {
-		v.add("health.tokens_per_second", "cannot be negative", "")
+	if !(p.Health.TokensPerSecond >= 0) || !finite(p.Health.TokensPerSecond) {
+		v.add("health.tokens_per_second", "must be a finite number, not negative", "")
 	}
 	v.rate("circuit_breaker.error_rate", p.CircuitBreaker.ErrorRate)
 	if p.CircuitBreaker.MinRequests < 0 {
@@ -126,15 +129,15 @@ func (p *Policy) Validate() []Problem {
 	if p.Retry.MaxDelay < p.Retry.BaseDelay {
 		v.add("retry.max_delay", "max_delay is shorter than base_delay", "")
 	}
-	if p.Retry.Jitter < 0 || p.Retry.Jitter > 1 {
+	if !(p.Retry.Jitter >= 0 && p.Retry.Jitter <= 1) { // NaN too
 		v.add("retry.jitter", "jitter is a share between 0 and 1", "0.5 means ±50 %")
 	}
-	for path, addr := range map[string]string{
-		"envoy.listen": p.Envoy.Listen, "envoy.admin": p.Envoy.Admin,
-		"extproc.listen": p.ExtProc.Listen, "extproc.metrics": p.ExtProc.Metrics,
+	for _, a := range [...]struct{ path, addr string }{
+		{"envoy.listen", p.Envoy.Listen}, {"envoy.admin", p.Envoy.Admin},
+		{"extproc.listen", p.ExtProc.Listen}, {"extproc.metrics", p.ExtProc.Metrics},
 	} {
-		if msg := checkAddress(addr); msg != "" {
-			v.add(path, msg, "write host:port, e.g. 127.0.0.1:9002")
+		if msg := checkAddress(a.addr); msg != "" {
+			v.add(a.path, msg, "write host:port, e.g. 127.0.0.1:9002")
 		}
 	}
 	return v.problems
@@ -147,10 +150,12 @@ func (v *validator) add(path, msg, hint string) {
 }
 
 func (v *validator) rate(path string, r float64) {
-	if r <= 0 || r > 1 {
+	if !(r > 0 && r <= 1) { // NaN too
 		v.add(path, fmt.Sprintf("%g is not a share between 0 and 1", r), "0.25 means 25 %")
 	}
 }
+
+func finite(x float64) bool { return !math.IsNaN(x) && !math.IsInf(x, 0) }
 
 func checkAddress(addr string) string {
 	host, port, err := net.SplitHostPort(addr)
