@@ -73,11 +73,15 @@ func countChunked(tc TokenCounter, text []byte) int {
 // image. It stops early once the count reaches limit (when limit > 0):
 // past it the decision no longer depends on the exact number.
 func exactPromptTokens(tc TokenCounter, req *route.Request, body []byte, scratch []byte, limit int) (int, []byte) {
-	n := 0
+	// Prompts sent as token ids (completions, embeddings) are already
+	// exact: one token each, and they are not in Texts.
+	n := req.TokenIDs
 	if req.Kind == route.KindChat {
 		n += req.Messages*tokensPerMessage + tokensReplyPrime
 		n += req.Images * route.ImageTokens
 	}
+	// Prompts sent as token ids are counted already.
+	n += req.TokenIDs
 	if req.ToolBytes > 0 {
 		// Tools are not in Texts; their JSON is counted as written, which
 		// slightly over-counts the provider's internal rendering.

@@ -160,7 +160,9 @@ func (r *Router) check(req *Request, b *Backend) Requirement {
 		return RequireStreaming
 	case req.MaxOutputTokens > 0 && c.MaxOutputTokens > 0 && req.MaxOutputTokens > c.MaxOutputTokens:
 		return RequireMaxOutput
-	case req.PromptTokens+r.answerRoom(req, b) > c.ContextWindow:
+	case r.answerRoom(req, b) > c.ContextWindow-req.PromptTokens:
+		// Not PromptTokens+room > ContextWindow: a client's max_tokens
+		// near MaxInt would overflow the sum and pass.
 		return RequireContext
 	}
 	return RequireNone
@@ -364,21 +366,23 @@ func (e *UnsatisfiableError) needs() string {
 // thousands formats n with comma separators: 200000 → "200,000".
 func thousands(n int) string {
 	s := strconv.Itoa(n)
-	if n < 0 {
-		return "-" + thousands(-n)
+	sign := ""
+	if n < 0 { // not thousands(-n): -MinInt is MinInt
+		sign, s = "-", s[1:]
 	}
 	for i := len(s) - 3; i > 0; i -= 3 {
 		s = s[:i] + "," + s[i:]
 	}
-	return s
+	return sign + s
 }
 
-// The true token count of a prompt lies, for ordinary text, between these
-// shares of the estimate (the estimate over-counts prose and may
-// under-count dense code or JSON).
+// The true token count of a prompt lies between these shares of the
+// estimate. Measured against cl100k/o200k: prose in European languages
+// 0.77–0.93× the estimate, Russian/Arabic/Thai down to 0.33×, code and JSON
+// about 1.45×, numbers, hex and base64 up to 2.2×, rare CJK up to 2.6×.
 const (
-	estimateLowNum, estimateLowDen   = 1, 2
-	estimateHighNum, estimateHighDen = 8, 5
+	estimateLowNum, estimateLowDen   = 1, 3
+	estimateHighNum, estimateHighDen = 11, 4
 )
 
 // Uncertain reports whether an exact token count could change the
