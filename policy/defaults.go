@@ -14,6 +14,7 @@ const (
 	DefaultOutputReserveTokens      = 1024
 	DefaultRequestTimeout           = 300 * time.Second
 	DefaultMessageTimeout           = 2 * time.Second
+	DefaultMaxConnections           = 50000
 
 	// Health thresholds ("health monitoring").
 	DefaultTTFT            = 500 * time.Millisecond
@@ -87,6 +88,7 @@ func (p *Policy) ApplyDefaults() {
 	setStr(&p.Envoy.Listen, DefaultEnvoyListen)
 	setStr(&p.Envoy.Admin, DefaultEnvoyAdmin)
 	setDur(&p.Envoy.RequestTimeout, DefaultRequestTimeout)
+	setInt(&p.Envoy.MaxConnections, DefaultMaxConnections)
 	setStr(&p.ExtProc.Listen, DefaultExtProcListen)
 	setStr(&p.ExtProc.Metrics, DefaultExtProcMetrics)
 	setDur(&p.ExtProc.MessageTimeout, DefaultMessageTimeout)

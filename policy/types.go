@@ -161,6 +161,8 @@ type EnvoySettings struct {
 	// RequestTimeout bounds a whole request, generation included. Default 300s
 	// (Envoy's own default of 15s cuts long generations).
 	RequestTimeout Duration `yaml:"request_timeout,omitempty"`
+	// MaxConnections bounds open client connections to Envoy. Default 50000.
+	MaxConnections int `yaml:"max_connections,omitempty" jsonschema:"minimum=1"`
 }
 
 // ExtProcSettings configure detour's ext_proc service.

@@ -106,6 +106,9 @@ func (p *Policy) Validate() []Problem {
 			v.add(at+".objective", fmt.Sprintf("unknown objective %q", r.Objective), "one of cheapest, ordered")
 		}
 	}
+	if p.Envoy.MaxConnections < 1 {
+		v.add("envoy.max_connections", "must be at least 1", "")
+	}
 	if p.Routing.OutputReserveTokens < 0 {
 		v.add("routing.output_reserve_tokens", "cannot be negative", "")
 	}

@@ -5,6 +5,8 @@ import (
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	overloadv3 "github.com/envoyproxy/go-control-plane/envoy/config/overload/v3"
+	downstreamv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/resource_monitors/downstream_connections/v3"
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/detourhq/detour/policy"
@@ -21,11 +23,22 @@ func StaticBootstrap(p *policy.Policy) (*bootstrapv3.Bootstrap, error) {
 	if err != nil {
 		return nil, fmt.Errorf("envoy.admin: %w", err)
 	}
+	// A bound on client connections, so a connection flood degrades
+	// into refused connections instead of exhausting memory.
+	conns, err := pack(&downstreamv3.DownstreamConnectionsConfig{MaxActiveDownstreamConnections: int64(p.Envoy.MaxConnections)})
+	if err != nil {
+		return nil, err
+	}
+	overload := &overloadv3.OverloadManager{ResourceMonitors: []*overloadv3.ResourceMonitor{{
+		Name:       "envoy.resource_monitors.global_downstream_max_connections",
+		ConfigType: &overloadv3.ResourceMonitor_TypedConfig{TypedConfig: conns},
+	}}}
 	b := &bootstrapv3.Bootstrap{
 		Node: &corev3.Node{Id: "detour", Cluster: "detour"},
 		Admin: &bootstrapv3.Admin{
 			Address: socketAddress(host, port),
 		},
+		OverloadManager: overload,
 		StaticResources: &bootstrapv3.Bootstrap_StaticResources{
 			Listeners: res.Listeners,
 			Clusters:  res.Clusters,
