@@ -57,6 +57,9 @@ func (e *ValidationError) Error() string {
 		if e.File != "" {
 			b.WriteString(e.File)
 			b.WriteByte(':')
+			if p.Line <= 0 {
+				b.WriteByte(' ')
+			}
 		}
 		b.WriteString(p.String())
 	}
@@ -189,18 +192,44 @@ var interfaceUnmarshaler = reflect.TypeOf((*yaml.InterfaceUnmarshaler)(nil)).Ele
 
 func (w *walker) add(n ast.Node, path, msg, hint string) {
 	p := Problem{Path: path, Message: msg, Hint: hint}
-	if tk := n.GetToken(); tk != nil {
-		p.Line, p.Column = tk.Position.Line, tk.Position.Column
+	if pos := position(n); pos != nil {
+		p.Line, p.Column = pos.Line, pos.Column
 	}
 	w.problems = append(w.problems, p)
+}
+
+// position is where n starts. A block mapping's own token is the first
+// key's ':', so its first key stands for it.
+func position(n ast.Node) *token.Position {
+	switch m := n.(type) {
+	case *ast.MappingNode:
+		if !m.IsFlowStyle && len(m.Values) > 0 && m.Values[0].Key != nil {
+			return position(m.Values[0].Key)
+		}
+	case *ast.MappingValueNode:
+		if m.Key != nil {
+			return position(m.Key)
+		}
+	}
+	if tk := n.GetToken(); tk != nil {
+		return tk.Position
+	}
+	return nil
 }
 
 func (w *walker) walk(n ast.Node, t reflect.Type, path string) {
 	for {
 		switch v := n.(type) {
 		case *ast.TagNode:
-			n = v.Value
-			continue
+			// The decoder mishandles some tags (!!int on an int, !!map
+			// on a struct, !!null on a duration) and none is needed: the
+			// field decides the type.
+			tag := "!"
+			if tk := v.GetToken(); tk != nil {
+				tag = tk.Value
+			}
+			w.add(v, path, fmt.Sprintf("YAML tag %s is not supported", tag), "remove the tag: the field decides the type")
+			return
 		case *ast.AnchorNode:
 			n = v.Value
 			continue
@@ -224,11 +253,11 @@ func (w *walker) walk(n ast.Node, t reflect.Type, path string) {
 		}
 		break
 	}
-	if tk := n.GetToken(); tk != nil {
-		w.positions[path] = *tk.Position
-	}
 	if n.Type() == ast.NullType {
-		return // an empty value leaves the default
+		return // an empty value leaves the default; its key marks the place
+	}
+	if pos := position(n); pos != nil {
+		w.positions[path] = *pos
 	}
 	if reflect.PointerTo(t).Implements(interfaceUnmarshaler) {
 		w.leaf(n, t, path)
@@ -253,7 +282,7 @@ func (w *walker) walk(n ast.Node, t reflect.Type, path string) {
 					"write the keys out, or use an alias (*name) for the whole value")
 				continue
 			}
-			key := it.Key().String()
+			key := keyName(it.Key())
 			kp := join(path, key)
 			f, ok := fields[key]
 			if !ok {
@@ -303,6 +332,18 @@ func (w *walker) leaf(n ast.Node, t reflect.Type, path string) {
 		}
 		w.problems = append(w.problems, p)
 	}
+}
+
+// keyName is a mapping key as the decoder reads it: "version" for
+// version, "version", 'version', ? version and &a version alike.
+func keyName(n ast.Node) string {
+	var v any
+	if err := yaml.NodeToValue(n, &v); err == nil {
+		if s, ok := v.(string); ok {
+			return s
+		}
+	}
+	return n.String()
 }
 
 // position finds where path, or its nearest recorded ancestor, stands.

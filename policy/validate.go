@@ -168,8 +168,9 @@ func checkAddress(addr string) string {
 	if host == "" {
 		return fmt.Sprintf("address %q has no host", addr)
 	}
-	n, err := strconv.Atoi(port)
-	if err != nil || n < 1 || n > 65535 {
+	// Digits only, as the Envoy config builder reads it: Atoi takes "+80".
+	n, err := strconv.ParseUint(port, 10, 16)
+	if err != nil || n < 1 {
 		return fmt.Sprintf("address %q has no valid port", addr)
 	}
 	return ""
