@@ -155,6 +155,9 @@ func (w *work) reset() {
 	if cap(w.out) > 1<<20 {
 		w.out = nil
 	}
+	if cap(w.scratch) > 1<<20 {
+		w.scratch = nil
+	}
 }
 
 // handleSafely turns a panic while handling one message into a 500 for
@@ -331,7 +334,8 @@ func (s *Server) rejectDecision(w *work, err error) *extprocv3.ProcessingRespons
 		code, param := "unsupported_request", ""
 		switch q {
 		case route.RequireContext:
-			code, param = "context_length_exceeded", "messages"
+			// The field holding the prompt: messages, prompt or input.
+			code, param = "context_length_exceeded", promptField(w.req.Kind)
 		case route.RequireMaxOutput:
 			code, param = "max_tokens_exceeded", "max_tokens"
 		case route.RequireTools:
@@ -408,6 +412,17 @@ func decisionMetadata(backend, model, target string) *structpb.Struct {
 			"route":   structpb.NewStringValue(target),
 		}}),
 	}}
+}
+
+// promptField is the request field that holds the prompt for kind.
+func promptField(k route.Kind) string {
+	switch k {
+	case route.KindCompletion:
+		return "prompt"
+	case route.KindEmbedding:
+		return "input"
+	}
+	return "messages"
 }
 
 func isModelsPath(p string) bool {

@@ -48,10 +48,11 @@ const (
 const chunkBytes = 8 << 10
 
 // countChunked counts text in pieces of about chunkBytes, cut after a space
-// or newline where one is near.
-func countChunked(tc TokenCounter, text []byte) int {
+// or newline where one is near. It stops once the count reaches stopAt
+// (when stopAt > 0), returning a lower bound.
+func countChunked(tc TokenCounter, text []byte, stopAt int) int {
 	n := 0
-	for len(text) > 0 {
+	for len(text) > 0 && (stopAt <= 0 || n < stopAt) {
 		end := len(text)
 		if end > chunkBytes {
 			end = chunkBytes
@@ -73,9 +74,7 @@ func countChunked(tc TokenCounter, text []byte) int {
 // image. It stops early once the count reaches limit (when limit > 0):
 // past it the decision no longer depends on the exact number.
 func exactPromptTokens(tc TokenCounter, req *route.Request, body []byte, scratch []byte, limit int) (int, []byte) {
-	// Prompts sent as token ids (completions, embeddings) are already
-	// exact: one token each, and they are not in Texts.
-	n := req.TokenIDs
+	n := 0
 	if req.Kind == route.KindChat {
 		n += req.Messages*tokensPerMessage + tokensReplyPrime
 		n += req.Images * route.ImageTokens
@@ -99,7 +98,11 @@ func exactPromptTokens(tc TokenCounter, req *route.Request, body []byte, scratch
 			n += sp.Len()/4 + 1
 			continue
 		}
-		n += countChunked(tc, scratch)
+		stopAt := 0
+		if limit > 0 {
+			stopAt = limit - n
+		}
+		n += countChunked(tc, scratch, stopAt)
 	}
 	return n, scratch
 }

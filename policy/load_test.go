@@ -202,6 +202,16 @@ func TestParseProblems(t *testing.T) {
 			want: []string{"f.yaml:3:1: found character '\t' that cannot start any token"},
 		},
 		{
+			name: "Envoy listens on an IP, not a host name",
+			src:  oneBackend + "envoy:\n  listen: localhost:10000\n",
+			want: []string{`f.yaml:12:11: envoy.listen: Envoy listens on IP addresses only, not "localhost" (hint: e.g. 127.0.0.1 or 0.0.0.0)`},
+		},
+		{
+			name: "mixed TLS endpoints in one backend",
+			src:  strings.Replace(oneBackend, "      - address: 127.0.0.1:8101\n", "      - address: 127.0.0.1:8101\n      - address: 127.0.0.2:8101\n        tls: {sni: api.example.com}\n", 1),
+			want: []string{`f.yaml:8:14: backends[0].endpoints[1].tls: endpoints of one backend must all use TLS or all not (hint: a backend is one Envoy cluster with one transport; split it into two backends)`},
+		},
+		{
 			name: "unknown top-level key with a hint",
 			src:  oneBackend + "retyr:\n  attempts: 3\n",
 			want: []string{`f.yaml:11:1: retyr: unknown key "retyr" (hint: did you mean "retry"?)`},

@@ -54,6 +54,9 @@ func (p *Policy) Validate() []Problem {
 			v.add(at+".endpoints", "backend has no endpoints", "add one: - address: host:port")
 		}
 		for j, e := range b.Endpoints {
+			if (e.TLS == nil) != (b.Endpoints[0].TLS == nil) {
+				v.add(fmt.Sprintf("%s.endpoints[%d].tls", at, j), "endpoints of one backend must all use TLS or all not", "a backend is one Envoy cluster with one transport; split it into two backends")
+			}
 			if msg := checkAddress(e.Address); msg != "" {
 				v.add(fmt.Sprintf("%s.endpoints[%d].address", at, j), msg, "write host:port, e.g. api.example.com:443")
 			}
@@ -141,6 +144,11 @@ func (p *Policy) Validate() []Problem {
 	} {
 		if msg := checkAddress(a.addr); msg != "" {
 			v.add(a.path, msg, "write host:port, e.g. 127.0.0.1:9002")
+		} else if strings.HasPrefix(a.path, "envoy.") {
+			// Envoy binds socket addresses only: it will not resolve a name.
+			if host, _, _ := net.SplitHostPort(a.addr); net.ParseIP(host) == nil {
+				v.add(a.path, fmt.Sprintf("Envoy listens on IP addresses only, not %q", host), "e.g. 127.0.0.1 or 0.0.0.0")
+			}
 		}
 	}
 	return v.problems

@@ -119,12 +119,16 @@ func validate(m proto.Message) error {
 }
 
 // pack validates an inner typed config (ValidateAll does not look inside
-// Any) and wraps it.
+// Any) and wraps it. The bytes are marshalled deterministically: anypb.New
+// writes map fields (Struct, typed_extension_protocol_options) in random
+// order, so two builds of one policy would differ and replicas would
+// disagree on the resources.
 func pack(m proto.Message) (*anypb.Any, error) {
 	if err := validate(m); err != nil {
 		return nil, err
 	}
-	a, err := anypb.New(m)
+	a := new(anypb.Any)
+	err := anypb.MarshalFrom(a, m, proto.MarshalOptions{Deterministic: true})
 	if err != nil {
 		return nil, fmt.Errorf("pack %T: %w", m, err)
 	}
@@ -419,8 +423,9 @@ func BackendCluster(b *policy.Backend) (*clusterv3.Cluster, error) {
 	}
 	if tls := b.Endpoints[0].TLS; tls != nil {
 		sni := tls.SNI
-		if sni == "" {
-			sni, _, _ = net.SplitHostPort(b.Endpoints[0].Address)
+		if host, _, _ := net.SplitHostPort(b.Endpoints[0].Address); sni == "" && net.ParseIP(host) == nil {
+			// SNI names a host; an IP endpoint sends none unless told.
+			sni = host
 		}
 		ctx := &tlsv3.UpstreamTlsContext{Sni: sni, CommonTlsContext: &tlsv3.CommonTlsContext{}}
 		if tls.CAFile != "" {
