@@ -1,0 +1,116 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+
+	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/detourhq/detour/policy"
+	"github.com/detourhq/detour/xds"
+)
+
+// baselineBootstrap is detour's static bootstrap for p with the ext_proc
+// HTTP filter removed and the routes replaced by one plain route to the
+// first backend's cluster. Everything else (listener buffer limit, timeouts,
+// early header mutation, local reply mapping, clusters) stays as detour
+// generates it, so the two sides differ only by detour's work.
+func baselineBootstrap(p *policy.Policy) (*bootstrapv3.Bootstrap, error) {
+	if len(p.Backends) == 0 {
+		return nil, errors.New("policy has no backend")
+	}
+	b, err := xds.StaticBootstrap(p)
+	if err != nil {
+		return nil, err
+	}
+	n := 0
+	for _, l := range b.GetStaticResources().GetListeners() {
+		for _, fc := range l.GetFilterChains() {
+			for _, f := range fc.GetFilters() {
+				done, err := stripFilter(f, p.Backends[0].Name)
+				if err != nil {
+					return nil, fmt.Errorf("listener %s: %w", l.GetName(), err)
+				}
+				if done {
+					n++
+				}
+			}
+		}
+	}
+	if n == 0 {
+		return nil, errors.New("no HTTP connection manager found in detour's bootstrap")
+	}
+	if err := b.ValidateAll(); err != nil {
+		return nil, fmt.Errorf("baseline bootstrap is invalid: %w", err)
+	}
+	return b, nil
+}
+
+// stripFilter rewrites f in place if it is an HTTP connection manager, and
+// reports whether it was.
+func stripFilter(f *listenerv3.Filter, cluster string) (bool, error) {
+	tc := f.GetTypedConfig()
+	hcm := &hcmv3.HttpConnectionManager{}
+	if tc == nil || !tc.MessageIs(hcm) {
+		return false, nil
+	}
+	if err := tc.UnmarshalTo(hcm); err != nil {
+		return false, fmt.Errorf("unpack http_connection_manager: %w", err)
+	}
+	if err := withoutExtProc(hcm, cluster); err != nil {
+		return false, err
+	}
+	a, err := anypb.New(hcm)
+	if err != nil {
+		return false, fmt.Errorf("repack http_connection_manager: %w", err)
+	}
+	f.ConfigType = &listenerv3.Filter_TypedConfig{TypedConfig: a}
+	return true, nil
+}
+
+// withoutExtProc removes the ext_proc filter from hcm and routes every
+// request of its inline route config to cluster.
+func withoutExtProc(hcm *hcmv3.HttpConnectionManager, cluster string) error {
+	before := len(hcm.HttpFilters)
+	hcm.HttpFilters = slices.DeleteFunc(hcm.HttpFilters, func(f *hcmv3.HttpFilter) bool {
+		return f.GetName() == xds.ExtProcFilter
+	})
+	if len(hcm.HttpFilters) == before {
+		return fmt.Errorf("no %s filter to remove", xds.ExtProcFilter)
+	}
+	rc := hcm.GetRouteConfig()
+	if rc == nil {
+		return errors.New("no inline route config")
+	}
+	for _, vh := range rc.GetVirtualHosts() {
+		r, err := plainRoute(vh, cluster)
+		if err != nil {
+			return fmt.Errorf("virtual host %s: %w", vh.GetName(), err)
+		}
+		vh.Routes = []*routev3.Route{r}
+	}
+	return nil
+}
+
+// plainRoute derives from vh's first forwarding route (detour's routed
+// route, which keeps the timeout and body buffer limit) a catch-all route
+// to cluster.
+func plainRoute(vh *routev3.VirtualHost, cluster string) (*routev3.Route, error) {
+	for _, r := range vh.GetRoutes() {
+		if r.GetRoute() == nil {
+			continue
+		}
+		out := proto.Clone(r).(*routev3.Route)
+		out.Name = "baseline"
+		out.Match = &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}}
+		out.GetRoute().ClusterSpecifier = &routev3.RouteAction_Cluster{Cluster: cluster}
+		return out, nil
+	}
+	return nil, errors.New("no forwarding route to derive the baseline route from")
+}
