@@ -23,8 +23,11 @@ run: build
 
 test: lint unit e2e
 
+# Unit tests include a check of the generated bootstrap by the real Envoy.
 unit:
-	$(GO) test -race -count=1 $(UNIT_PKGS)
+	@scripts/get-envoy.sh
+	ENVOY_BIN="$(ENVOY)" $(GO) test -race -count=1 $(UNIT_PKGS)
+	$(GO) test -count=1 -run 'Allocs$$' ./route/   # exact allocation counts: not under -race
 
 e2e: build
 	@scripts/get-envoy.sh

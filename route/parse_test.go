@@ -577,6 +577,9 @@ func TestParseRequestAllocs(t *testing.T) {
 	if err := ParseRequest(KindChat, body, &req); err != nil {
 		t.Fatal(err)
 	}
+	if raceEnabled {
+		t.Skip("allocation counts are not exact under the race detector")
+	}
 	if n := testing.AllocsPerRun(100, func() { _ = ParseRequest(KindChat, body, &req) }); n != 0 {
 		t.Errorf("same model: %v allocs per parse, want 0", n)
 	}

@@ -63,6 +63,9 @@ func TestRewriteModelAllocs(t *testing.T) {
 	if err := ParseRequest(KindChat, body, &req); err != nil {
 		t.Fatal(err)
 	}
+	if raceEnabled {
+		t.Skip("allocation counts are not exact under the race detector")
+	}
 	dst := make([]byte, 0, len(body)+64)
 	if n := testing.AllocsPerRun(100, func() { dst = RewriteModel(dst[:0], body, &req, "gpt-4o-mini") }); n != 0 {
 		t.Errorf("%v allocs with room in dst, want 0", n)

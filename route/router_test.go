@@ -517,6 +517,9 @@ func TestDecideAllocs(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	if raceEnabled {
+		t.Skip("allocation counts are not exact under the race detector")
+	}
 	allocs := testing.AllocsPerRun(200, func() {
 		for i := range reqs {
 			if err := r.Decide(&reqs[i], &d); err != nil {
