@@ -70,7 +70,10 @@ type backendSpec struct {
 	MaxOutput     int
 	Tools, Vision bool
 	In, Out       float64
-	Addr          string // filled by startStack
+	// APIKey, when set, is required by the simulated provider and given to
+	// detour through the environment variable KeyEnv.
+	APIKey, KeyEnv string
+	Addr           string // filled by startStack
 }
 
 // quickstartBackends mirrors examples/quickstart/policy.yaml on random ports.
@@ -120,6 +123,9 @@ backends:
       vision: {{.Vision}}
       json_mode: true
     price: {input: {{.In}}, output: {{.Out}}}
+{{- if .KeyEnv}}
+    credentials: {api_key_env: {{.KeyEnv}}}
+{{- end}}
 {{- end}}
 routes:
   - name: auto
@@ -147,7 +153,7 @@ func startStack(t testing.TB, o stackOptions) *stack {
 	ctx := context.Background()
 	for i := range o.Backends {
 		b := &o.Backends[i]
-		srv, err := sim.New(sim.Config{Name: b.Name, Addr: "127.0.0.1:0", Models: []string{b.Model}})
+		srv, err := sim.New(sim.Config{Name: b.Name, Addr: "127.0.0.1:0", Models: []string{b.Model}, APIKey: b.APIKey})
 		if err != nil {
 			t.Fatal(err)
 		}

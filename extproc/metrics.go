@@ -15,6 +15,7 @@ type Metrics struct {
 	PolicyReloads *prometheus.CounterVec
 	BodyBytes     prometheus.Histogram
 	Panics        prometheus.Counter
+	Attempts      *prometheus.CounterVec
 }
 
 // NewMetrics creates the series and registers them on reg.
@@ -63,7 +64,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Panics recovered while handling a request (each answered with a 500); any is a bug worth reporting.",
 		}),
 	}
-	reg.MustRegister(m.Panics, m.Decisions, m.DecisionTime, m.Errors, m.Rejections, m.TokenCounts,
+	m.Attempts = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "detour_extproc_upstream_attempts_total",
+		Help: "Attempts prepared for a backend by the per-attempt (upstream) stage, by whether the body had to be rewritten for it (rewritten: a fallback with another model id).",
+	}, []string{"backend", "body"})
+	reg.MustRegister(m.Attempts, m.Panics, m.Decisions, m.DecisionTime, m.Errors, m.Rejections, m.TokenCounts,
 		m.StreamsActive, m.PolicyVersion, m.PolicyReloads, m.BodyBytes)
 	return m
 }

@@ -66,6 +66,13 @@ type state struct {
 	maxBody    int64
 	logPrompts bool
 	modelsJSON []byte // the GET /v1/models answer
+	attempts   int    // retry.attempts: the length of a request's backend order
+	// creds are the backends' API keys by backend name; stripUpstream the
+	// headers no provider may receive unless they are its own credentials:
+	// detour's internal headers and every backend's credential header
+	// (Envoy keeps one attempt's headers on the next).
+	creds         map[string]credential
+	stripUpstream []string
 }
 
 // work is the per-request scratch reused across requests.
@@ -80,6 +87,9 @@ type work struct {
 	method   string
 	gotBody  bool
 	received time.Time
+	// upstream marks a stream from the per-attempt filter of cluster.
+	upstream bool
+	cluster  string
 }
 
 // New builds a server on cfg.Policy.
@@ -107,11 +117,19 @@ func (s *Server) SetPolicy(p *policy.Policy) error {
 	if err != nil {
 		return fmt.Errorf("extproc: build router: %w", err)
 	}
+	creds, credHeaders, err := loadCredentials(p)
+	if err != nil {
+		return fmt.Errorf("extproc: %w", err)
+	}
+	strip := append([]string{HeaderBackend, HeaderModel, HeaderRoute}, credHeaders...)
 	s.state.Store(&state{
-		router:     r,
-		maxBody:    int64(p.Limits.MaxBodyBytes),
-		logPrompts: p.ExtProc.LogPrompts,
-		modelsJSON: modelsList(r.Known()),
+		router:        r,
+		maxBody:       int64(p.Limits.MaxBodyBytes),
+		logPrompts:    p.ExtProc.LogPrompts,
+		modelsJSON:    modelsList(r.Known()),
+		attempts:      p.Retry.Attempts,
+		creds:         creds,
+		stripUpstream: strip,
 	})
 	s.metrics.PolicyVersion.SetToCurrentTime()
 	return nil
@@ -148,6 +166,7 @@ func (w *work) reset() {
 	w.req.Reset()
 	w.body = w.body[:0]
 	w.kind, w.path, w.method, w.gotBody = route.KindUnknown, "", "", false
+	w.upstream, w.cluster = false, ""
 	// Very large bodies are not kept for the next request.
 	if cap(w.body) > 1<<20 {
 		w.body = nil
@@ -176,8 +195,17 @@ func (s *Server) handleSafely(ctx context.Context, st *state, w *work, msg *extp
 func (s *Server) handle(ctx context.Context, st *state, w *work, msg *extprocv3.ProcessingRequest) *extprocv3.ProcessingResponse {
 	switch m := msg.Request.(type) {
 	case *extprocv3.ProcessingRequest_RequestHeaders:
+		if cluster, ok := upstreamCluster(msg); ok {
+			w.upstream, w.cluster = true, cluster
+			w.path = requestPath(m.RequestHeaders)
+			w.kind = route.KindFromPath(w.path)
+			return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestHeaders{RequestHeaders: &extprocv3.HeadersResponse{}}}
+		}
 		return s.onRequestHeaders(st, w, m.RequestHeaders)
 	case *extprocv3.ProcessingRequest_RequestBody:
+		if w.upstream {
+			return s.upstreamBody(st, w, m.RequestBody)
+		}
 		if w.path == "" {
 			w.fromAttributes(msg)
 		}
@@ -208,6 +236,15 @@ func (w *work) fromAttributes(msg *extprocv3.ProcessingRequest) {
 	if v := attrs.GetFields()["request.method"]; v != nil {
 		w.method = v.GetStringValue()
 	}
+}
+
+func requestPath(h *extprocv3.HttpHeaders) string {
+	for _, hv := range h.GetHeaders().GetHeaders() {
+		if hv.Key == ":path" {
+			return headerValue(hv)
+		}
+	}
+	return ""
 }
 
 func (s *Server) onRequestHeaders(st *state, w *work, h *extprocv3.HttpHeaders) *extprocv3.ProcessingResponse {
@@ -317,7 +354,8 @@ func (s *Server) route(ctx context.Context, st *state, w *work) *extprocv3.Proce
 				ClearRouteCache: true,
 			},
 		}},
-		DynamicMetadata: decisionMetadata(b.Name, w.dec.UpstreamModel, w.dec.Target),
+		DynamicMetadata: decisionMetadata(b.Name, w.dec.UpstreamModel, w.dec.Target,
+			priorityGroups(r, &w.dec, st.attempts)),
 	}
 }
 
@@ -404,8 +442,9 @@ func headerValue(h *corev3.HeaderValue) string {
 	return h.Value
 }
 
-func decisionMetadata(backend, model, target string) *structpb.Struct {
+func decisionMetadata(backend, model, target string, groups *structpb.Value) *structpb.Struct {
 	return &structpb.Struct{Fields: map[string]*structpb.Value{
+		PriorityGroupsNamespace: groups,
 		MetadataNamespace: structpb.NewStructValue(&structpb.Struct{Fields: map[string]*structpb.Value{
 			"backend": structpb.NewStringValue(backend),
 			"model":   structpb.NewStringValue(model),

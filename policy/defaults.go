@@ -35,6 +35,18 @@ const (
 	DefaultRetryBaseDelay = 100 * time.Millisecond
 	DefaultRetryMaxDelay  = 1200 * time.Millisecond
 	DefaultRetryJitter    = 0.5
+	DefaultRetryBudget    = 100.0
+	DefaultMinRetryConc   = 10
+
+	// Outlier detection: fast sweeps, since a provider that fails five
+	// times in a row is not coming back within a second.
+	DefaultConsecutiveErrors = 5
+	DefaultOutlierInterval   = time.Second
+	DefaultBaseEjection      = 10 * time.Second
+	DefaultMaxEjection       = 5 * time.Minute
+
+	// DefaultCredentialHeader carries a backend's API key as a bearer token.
+	DefaultCredentialHeader = "authorization"
 
 	ObjectiveCheapest = "cheapest"
 	ObjectiveOrdered  = "ordered"
@@ -58,6 +70,9 @@ func (p *Policy) ApplyDefaults() {
 		if b.Capabilities.Streaming == nil {
 			t := true
 			b.Capabilities.Streaming = &t
+		}
+		if b.Credentials != nil && b.Credentials.Header == "" {
+			b.Credentials.Header = DefaultCredentialHeader
 		}
 		if len(b.Capabilities.APIs) == 0 {
 			b.Capabilities.APIs = append([]string(nil), AllAPIs...)
@@ -85,6 +100,12 @@ func (p *Policy) ApplyDefaults() {
 	setDur(&p.Retry.BaseDelay, DefaultRetryBaseDelay)
 	setDur(&p.Retry.MaxDelay, DefaultRetryMaxDelay)
 	setFloat(&p.Retry.Jitter, DefaultRetryJitter)
+	setFloat(&p.Retry.BudgetPercent, DefaultRetryBudget)
+	setInt(&p.Retry.MinRetryConcurrency, DefaultMinRetryConc)
+	setInt(&p.OutlierDetection.ConsecutiveErrors, DefaultConsecutiveErrors)
+	setDur(&p.OutlierDetection.Interval, DefaultOutlierInterval)
+	setDur(&p.OutlierDetection.BaseEjectionTime, DefaultBaseEjection)
+	setDur(&p.OutlierDetection.MaxEjectionTime, DefaultMaxEjection)
 	setStr(&p.Envoy.Listen, DefaultEnvoyListen)
 	setStr(&p.Envoy.Admin, DefaultEnvoyAdmin)
 	setDur(&p.Envoy.RequestTimeout, DefaultRequestTimeout)

@@ -23,6 +23,8 @@ type Policy struct {
 	CircuitBreaker CircuitBreaker `yaml:"circuit_breaker,omitempty"`
 	// Retry is the retry schedule for a failed attempt.
 	Retry Retry `yaml:"retry,omitempty"`
+	// OutlierDetection ejects failing endpoints inside Envoy.
+	OutlierDetection OutlierDetection `yaml:"outlier_detection,omitempty"`
 	// Envoy describes the Envoy that detour configures.
 	Envoy EnvoySettings `yaml:"envoy,omitempty"`
 	// ExtProc configures detour's ext_proc service.
@@ -47,6 +49,21 @@ type Backend struct {
 	// Priority is a tier: lower tiers are always preferred over higher ones,
 	// whatever the objective says. Default 0.
 	Priority int `yaml:"priority,omitempty" jsonschema:"minimum=0"`
+	// Credentials are added to requests sent to this backend only, on each
+	// attempt. The key comes from a file or the environment, never from
+	// this file.
+	Credentials *Credentials `yaml:"credentials,omitempty"`
+}
+
+// Credentials name where a backend's API key is kept.
+type Credentials struct {
+	// APIKeyEnv names an environment variable of the ext_proc service.
+	APIKeyEnv string `yaml:"api_key_env,omitempty"`
+	// APIKeyFile is a file holding the key (surrounding space is trimmed).
+	APIKeyFile string `yaml:"api_key_file,omitempty"`
+	// Header carries the key. Default "authorization", sent as
+	// "Bearer <key>"; any other header gets the bare key (e.g. "api-key").
+	Header string `yaml:"header,omitempty"`
 }
 
 // Endpoint is one address of a backend.
@@ -148,8 +165,32 @@ type Retry struct {
 	BaseDelay Duration `yaml:"base_delay,omitempty"`
 	// MaxDelay caps a single wait. Default 1200ms.
 	MaxDelay Duration `yaml:"max_delay,omitempty"`
-	// Jitter is the ± share of each delay. Default 0.5.
+	// Jitter is the ± share of each delay. Default 0.5. (Envoy's own
+	// back-off is fully jittered: each wait is drawn from [0, delay).)
 	Jitter float64 `yaml:"jitter,omitempty" jsonschema:"minimum=0,maximum=1"`
+	// PerTryTimeout abandons an attempt that has not started its response
+	// by then and tries the next backend. For a non-streaming request it
+	// bounds the whole generation. Default 0: no per-attempt bound.
+	PerTryTimeout Duration `yaml:"per_try_timeout,omitempty"`
+	// BudgetPercent bounds concurrent retries to this share of a backend's
+	// active requests, so retries cannot snowball. Default 100: one retry
+	// in flight per request, enough to move a whole backend's traffic.
+	BudgetPercent float64 `yaml:"budget_percent,omitempty" jsonschema:"minimum=0,maximum=100"`
+	// MinRetryConcurrency is always allowed whatever the budget. Default 10.
+	MinRetryConcurrency int `yaml:"min_retry_concurrency,omitempty" jsonschema:"minimum=0"`
+}
+
+// OutlierDetection takes a failing endpoint out of its backend's rotation
+// inside Envoy.
+type OutlierDetection struct {
+	// ConsecutiveErrors (5xx or connect failures) before an ejection. Default 5.
+	ConsecutiveErrors int `yaml:"consecutive_errors,omitempty" jsonschema:"minimum=1"`
+	// Interval between ejection sweeps. Default 1s (Envoy's own is 10s).
+	Interval Duration `yaml:"interval,omitempty"`
+	// BaseEjectionTime, multiplied by the number of ejections. Default 10s.
+	BaseEjectionTime Duration `yaml:"base_ejection_time,omitempty"`
+	// MaxEjectionTime caps it. Default 5m.
+	MaxEjectionTime Duration `yaml:"max_ejection_time,omitempty"`
 }
 
 // EnvoySettings describe the Envoy that detour configures.

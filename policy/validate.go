@@ -10,7 +10,11 @@ import (
 	"strings"
 )
 
-var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]*$`)
+var (
+	nameRE       = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]*$`)
+	envNameRE    = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+	headerNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]*$`)
+)
 
 // MaxBodyLimit is the largest max_body_bytes accepted: Envoy buffers the
 // whole body in memory for routing and retries.
@@ -83,6 +87,17 @@ func (p *Policy) Validate() []Problem {
 		if b.Priority < 0 {
 			v.add(at+".priority", "priority cannot be negative", "0 is the first tier")
 		}
+		if c := b.Credentials; c != nil {
+			switch {
+			case (c.APIKeyEnv == "") == (c.APIKeyFile == ""):
+				v.add(at+".credentials", "name exactly one of api_key_env and api_key_file", "keys never go in the policy itself")
+			case c.APIKeyEnv != "" && !envNameRE.MatchString(c.APIKeyEnv):
+				v.add(at+".credentials.api_key_env", fmt.Sprintf("%q is not an environment variable name", c.APIKeyEnv), "e.g. OPENAI_API_KEY")
+			}
+			if !headerNameRE.MatchString(c.Header) || c.Header == "host" {
+				v.add(at+".credentials.header", fmt.Sprintf("%q cannot carry a key", c.Header), "a lower-case header name such as authorization or api-key")
+			}
+		}
 	}
 	routeNames := map[string]int{}
 	for i, r := range p.Routes {
@@ -131,6 +146,18 @@ func (p *Policy) Validate() []Problem {
 	}
 	if p.Retry.Attempts < 1 || p.Retry.Attempts > 10 {
 		v.add("retry.attempts", fmt.Sprintf("attempts %d is out of range", p.Retry.Attempts), "between 1 (no retry) and 10")
+	}
+	if !(p.Retry.BudgetPercent > 0 && p.Retry.BudgetPercent <= 100) {
+		v.add("retry.budget_percent", fmt.Sprintf("%g is not a percentage in (0, 100]", p.Retry.BudgetPercent), "100 lets every request have one retry in flight")
+	}
+	if p.Retry.MinRetryConcurrency < 0 {
+		v.add("retry.min_retry_concurrency", "cannot be negative", "")
+	}
+	if p.OutlierDetection.ConsecutiveErrors < 1 {
+		v.add("outlier_detection.consecutive_errors", "must be at least 1", "")
+	}
+	if p.OutlierDetection.MaxEjectionTime < p.OutlierDetection.BaseEjectionTime {
+		v.add("outlier_detection.max_ejection_time", "max_ejection_time is shorter than base_ejection_time", "")
 	}
 	if p.Retry.MaxDelay < p.Retry.BaseDelay {
 		v.add("retry.max_delay", "max_delay is shorter than base_delay", "")

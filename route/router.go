@@ -114,6 +114,12 @@ func New(t Table) (*Router, error) {
 // Backend returns the backend at index i.
 func (r *Router) Backend(i int) *Backend { return &r.backends[i] }
 
+// BackendIndex finds a backend by name.
+func (r *Router) BackendIndex(name string) (int, bool) {
+	i, ok := r.byName[name]
+	return i, ok
+}
+
 // Backends returns every backend; do not modify the slice.
 func (r *Router) Backends() []Backend { return r.backends }
 

@@ -20,8 +20,10 @@ import (
 	celv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/filters/cel/v3"
 	extprocfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	upstreamcodecv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/upstream_codec/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	earlyhmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/http/early_header_mutation/header_mutation/v3"
+	prioritygroupv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/router/cluster_specifiers/priority_group/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
@@ -77,7 +79,7 @@ func Build(p *policy.Policy) (*Resources, error) {
 	}
 	r.Clusters = append(r.Clusters, ec)
 	for i := range p.Backends {
-		c, err := BackendCluster(&p.Backends[i])
+		c, err := BackendCluster(p, &p.Backends[i])
 		if err != nil {
 			return nil, err
 		}
@@ -158,7 +160,7 @@ func ExtProcFilterConfig(p *policy.Policy) *extprocfilterv3.ExternalProcessor {
 		MessageTimeout: durationpb.New(p.ExtProc.MessageTimeout.D()),
 		StatPrefix:     extProcStatName,
 		MetadataOptions: &extprocfilterv3.MetadataOptions{
-			ReceivingNamespaces: &extprocfilterv3.MetadataOptions_MetadataNamespaces{Untyped: []string{extproc.MetadataNamespace}},
+			ReceivingNamespaces: &extprocfilterv3.MetadataOptions_MetadataNamespaces{Untyped: []string{extproc.MetadataNamespace, extproc.PriorityGroupsNamespace}},
 		},
 	}
 }
@@ -172,7 +174,12 @@ func RouteConfig(p *policy.Policy) (*routev3.RouteConfiguration, error) {
 		}
 	}
 	routed := action()
-	routed.ClusterSpecifier = &routev3.RouteAction_ClusterHeader{ClusterHeader: extproc.HeaderBackend}
+	pg, err := priorityGroupPlugin(p)
+	if err != nil {
+		return nil, err
+	}
+	routed.ClusterSpecifier = &routev3.RouteAction_InlineClusterSpecifierPlugin{InlineClusterSpecifierPlugin: pg}
+	routed.RetryPolicy = retryPolicy(p)
 	routes := []*routev3.Route{{
 		Name: routedRouteName,
 		Match: &routev3.RouteMatch{
@@ -223,12 +230,62 @@ func RouteConfig(p *policy.Policy) (*routev3.RouteConfiguration, error) {
 			// Every response says which backend served it; the processor
 			// puts its decision in dynamic metadata.
 			ResponseHeadersToAdd: []*corev3.HeaderValueOption{
-				responseHeader(extproc.HeaderBackend, "%DYNAMIC_METADATA("+extproc.MetadataNamespace+":backend)%"),
-				responseHeader(extproc.HeaderModel, "%DYNAMIC_METADATA("+extproc.MetadataNamespace+":model)%"),
+				// The backend that answered, which after a failover is not
+				// the one first chosen: read from the endpoint's metadata.
+				responseHeader(extproc.HeaderBackend, "%UPSTREAM_METADATA("+extproc.MetadataNamespace+":backend)%"),
+				responseHeader(extproc.HeaderModel, "%UPSTREAM_METADATA("+extproc.MetadataNamespace+":model)%"),
 			},
 		}},
 	}
 	return rc, nil
+}
+
+// priorityGroupPlugin sends attempt N of a request to the Nth backend of
+// the order detour's processor chose for it (dynamic metadata in
+// extproc.PriorityGroupsNamespace). The configured groups only serve a
+// request the processor did not order, which the route's header match
+// rules out; they name every backend in policy order.
+func priorityGroupPlugin(p *policy.Policy) (*routev3.ClusterSpecifierPlugin, error) {
+	spec := &prioritygroupv3.PriorityGroupClusterSpecifier{OverrideMetadataNamespace: extproc.PriorityGroupsNamespace}
+	for _, b := range p.Backends {
+		spec.PriorityGroups = append(spec.PriorityGroups, &prioritygroupv3.PriorityGroup{
+			Name:     b.Name,
+			Clusters: []*prioritygroupv3.ClusterWeight{{ClusterName: b.Name, Weight: wrapperspb.UInt32(1)}},
+		})
+	}
+	a, err := pack(spec)
+	if err != nil {
+		return nil, err
+	}
+	return &routev3.ClusterSpecifierPlugin{Extension: &corev3.TypedExtensionConfig{
+		Name: "envoy.router.cluster_specifier_plugin.priority_group", TypedConfig: a,
+	}}, nil
+}
+
+// RetryOn is what a retry follows: provider errors, throttling and every
+// connection failure. A response that has started streaming is never
+// retried (Envoy cannot), so a client never sees two answers.
+const RetryOn = "5xx,reset,connect-failure,refused-stream,retriable-status-codes"
+
+// retryPolicy moves a failed attempt to the next backend of the request's
+// order (refresh_cluster_on_retry re-runs the priority-group specifier).
+// Retry-After is deliberately not honoured here: the next attempt goes to
+// another backend, which the first one's throttling says nothing about.
+func retryPolicy(p *policy.Policy) *routev3.RetryPolicy {
+	rp := &routev3.RetryPolicy{
+		RetryOn:               RetryOn,
+		RetriableStatusCodes:  []uint32{429},
+		NumRetries:            wrapperspb.UInt32(uint32(p.Retry.Attempts - 1)),
+		RefreshClusterOnRetry: true,
+		RetryBackOff: &routev3.RetryPolicy_RetryBackOff{
+			BaseInterval: durationpb.New(p.Retry.BaseDelay.D()),
+			MaxInterval:  durationpb.New(p.Retry.MaxDelay.D()),
+		},
+	}
+	if d := p.Retry.PerTryTimeout.D(); d > 0 {
+		rp.PerTryTimeout = durationpb.New(d)
+	}
+	return rp
 }
 
 func responseHeader(k, v string) *corev3.HeaderValueOption {
@@ -393,8 +450,100 @@ func extProcCluster(p *policy.Policy) (*clusterv3.Cluster, error) {
 	}, nil
 }
 
+// UpstreamExtProcConfig is the per-attempt ext_proc filter in each backend
+// cluster: it names the cluster so detour can rewrite the request for the
+// backend this attempt goes to (model id, credentials).
+func UpstreamExtProcConfig(p *policy.Policy) *extprocfilterv3.ExternalProcessor {
+	return &extprocfilterv3.ExternalProcessor{
+		GrpcService: &corev3.GrpcService{
+			TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{ClusterName: ExtProcCluster}},
+			Timeout:         durationpb.New(10 * time.Second),
+		},
+		FailureModeAllow: p.ExtProc.FailureModeAllow,
+		StatusOnError:    &typev3.HttpStatus{Code: typev3.StatusCode_ServiceUnavailable},
+		ProcessingMode: &extprocfilterv3.ProcessingMode{
+			RequestHeaderMode:   extprocfilterv3.ProcessingMode_SEND,
+			RequestBodyMode:     extprocfilterv3.ProcessingMode_BUFFERED,
+			RequestTrailerMode:  extprocfilterv3.ProcessingMode_SKIP,
+			ResponseHeaderMode:  extprocfilterv3.ProcessingMode_SKIP,
+			ResponseBodyMode:    extprocfilterv3.ProcessingMode_NONE,
+			ResponseTrailerMode: extprocfilterv3.ProcessingMode_SKIP,
+		},
+		RequestAttributes: []string{extproc.AttrClusterName},
+		MessageTimeout:    durationpb.New(p.ExtProc.MessageTimeout.D()),
+		StatPrefix:        "detour_upstream",
+	}
+}
+
+// backendProtocolOptions: HTTP/1.1 to plain endpoints, HTTP/2 or 1.1 by
+// ALPN over TLS, and the per-attempt filters.
+func backendProtocolOptions(p *policy.Policy, tls bool) (*anypb.Any, error) {
+	up, err := pack(UpstreamExtProcConfig(p))
+	if err != nil {
+		return nil, err
+	}
+	codec, err := pack(&upstreamcodecv3.UpstreamCodec{})
+	if err != nil {
+		return nil, err
+	}
+	opts := &upstreamhttpv3.HttpProtocolOptions{
+		UpstreamProtocolOptions: &upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig_{ExplicitHttpConfig: &upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig{
+			ProtocolConfig: &upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig_HttpProtocolOptions{HttpProtocolOptions: &corev3.Http1ProtocolOptions{}},
+		}},
+		HttpFilters: []*hcmv3.HttpFilter{
+			{Name: ExtProcFilter, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: up}},
+			{Name: "envoy.filters.http.upstream_codec", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: codec}},
+		},
+	}
+	if tls {
+		opts.UpstreamProtocolOptions = &upstreamhttpv3.HttpProtocolOptions_AutoConfig{AutoConfig: &upstreamhttpv3.HttpProtocolOptions_AutoHttpConfig{
+			HttpProtocolOptions:  &corev3.Http1ProtocolOptions{},
+			Http2ProtocolOptions: &corev3.Http2ProtocolOptions{},
+		}}
+	}
+	return pack(opts)
+}
+
+// outlierDetection is set up for provider clusters of one or a few
+// endpoints: every kind of failure ejects (Envoy leaves gateway errors and
+// failure percentages unenforced by default), and all endpoints may be
+// ejected (the default 10 % would protect a single endpoint forever). The
+// panic threshold stays at Envoy's default: a probe showed that with it at
+// 0 a request to an all-ejected cluster fails with "no healthy upstream"
+// and is not retried to the next backend.
+func outlierDetection(p *policy.Policy) *clusterv3.OutlierDetection {
+	o := p.OutlierDetection
+	n := wrapperspb.UInt32(uint32(o.ConsecutiveErrors))
+	return &clusterv3.OutlierDetection{
+		Consecutive_5Xx:                    n,
+		ConsecutiveGatewayFailure:          n,
+		EnforcingConsecutive_5Xx:           wrapperspb.UInt32(100),
+		EnforcingConsecutiveGatewayFailure: wrapperspb.UInt32(100),
+		Interval:                           durationpb.New(o.Interval.D()),
+		BaseEjectionTime:                   durationpb.New(o.BaseEjectionTime.D()),
+		MaxEjectionTime:                    durationpb.New(o.MaxEjectionTime.D()),
+		MaxEjectionPercent:                 wrapperspb.UInt32(100),
+		FailurePercentageMinimumHosts:      wrapperspb.UInt32(1),
+		SuccessRateMinimumHosts:            wrapperspb.UInt32(1),
+	}
+}
+
+// circuitBreakers replace the fixed max_retries with a retry budget, so a
+// provider outage moves all its traffic while retries can never outnumber
+// the requests they serve.
+func circuitBreakers(p *policy.Policy) *clusterv3.CircuitBreakers {
+	return &clusterv3.CircuitBreakers{Thresholds: []*clusterv3.CircuitBreakers_Thresholds{{
+		Priority: corev3.RoutingPriority_DEFAULT,
+		RetryBudget: &clusterv3.CircuitBreakers_Thresholds_RetryBudget{
+			BudgetPercent:       &typev3.Percent{Value: p.Retry.BudgetPercent},
+			MinRetryConcurrency: wrapperspb.UInt32(uint32(p.Retry.MinRetryConcurrency)),
+		},
+		TrackRemaining: true,
+	}}}
+}
+
 // BackendCluster is one backend's cluster.
-func BackendCluster(b *policy.Backend) (*clusterv3.Cluster, error) {
+func BackendCluster(p *policy.Policy, b *policy.Backend) (*clusterv3.Cluster, error) {
 	var eps []*endpointv3.LbEndpoint
 	dns := false
 	for _, e := range b.Endpoints {
@@ -405,13 +554,24 @@ func BackendCluster(b *policy.Backend) (*clusterv3.Cluster, error) {
 		if net.ParseIP(host) == nil {
 			dns = true
 		}
-		eps = append(eps, lbEndpoint(host, port))
+		ep := lbEndpoint(host, port)
+		ep.Metadata = endpointMetadata(b)
+		eps = append(eps, ep)
+	}
+	opts, err := backendProtocolOptions(p, b.Endpoints[0].TLS != nil)
+	if err != nil {
+		return nil, err
 	}
 	c := &clusterv3.Cluster{
 		Name:                 b.Name,
 		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC},
 		ConnectTimeout:       durationpb.New(2 * time.Second),
 		LbPolicy:             clusterv3.Cluster_ROUND_ROBIN,
+		// The per-attempt filter buffers the body as the listener does.
+		PerConnectionBufferLimitBytes: wrapperspb.UInt32(uint32(p.Limits.MaxBodyBytes) + bodyLimitHeadroom),
+		TypedExtensionProtocolOptions: map[string]*anypb.Any{"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": opts},
+		OutlierDetection:              outlierDetection(p),
+		CircuitBreakers:               circuitBreakers(p),
 		LoadAssignment: &endpointv3.ClusterLoadAssignment{
 			ClusterName: b.Name,
 			Endpoints:   []*endpointv3.LocalityLbEndpoints{{LbEndpoints: eps}},
@@ -427,7 +587,8 @@ func BackendCluster(b *policy.Backend) (*clusterv3.Cluster, error) {
 			// SNI names a host; an IP endpoint sends none unless told.
 			sni = host
 		}
-		ctx := &tlsv3.UpstreamTlsContext{Sni: sni, CommonTlsContext: &tlsv3.CommonTlsContext{}}
+		// ALPN lets the cluster's auto protocol config pick HTTP/2.
+		ctx := &tlsv3.UpstreamTlsContext{Sni: sni, CommonTlsContext: &tlsv3.CommonTlsContext{AlpnProtocols: []string{"h2", "http/1.1"}}}
 		if tls.CAFile != "" {
 			ctx.CommonTlsContext.ValidationContextType = &tlsv3.CommonTlsContext_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
 				TrustedCa: &corev3.DataSource{Specifier: &corev3.DataSource_Filename{Filename: tls.CAFile}},
@@ -440,6 +601,17 @@ func BackendCluster(b *policy.Backend) (*clusterv3.Cluster, error) {
 		c.TransportSocket = &corev3.TransportSocket{Name: "envoy.transport_sockets.tls", ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: ts}}
 	}
 	return c, nil
+}
+
+// endpointMetadata names the backend and its model on each endpoint, so
+// responses can say which backend served them after a failover.
+func endpointMetadata(b *policy.Backend) *corev3.Metadata {
+	return &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{
+		extproc.MetadataNamespace: {Fields: map[string]*structpb.Value{
+			"backend": structpb.NewStringValue(b.Name),
+			"model":   structpb.NewStringValue(b.Model),
+		}},
+	}}
 }
 
 func clusterTypeFor(host string) clusterv3.Cluster_DiscoveryType {

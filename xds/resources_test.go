@@ -13,6 +13,7 @@ import (
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	earlyhmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/http/early_header_mutation/header_mutation/v3"
+	prioritygroupv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/router/cluster_specifiers/priority_group/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
@@ -276,8 +277,8 @@ func checkExtProc(t *testing.T, ep *extprocfilterv3.ExternalProcessor, p *policy
 	if ep.GetStatusOnError().GetCode() != typev3.StatusCode_ServiceUnavailable {
 		t.Errorf("status_on_error %v, want 503", ep.GetStatusOnError())
 	}
-	if ns := ep.GetMetadataOptions().GetReceivingNamespaces().GetUntyped(); len(ns) != 1 || ns[0] != extproc.MetadataNamespace {
-		t.Errorf("receiving namespaces %v, want [%s]", ns, extproc.MetadataNamespace)
+	if ns := ep.GetMetadataOptions().GetReceivingNamespaces().GetUntyped(); len(ns) != 2 || ns[0] != extproc.MetadataNamespace || ns[1] != extproc.PriorityGroupsNamespace {
+		t.Errorf("receiving namespaces %v, want [%s %s]", ns, extproc.MetadataNamespace, extproc.PriorityGroupsNamespace)
 	}
 	if ep.GetGrpcService().GetTimeout().AsDuration() <= 0 {
 		t.Error("no gRPC timeout")
@@ -325,8 +326,8 @@ func TestRouteConfig(t *testing.T) {
 			}
 
 			want := map[string]string{
-				extproc.HeaderBackend: "%DYNAMIC_METADATA(detour:backend)%",
-				extproc.HeaderModel:   "%DYNAMIC_METADATA(detour:model)%",
+				extproc.HeaderBackend: "%UPSTREAM_METADATA(detour:backend)%",
+				extproc.HeaderModel:   "%UPSTREAM_METADATA(detour:model)%",
 			}
 			got := map[string]string{}
 			for _, h := range vh.ResponseHeadersToAdd {
@@ -350,8 +351,24 @@ func TestRouteConfig(t *testing.T) {
 				t.Errorf("routed match %v, want prefix / with %s present", routed.GetMatch(), extproc.HeaderBackend)
 			}
 			ra := routed.GetRoute()
-			if ra.GetClusterHeader() != extproc.HeaderBackend {
-				t.Errorf("routed cluster specifier %v, want cluster_header %s", ra.GetClusterSpecifier(), extproc.HeaderBackend)
+			plugin := ra.GetInlineClusterSpecifierPlugin().GetExtension()
+			if plugin.GetName() != "envoy.router.cluster_specifier_plugin.priority_group" {
+				t.Fatalf("routed cluster specifier %v, want the priority_group plugin", ra.GetClusterSpecifier())
+			}
+			pg := unpack(t, plugin.GetTypedConfig(), &prioritygroupv3.PriorityGroupClusterSpecifier{})
+			if pg.OverrideMetadataNamespace != extproc.PriorityGroupsNamespace || len(pg.PriorityGroups) != len(p.Backends) {
+				t.Errorf("priority groups %v, want one per backend and the override namespace %s", pg, extproc.PriorityGroupsNamespace)
+			}
+			rp := ra.GetRetryPolicy()
+			if rp.GetRetryOn() != RetryOn || !rp.RefreshClusterOnRetry || rp.GetNumRetries().GetValue() != uint32(p.Retry.Attempts-1) ||
+				len(rp.RetriableStatusCodes) != 1 || rp.RetriableStatusCodes[0] != 429 {
+				t.Errorf("retry policy %v", rp)
+			}
+			if rp.GetRateLimitedRetryBackOff() != nil {
+				t.Error("rate-limited back-off is set: a Retry-After from one provider would delay the attempt on the next")
+			}
+			if got := rp.GetRetryBackOff().GetBaseInterval().AsDuration(); got != p.Retry.BaseDelay.D() {
+				t.Errorf("retry base interval %v, want %v", got, p.Retry.BaseDelay.D())
 			}
 			if got := ra.GetTimeout().AsDuration(); got != p.Envoy.RequestTimeout.D() {
 				t.Errorf("route timeout %v, want %v", got, p.Envoy.RequestTimeout.D())
@@ -404,6 +421,7 @@ func TestClusters(t *testing.T) {
 			if len(eps) != 1 || eps[0] != b.Endpoints[0].Address {
 				t.Errorf("%s: endpoints %v, want %s", c.Name, eps, b.Endpoints[0].Address)
 			}
+			checkFailoverSettings(t, p, &b, c)
 		}
 	})
 	t.Run("tls and hostnames", func(t *testing.T) {
@@ -516,7 +534,7 @@ func TestBuildErrors(t *testing.T) {
 }
 
 func TestBackendClusterCAFile(t *testing.T) {
-	c, err := BackendCluster(&policy.Backend{Name: "b", Model: "m", Endpoints: []policy.Endpoint{
+	c, err := BackendCluster(quickstart(t), &policy.Backend{Name: "b", Model: "m", Endpoints: []policy.Endpoint{
 		{Address: "llm.example.com:443", TLS: &policy.TLS{CAFile: "/etc/detour/ca.pem"}},
 	}})
 	if err != nil {
@@ -531,5 +549,49 @@ func TestBackendClusterCAFile(t *testing.T) {
 	}
 	if err := c.ValidateAll(); err != nil {
 		t.Error(err)
+	}
+}
+
+// checkFailoverSettings: the per-attempt filter chain, outlier detection fit
+// for one-endpoint provider clusters, a retry budget, and the endpoint
+// metadata the response headers read.
+func checkFailoverSettings(t *testing.T, p *policy.Policy, b *policy.Backend, c *clusterv3.Cluster) {
+	t.Helper()
+	opts := unpack(t, c.TypedExtensionProtocolOptions["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"], &upstreamhttpv3.HttpProtocolOptions{})
+	var names []string
+	for _, f := range opts.HttpFilters {
+		names = append(names, f.Name)
+	}
+	if strings.Join(names, ",") != ExtProcFilter+",envoy.filters.http.upstream_codec" {
+		t.Fatalf("%s: upstream filters %v, want ext_proc then upstream_codec", c.Name, names)
+	}
+	up := unpack(t, opts.HttpFilters[0].GetTypedConfig(), &extprocfilterv3.ExternalProcessor{})
+	if attrs := up.RequestAttributes; len(attrs) != 1 || attrs[0] != extproc.AttrClusterName {
+		t.Errorf("%s: upstream ext_proc attributes %v, want [%s]", c.Name, attrs, extproc.AttrClusterName)
+	}
+	if m := up.GetProcessingMode(); m.GetRequestBodyMode() != extprocfilterv3.ProcessingMode_BUFFERED || m.GetResponseHeaderMode() != extprocfilterv3.ProcessingMode_SKIP {
+		t.Errorf("%s: upstream processing mode %v", c.Name, m)
+	}
+	od := c.GetOutlierDetection()
+	if od.GetConsecutive_5Xx().GetValue() != uint32(p.OutlierDetection.ConsecutiveErrors) ||
+		od.GetEnforcingConsecutiveGatewayFailure().GetValue() != 100 || od.GetMaxEjectionPercent().GetValue() != 100 ||
+		od.GetInterval().AsDuration() != p.OutlierDetection.Interval.D() {
+		t.Errorf("%s: outlier detection %v", c.Name, od)
+	}
+	if c.GetCommonLbConfig().GetHealthyPanicThreshold() != nil {
+		t.Errorf("%s: panic threshold changed; at 0 an all-ejected backend is not retried elsewhere", c.Name)
+	}
+	th := c.GetCircuitBreakers().GetThresholds()
+	if len(th) != 1 || th[0].GetRetryBudget().GetBudgetPercent().GetValue() != p.Retry.BudgetPercent ||
+		th[0].GetRetryBudget().GetMinRetryConcurrency().GetValue() != uint32(p.Retry.MinRetryConcurrency) {
+		t.Errorf("%s: circuit breakers %v", c.Name, th)
+	}
+	for _, lle := range c.GetLoadAssignment().GetEndpoints() {
+		for _, ep := range lle.GetLbEndpoints() {
+			md := ep.GetMetadata().GetFilterMetadata()[extproc.MetadataNamespace].GetFields()
+			if md["backend"].GetStringValue() != b.Name || md["model"].GetStringValue() != b.Model {
+				t.Errorf("%s: endpoint metadata %v", c.Name, md)
+			}
+		}
 	}
 }

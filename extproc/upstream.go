@@ -1,0 +1,168 @@
+package extproc
+
+import (
+	"fmt"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/detourhq/detour/policy"
+	"github.com/detourhq/detour/route"
+)
+
+// The upstream stage: Envoy runs a second ext_proc filter inside each
+// backend cluster, once per attempt (retries included). It tells detour
+// which cluster the attempt goes to; detour rewrites the request for that
+// backend: its model id, its credentials, and none of detour's own headers.
+
+// AttrClusterName is the request attribute the upstream filter is
+// configured to send; its presence marks an upstream-stage stream.
+const AttrClusterName = "xds.cluster_name"
+
+// PriorityGroupsNamespace is the dynamic metadata namespace from which
+// Envoy's priority_group cluster specifier reads the per-request order of
+// backends: attempt N goes to group N.
+const PriorityGroupsNamespace = "detour.pg"
+
+// credential is one backend's API key, ready to send.
+type credential struct {
+	header string
+	value  string
+}
+
+// loadCredentials reads every backend's key from its file or environment
+// variable. A missing key is an error: a backend that would answer 401 to
+// every request is worse than a service that does not start.
+func loadCredentials(p *policy.Policy) (map[string]credential, []string, error) {
+	creds := map[string]credential{}
+	headers := map[string]bool{}
+	for _, b := range p.Backends {
+		c := b.Credentials
+		if c == nil {
+			continue
+		}
+		var key string
+		switch {
+		case c.APIKeyEnv != "":
+			key = os.Getenv(c.APIKeyEnv)
+			if key == "" {
+				return nil, nil, fmt.Errorf("backend %s: environment variable %s (credentials.api_key_env) is empty or unset", b.Name, c.APIKeyEnv)
+			}
+		case c.APIKeyFile != "":
+			raw, err := os.ReadFile(c.APIKeyFile)
+			if err != nil {
+				return nil, nil, fmt.Errorf("backend %s: credentials.api_key_file: %w", b.Name, err)
+			}
+			key = strings.TrimSpace(string(raw))
+			if key == "" {
+				return nil, nil, fmt.Errorf("backend %s: credentials.api_key_file %s is empty", b.Name, c.APIKeyFile)
+			}
+		}
+		header := c.Header
+		if header == "" {
+			header = policy.DefaultCredentialHeader
+		}
+		value := key
+		if header == "authorization" {
+			value = "Bearer " + key
+		}
+		creds[b.Name] = credential{header: header, value: value}
+		headers[header] = true
+	}
+	names := make([]string, 0, len(headers))
+	for h := range headers {
+		names = append(names, h)
+	}
+	sort.Strings(names)
+	return creds, names, nil
+}
+
+// upstreamCluster returns the cluster an upstream-stage stream is for.
+func upstreamCluster(msg *extprocv3.ProcessingRequest) (string, bool) {
+	attrs := msg.GetAttributes()["envoy.filters.http.ext_proc"]
+	if attrs == nil {
+		return "", false
+	}
+	v, ok := attrs.GetFields()[AttrClusterName]
+	if !ok {
+		return "", false
+	}
+	return v.GetStringValue(), true
+}
+
+// upstreamBody answers the upstream stage's body message: the body for
+// this attempt's backend and its headers. It never rejects: an error from
+// an upstream filter would not be retried, and the router stage has
+// already validated the request.
+func (s *Server) upstreamBody(st *state, w *work, b *extprocv3.HttpBody) *extprocv3.ProcessingResponse {
+	w.body = append(w.body, b.Body...)
+	if !b.EndOfStream {
+		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestBody{RequestBody: &extprocv3.BodyResponse{}}}
+	}
+	mut := &extprocv3.HeaderMutation{RemoveHeaders: st.stripUpstream}
+	common := &extprocv3.CommonResponse{HeaderMutation: mut}
+	i, known := st.router.BackendIndex(w.cluster)
+	if !known {
+		s.metrics.Errors.WithLabelValues("unknown_cluster").Inc()
+		s.log.Warn("upstream attempt for a cluster the policy does not name", "cluster", w.cluster)
+		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestBody{RequestBody: &extprocv3.BodyResponse{Response: common}}}
+	}
+	be := st.router.Backend(i)
+	if c, ok := st.creds[be.Name]; ok {
+		// Set after removal: Envoy applies removals last, so this
+		// backend's own header must not be on the removal list.
+		mut.RemoveHeaders = without(st.stripUpstream, c.header)
+		mut.SetHeaders = append(mut.SetHeaders, setHeader(c.header, c.value))
+	}
+	outcome := "unchanged"
+	if err := route.ParseRequest(w.kind, w.body, &w.req); err == nil && w.req.Model != be.Model {
+		w.out = route.RewriteModel(w.out[:0], w.body, &w.req, be.Model)
+		body := append([]byte(nil), w.out...)
+		common.BodyMutation = &extprocv3.BodyMutation{Mutation: &extprocv3.BodyMutation_Body{Body: body}}
+		mut.SetHeaders = append(mut.SetHeaders, setHeader("content-length", strconv.Itoa(len(body))))
+		outcome = "rewritten"
+	}
+	s.metrics.Attempts.WithLabelValues(be.Name, outcome).Inc()
+	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestBody{RequestBody: &extprocv3.BodyResponse{Response: common}}}
+}
+
+func without(list []string, drop string) []string {
+	out := make([]string, 0, len(list))
+	for _, h := range list {
+		if h != drop {
+			out = append(out, h)
+		}
+	}
+	return out
+}
+
+// priorityGroups is the per-request order of backends for Envoy's
+// priority_group cluster specifier: the chosen backend, then its fallbacks,
+// at most attempts long.
+func priorityGroups(r *route.Router, d *route.Decision, attempts int) *structpb.Value {
+	groups := make([]any, 0, min(attempts, 1+len(d.Fallbacks)))
+	add := func(i int) {
+		name := r.Backend(i).Name
+		groups = append(groups, map[string]any{
+			"name":     name,
+			"clusters": []any{map[string]any{"cluster_name": name, "weight": 1}},
+		})
+	}
+	add(d.Backend)
+	for _, i := range d.Fallbacks {
+		if len(groups) >= attempts {
+			break
+		}
+		add(i)
+	}
+	v, err := structpb.NewValue(map[string]any{"priority_groups": groups})
+	if err != nil {
+		// Only strings, numbers and nested maps/lists above: cannot fail.
+		panic(err)
+	}
+	return v
+}
