@@ -203,6 +203,32 @@ func TestParseProblems(t *testing.T) {
 			want: []string{"f.yaml:3:1: found character '\t' that cannot start any token"},
 		},
 		{
+			name: "credentials name exactly one source",
+			src:  oneBackend + "    credentials: {api_key_env: A_KEY, api_key_file: /run/key}\n",
+			want: []string{`f.yaml:11:18: backends[0].credentials: name exactly one of api_key_env and api_key_file (hint: keys never go in the policy itself)`},
+		},
+		{
+			name: "credentials: bad variable name and header",
+			src:  oneBackend + "    credentials: {api_key_env: 1KEY, header: X-Key}\n",
+			want: []string{
+				`f.yaml:11:32: backends[0].credentials.api_key_env: "1KEY" is not an environment variable name (hint: e.g. OPENAI_API_KEY)`,
+				`f.yaml:11:46: backends[0].credentials.header: "X-Key" cannot carry a key (hint: a lower-case header name such as authorization or api-key)`,
+			},
+		},
+		{
+			name: "a key written into the policy is refused",
+			src:  oneBackend + "    credentials: {api_key: sk-123}\n",
+			want: []string{`f.yaml:11:19: backends[0].credentials.api_key: unknown key "api_key" (hint: known keys here: api_key_env, api_key_file, header)`},
+		},
+		{
+			name: "retry budget and outlier detection ranges",
+			src:  oneBackend + "retry: {budget_percent: 150}\noutlier_detection: {base_ejection_time: 10m, max_ejection_time: 1m}\n",
+			want: []string{
+				`f.yaml:11:25: retry.budget_percent: 150 is not a percentage in (0, 100] (hint: 100 lets every request have one retry in flight)`,
+				`f.yaml:12:65: outlier_detection.max_ejection_time: max_ejection_time is shorter than base_ejection_time`,
+			},
+		},
+		{
 			name: "Envoy listens on an IP, not a host name",
 			src:  oneBackend + "envoy:\n  listen: localhost:10000\n",
 			want: []string{`f.yaml:12:11: envoy.listen: Envoy listens on IP addresses only, not "localhost" (hint: e.g. 127.0.0.1 or 0.0.0.0)`},
