@@ -6,9 +6,11 @@ import (
 	"slices"
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
@@ -17,8 +19,8 @@ import (
 )
 
 // baselineBootstrap is detour's static bootstrap for p with the ext_proc
-// HTTP filter removed and the routes replaced by one plain route to the
-// first backend's cluster. Everything else (listener buffer limit, timeouts,
+// HTTP filter and the clusters' per-attempt ext_proc removed, and the routes
+// replaced by one plain route to the first backend's cluster. Everything else (listener buffer limit, timeouts,
 // early header mutation, local reply mapping, clusters) stays as detour
 // generates it, so the two sides differ only by detour's work.
 func baselineBootstrap(p *policy.Policy) (*bootstrapv3.Bootstrap, error) {
@@ -45,6 +47,11 @@ func baselineBootstrap(p *policy.Policy) (*bootstrapv3.Bootstrap, error) {
 	}
 	if n == 0 {
 		return nil, errors.New("no HTTP connection manager found in detour's bootstrap")
+	}
+	for _, c := range b.GetStaticResources().GetClusters() {
+		if err := withoutUpstreamFilters(c); err != nil {
+			return nil, fmt.Errorf("cluster %s: %w", c.GetName(), err)
+		}
 	}
 	if err := b.ValidateAll(); err != nil {
 		return nil, fmt.Errorf("baseline bootstrap is invalid: %w", err)
@@ -113,4 +120,28 @@ func plainRoute(vh *routev3.VirtualHost, cluster string) (*routev3.Route, error)
 		return out, nil
 	}
 	return nil, errors.New("no forwarding route to derive the baseline route from")
+}
+
+// withoutUpstreamFilters drops the per-attempt filters (detour's upstream
+// ext_proc) from a backend cluster: the baseline makes no call to detour.
+func withoutUpstreamFilters(c *clusterv3.Cluster) error {
+	const key = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+	a := c.GetTypedExtensionProtocolOptions()[key]
+	if a == nil {
+		return nil
+	}
+	opts := &upstreamhttpv3.HttpProtocolOptions{}
+	if err := a.UnmarshalTo(opts); err != nil {
+		return fmt.Errorf("unpack protocol options: %w", err)
+	}
+	if len(opts.HttpFilters) == 0 {
+		return nil
+	}
+	opts.HttpFilters = nil
+	packed, err := anypb.New(opts)
+	if err != nil {
+		return fmt.Errorf("pack protocol options: %w", err)
+	}
+	c.TypedExtensionProtocolOptions[key] = packed
+	return nil
 }

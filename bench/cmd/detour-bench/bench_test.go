@@ -9,6 +9,7 @@ import (
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/detourhq/detour/bench/loadgen"
@@ -321,6 +322,20 @@ func TestBaselineBootstrap(t *testing.T) {
 	if got, want := b.StaticResources.Listeners[0].PerConnectionBufferLimitBytes.GetValue(),
 		withExtProc.StaticResources.Listeners[0].PerConnectionBufferLimitBytes.GetValue(); got != want {
 		t.Errorf("buffer limit %d, want %d", got, want)
+	}
+	// No cluster calls detour per attempt either.
+	for _, c := range b.StaticResources.Clusters {
+		a := c.TypedExtensionProtocolOptions["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+		if a == nil {
+			continue
+		}
+		opts := &upstreamhttpv3.HttpProtocolOptions{}
+		if err := a.UnmarshalTo(opts); err != nil {
+			t.Fatal(err)
+		}
+		if len(opts.HttpFilters) != 0 {
+			t.Errorf("baseline cluster %s keeps upstream filters %v", c.Name, opts.HttpFilters)
+		}
 	}
 }
 
