@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/detourhq/detour/bench/loadgen"
-	"github.com/detourhq/detour/extproc"
 )
 
 const (
@@ -248,25 +247,27 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 }
 
 // checkSides sends one request to each side and checks that both succeed,
-// that B was routed by detour and that A was not.
+// that B was routed by detour (the provider saw the model detour wrote) and
+// that A was not (the provider saw the alias the client sent).
 func checkSides(ctx context.Context, reqs map[string]loadgen.Request) error {
 	client := &http.Client{Timeout: 10 * time.Second}
 	for _, side := range []string{sideA, sideB} {
-		backend, err := probe(ctx, client, reqs[side])
+		model, err := probe(ctx, client, reqs[side])
 		if err != nil {
 			return fmt.Errorf("side %s probe: %w", side, err)
 		}
 		switch {
-		case side == sideB && backend != backendName:
-			return fmt.Errorf("side B probe: %w (%s = %q, want %q)", errNotRouted, extproc.HeaderBackend, backend, backendName)
-		case side == sideA && backend != "":
-			return fmt.Errorf("side A probe: answered with %s = %q: ext_proc is still in the baseline", extproc.HeaderBackend, backend)
+		case side == sideB && model != backendModel:
+			return fmt.Errorf("side B probe: %w (the provider answered for model %q, want %q)", errNotRouted, model, backendModel)
+		case side == sideA && model == backendModel:
+			return fmt.Errorf("side A probe: the provider answered for model %q: ext_proc is still in the baseline", model)
 		}
 	}
 	return nil
 }
 
-// probe sends req once and returns the x-detour-backend response header.
+// probe sends req once and returns the model the provider answered for
+// (the simulated provider echoes the model it was sent).
 func probe(ctx context.Context, client *http.Client, r loadgen.Request) (string, error) {
 	req, err := http.NewRequestWithContext(ctx, r.Method, r.URL, bytes.NewReader(r.Body))
 	if err != nil {
@@ -285,7 +286,13 @@ func probe(ctx context.Context, client *http.Client, r loadgen.Request) (string,
 	if resp.StatusCode != http.StatusOK {
 		return "", fmt.Errorf("status %d: %s", resp.StatusCode, bytes.TrimSpace(b))
 	}
-	return resp.Header.Get(extproc.HeaderBackend), nil
+	var answer struct {
+		Model string `json:"model"`
+	}
+	if err := json.Unmarshal(b, &answer); err != nil {
+		return "", fmt.Errorf("answer is not JSON: %w", err)
+	}
+	return answer.Model, nil
 }
 
 // pids are the processes serving one side (and the load generator).
