@@ -197,9 +197,7 @@ func (s *Server) handle(ctx context.Context, st *state, w *work, msg *extprocv3.
 	case *extprocv3.ProcessingRequest_RequestHeaders:
 		if cluster, ok := upstreamCluster(msg); ok {
 			w.upstream, w.cluster = true, cluster
-			w.path = requestPath(m.RequestHeaders)
-			w.kind = route.KindFromPath(w.path)
-			return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestHeaders{RequestHeaders: &extprocv3.HeadersResponse{}}}
+			return s.upstreamHeaders(st, w, m.RequestHeaders)
 		}
 		return s.onRequestHeaders(st, w, m.RequestHeaders)
 	case *extprocv3.ProcessingRequest_RequestBody:
@@ -236,15 +234,6 @@ func (w *work) fromAttributes(msg *extprocv3.ProcessingRequest) {
 	if v := attrs.GetFields()["request.method"]; v != nil {
 		w.method = v.GetStringValue()
 	}
-}
-
-func requestPath(h *extprocv3.HttpHeaders) string {
-	for _, hv := range h.GetHeaders().GetHeaders() {
-		if hv.Key == ":path" {
-			return headerValue(hv)
-		}
-	}
-	return ""
 }
 
 func (s *Server) onRequestHeaders(st *state, w *work, h *extprocv3.HttpHeaders) *extprocv3.ProcessingResponse {

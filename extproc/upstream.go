@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 
+	extprocfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/protobuf/types/known/structpb"
 
@@ -94,6 +95,57 @@ func upstreamCluster(msg *extprocv3.ProcessingRequest) (string, bool) {
 	return v.GetStringValue(), true
 }
 
+// upstreamHeaders answers the upstream stage's headers message. Most
+// attempts go to the backend the router stage wrote the body for: they need
+// only headers (credentials, and none of detour's), so the body is asked
+// for — by overriding the filter's body mode — only when this attempt's
+// backend serves another model id.
+func (s *Server) upstreamHeaders(st *state, w *work, h *extprocv3.HttpHeaders) *extprocv3.ProcessingResponse {
+	bodyModel := ""
+	for _, hv := range h.GetHeaders().GetHeaders() {
+		switch hv.Key {
+		case ":path":
+			w.path = headerValue(hv)
+		case HeaderModel:
+			bodyModel = headerValue(hv)
+		}
+	}
+	w.kind = route.KindFromPath(w.path)
+	mut, be := s.upstreamHeaderMutation(st, w)
+	resp := &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestHeaders{RequestHeaders: &extprocv3.HeadersResponse{
+		Response: &extprocv3.CommonResponse{HeaderMutation: mut},
+	}}}
+	if be == nil || h.EndOfStream || bodyModel == be.Model {
+		if be != nil {
+			s.metrics.Attempts.WithLabelValues(be.Name, "unchanged").Inc()
+		}
+		return resp
+	}
+	resp.ModeOverride = &extprocfilterv3.ProcessingMode{RequestBodyMode: extprocfilterv3.ProcessingMode_BUFFERED}
+	return resp
+}
+
+// upstreamHeaderMutation: this backend's credentials, and none of detour's
+// headers or other backends' credentials. be is nil for a cluster the
+// policy does not name.
+func (s *Server) upstreamHeaderMutation(st *state, w *work) (*extprocv3.HeaderMutation, *route.Backend) {
+	mut := &extprocv3.HeaderMutation{RemoveHeaders: st.stripUpstream}
+	i, known := st.router.BackendIndex(w.cluster)
+	if !known {
+		s.metrics.Errors.WithLabelValues("unknown_cluster").Inc()
+		s.log.Warn("upstream attempt for a cluster the policy does not name", "cluster", w.cluster)
+		return mut, nil
+	}
+	be := st.router.Backend(i)
+	if c, ok := st.creds[be.Name]; ok {
+		// This backend's own header must not be on the removal list:
+		// Envoy applies removals after sets.
+		mut.RemoveHeaders = without(st.stripUpstream, c.header)
+		mut.SetHeaders = append(mut.SetHeaders, setHeader(c.header, c.value))
+	}
+	return mut, be
+}
+
 // upstreamBody answers the upstream stage's body message: the body for
 // this attempt's backend and its headers. It never rejects: an error from
 // an upstream filter would not be retried, and the router stage has
@@ -103,21 +155,15 @@ func (s *Server) upstreamBody(st *state, w *work, b *extprocv3.HttpBody) *extpro
 	if !b.EndOfStream {
 		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestBody{RequestBody: &extprocv3.BodyResponse{}}}
 	}
-	mut := &extprocv3.HeaderMutation{RemoveHeaders: st.stripUpstream}
+	// The headers answer already set the credentials and removed detour's
+	// headers; only the body and its length change here.
+	mut := &extprocv3.HeaderMutation{}
 	common := &extprocv3.CommonResponse{HeaderMutation: mut}
 	i, known := st.router.BackendIndex(w.cluster)
 	if !known {
-		s.metrics.Errors.WithLabelValues("unknown_cluster").Inc()
-		s.log.Warn("upstream attempt for a cluster the policy does not name", "cluster", w.cluster)
 		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestBody{RequestBody: &extprocv3.BodyResponse{Response: common}}}
 	}
 	be := st.router.Backend(i)
-	if c, ok := st.creds[be.Name]; ok {
-		// Set after removal: Envoy applies removals last, so this
-		// backend's own header must not be on the removal list.
-		mut.RemoveHeaders = without(st.stripUpstream, c.header)
-		mut.SetHeaders = append(mut.SetHeaders, setHeader(c.header, c.value))
-	}
 	outcome := "unchanged"
 	if err := route.ParseRequest(w.kind, w.body, &w.req); err == nil && w.req.Model != be.Model {
 		w.out = route.RewriteModel(w.out[:0], w.body, &w.req, be.Model)

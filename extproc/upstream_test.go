@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	extprocfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/types/known/structpb"
@@ -19,53 +21,81 @@ import (
 )
 
 // upstreamHeaders is the headers message of the per-attempt filter in
-// cluster's chain: it carries the cluster name as an attribute.
-func upstreamHeaders(path, cluster string) *extprocv3.ProcessingRequest {
+// cluster's chain: it carries the cluster name as an attribute, and the
+// model the router stage wrote into the body.
+func upstreamHeaders(path, cluster, bodyModel string) *extprocv3.ProcessingRequest {
 	m := headersMsg(post(path, nil))
+	hm := m.GetRequestHeaders().Headers
+	hm.Headers = append(hm.Headers, &corev3.HeaderValue{Key: HeaderModel, RawValue: []byte(bodyModel)})
 	m.Attributes = map[string]*structpb.Struct{"envoy.filters.http.ext_proc": {Fields: map[string]*structpb.Value{
 		AttrClusterName: structpb.NewStringValue(cluster),
 	}}}
 	return m
 }
 
-// attempt plays one upstream attempt and returns the body answer.
-func attempt(t *testing.T, h *harness, cluster string, body []byte) *extprocv3.CommonResponse {
+// attemptResult is what the upstream stage answered for one attempt.
+type attemptResult struct {
+	headers  *extprocv3.CommonResponse // the headers answer
+	body     *extprocv3.CommonResponse // the body answer; nil when not asked for
+	override *extprocfilterv3.ProcessingMode
+}
+
+// attempt plays one upstream attempt as Envoy does: the body is sent only
+// when the headers answer asks for it with a mode override.
+func attempt(t *testing.T, h *harness, cluster string, body []byte) attemptResult {
 	t.Helper()
+	var req struct {
+		Model string `json:"model"`
+	}
+	if err := json.Unmarshal(body, &req); err != nil {
+		t.Fatal(err)
+	}
 	s := h.open(t)
 	defer s.close()
-	r := s.exchange(upstreamHeaders("/v1/chat/completions", cluster))
+	r := s.exchange(upstreamHeaders("/v1/chat/completions", cluster, req.Model))
 	if r.GetRequestHeaders() == nil {
-		t.Fatalf("headers answer %v, want a plain continue", r)
+		t.Fatalf("headers answer %v, want a headers response (never an immediate one upstream)", r)
+	}
+	res := attemptResult{headers: r.GetRequestHeaders().GetResponse(), override: r.GetModeOverride()}
+	if res.override.GetRequestBodyMode() != extprocfilterv3.ProcessingMode_BUFFERED {
+		return res
 	}
 	r = s.exchange(bodyMsg(body, true))
 	if r.GetRequestBody() == nil {
-		t.Fatalf("body answer %v, want a body response (never an immediate one upstream)", r)
+		t.Fatalf("body answer %v, want a body response", r)
 	}
-	return r.GetRequestBody().GetResponse()
+	res.body = r.GetRequestBody().GetResponse()
+	return res
 }
 
 func TestUpstreamRewritesForTheAttemptsBackend(t *testing.T) {
 	h := newHarness(t, quickstart(t, ""), nil)
 	body := []byte(`{"model":"fast-8k","messages":[{"role":"user","content":"hi"}],"stream":true}`)
 
-	// An attempt on the backend the router stage chose changes nothing.
-	c := attempt(t, h, "fast", body)
-	if c.GetBodyMutation() != nil {
-		t.Errorf("first-choice attempt rewrote the body: %v", c.GetBodyMutation())
+	// An attempt on the backend the router stage chose needs headers only.
+	a := attempt(t, h, "fast", body)
+	if a.body != nil || a.override != nil {
+		t.Errorf("first-choice attempt asked for the body (override %v)", a.override)
 	}
-	if got := c.GetHeaderMutation().GetRemoveHeaders(); !slices.Contains(got, HeaderBackend) || !slices.Contains(got, HeaderRoute) {
+	if got := a.headers.GetHeaderMutation().GetRemoveHeaders(); !slices.Contains(got, HeaderBackend) || !slices.Contains(got, HeaderRoute) || !slices.Contains(got, HeaderModel) {
 		t.Errorf("removed %v: detour's own headers must not reach providers", got)
 	}
+	if n := counter(t, h.metrics.Attempts.WithLabelValues("fast", "unchanged")); n != 1 {
+		t.Errorf("upstream_attempts_total{fast,unchanged} = %v, want 1", n)
+	}
 
-	// A fallback with another model id gets its own model, and a
-	// content-length that matches.
-	c = attempt(t, h, "long", body)
-	out := c.GetBodyMutation().GetBody()
+	// A fallback with another model id asks for the body and gets it back
+	// with its own model and a content-length that matches.
+	a = attempt(t, h, "long", body)
+	if a.body == nil {
+		t.Fatal("fallback with another model id did not ask for the body")
+	}
+	out := a.body.GetBodyMutation().GetBody()
 	var m map[string]any
 	if err := json.Unmarshal(out, &m); err != nil || m["model"] != "long-200k" || m["stream"] != true {
 		t.Fatalf("rewritten body %s (%v), want model long-200k and the rest unchanged", out, err)
 	}
-	if got := setHeaders(t, c.GetHeaderMutation())["content-length"]; got != itoa(len(out)) {
+	if got := setHeaders(t, a.body.GetHeaderMutation())["content-length"]; got != itoa(len(out)) {
 		t.Errorf("content-length %q for a %d-byte body", got, len(out))
 	}
 	if n := counter(t, h.metrics.Attempts.WithLabelValues("long", "rewritten")); n != 1 {
@@ -73,9 +103,9 @@ func TestUpstreamRewritesForTheAttemptsBackend(t *testing.T) {
 	}
 
 	// A cluster the policy does not name: passed through, counted.
-	c = attempt(t, h, "mystery", body)
-	if c.GetBodyMutation() != nil {
-		t.Error("unknown cluster: body rewritten")
+	a = attempt(t, h, "mystery", body)
+	if a.body != nil {
+		t.Error("unknown cluster: body asked for")
 	}
 	if n := counter(t, h.metrics.Errors.WithLabelValues("unknown_cluster")); n != 1 {
 		t.Errorf("errors_total{unknown_cluster} = %v, want 1", n)
@@ -110,7 +140,8 @@ func TestUpstreamCredentials(t *testing.T) {
 		// (Envoy keeps an attempt's headers on the next attempt).
 		{"fast-b", map[string]string{}, []string{"authorization", "api-key"}, ""},
 	} {
-		c := attempt(t, h, tc.cluster, body)
+		a := attempt(t, h, tc.cluster, body)
+		c := a.headers
 		got := setHeaders(t, c.GetHeaderMutation())
 		for k, v := range tc.set {
 			if got[k] != v {

@@ -7,6 +7,8 @@ package xds
 import (
 	"fmt"
 	"net"
+	"slices"
+	"sort"
 	"strconv"
 	"time"
 
@@ -57,18 +59,37 @@ type Resources struct {
 	Listeners []*listenerv3.Listener
 	Routes    []*routev3.RouteConfiguration
 	Clusters  []*clusterv3.Cluster
+	// Endpoints are served over EDS (dynamic mode only).
+	Endpoints []*endpointv3.ClusterLoadAssignment
 }
 
-// Build generates every resource for p. The output depends only on p, so
-// several detour replicas agree on it without talking to each other.
-func Build(p *policy.Policy) (*Resources, error) {
+// Options shape the resources for one Envoy.
+type Options struct {
+	// Dynamic: the listener takes its routes over RDS and IP-addressed
+	// backends their endpoints over EDS, all through ADS. Otherwise every
+	// resource is inline, for a static bootstrap.
+	Dynamic bool
+	// Region is the Envoy's own region (its node locality). A backend's
+	// endpoints there get priority 0, those elsewhere priority 1, so losing
+	// the region moves the traffic to the next. Empty: all priority 0.
+	Region string
+}
+
+// Build generates every resource for p with all endpoints at priority 0,
+// inline: what a static bootstrap holds.
+func Build(p *policy.Policy) (*Resources, error) { return BuildFor(p, Options{}) }
+
+// BuildFor generates every resource for p as one Envoy should see it. The
+// output depends only on p and o, so several detour replicas agree on it
+// without talking to each other.
+func BuildFor(p *policy.Policy, o Options) (*Resources, error) {
 	r := &Resources{}
 	rc, err := RouteConfig(p)
 	if err != nil {
 		return nil, err
 	}
 	r.Routes = append(r.Routes, rc)
-	l, err := Listener(p, rc)
+	l, err := listener(p, rc, o)
 	if err != nil {
 		return nil, err
 	}
@@ -79,11 +100,14 @@ func Build(p *policy.Policy) (*Resources, error) {
 	}
 	r.Clusters = append(r.Clusters, ec)
 	for i := range p.Backends {
-		c, err := BackendCluster(p, &p.Backends[i])
+		c, cla, err := backendCluster(p, &p.Backends[i], o)
 		if err != nil {
 			return nil, err
 		}
 		r.Clusters = append(r.Clusters, c)
+		if cla != nil {
+			r.Endpoints = append(r.Endpoints, cla)
+		}
 	}
 	for _, m := range r.all() {
 		if err := validate(m); err != nil {
@@ -91,6 +115,14 @@ func Build(p *policy.Policy) (*Resources, error) {
 		}
 	}
 	return r, nil
+}
+
+// adsSource says "over the ADS stream" in a resource that references another.
+func adsSource() *corev3.ConfigSource {
+	return &corev3.ConfigSource{
+		ResourceApiVersion:    corev3.ApiVersion_V3,
+		ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}},
+	}
 }
 
 func (r *Resources) all() []proto.Message {
@@ -103,6 +135,9 @@ func (r *Resources) all() []proto.Message {
 	}
 	for _, c := range r.Clusters {
 		out = append(out, c)
+	}
+	for _, e := range r.Endpoints {
+		out = append(out, e)
 	}
 	return out
 }
@@ -295,8 +330,13 @@ func responseHeader(k, v string) *corev3.HeaderValueOption {
 	}
 }
 
-// Listener is the client-facing HTTP listener with the ext_proc filter.
+// Listener is the client-facing HTTP listener with the ext_proc filter and
+// its route configuration inline.
 func Listener(p *policy.Policy, rc *routev3.RouteConfiguration) (*listenerv3.Listener, error) {
+	return listener(p, rc, Options{})
+}
+
+func listener(p *policy.Policy, rc *routev3.RouteConfiguration, o Options) (*listenerv3.Listener, error) {
 	host, port, err := splitHostPort(p.Envoy.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("envoy.listen: %w", err)
@@ -339,6 +379,9 @@ func Listener(p *policy.Policy, rc *routev3.RouteConfiguration) (*listenerv3.Lis
 		EarlyHeaderMutationExtensions: []*corev3.TypedExtensionConfig{{
 			Name: "envoy.http.early_header_mutation.header_mutation", TypedConfig: ehm,
 		}},
+	}
+	if o.Dynamic {
+		hcm.RouteSpecifier = &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{ConfigSource: adsSource(), RouteConfigName: rc.Name}}
 	}
 	hcmAny, err := pack(hcm)
 	if err != nil {
@@ -461,14 +504,18 @@ func UpstreamExtProcConfig(p *policy.Policy) *extprocfilterv3.ExternalProcessor 
 		},
 		FailureModeAllow: p.ExtProc.FailureModeAllow,
 		StatusOnError:    &typev3.HttpStatus{Code: typev3.StatusCode_ServiceUnavailable},
+		// Headers only: detour asks for the body (mode override) just for
+		// an attempt whose backend serves another model id than the body
+		// names, so a first attempt costs one message.
 		ProcessingMode: &extprocfilterv3.ProcessingMode{
 			RequestHeaderMode:   extprocfilterv3.ProcessingMode_SEND,
-			RequestBodyMode:     extprocfilterv3.ProcessingMode_BUFFERED,
+			RequestBodyMode:     extprocfilterv3.ProcessingMode_NONE,
 			RequestTrailerMode:  extprocfilterv3.ProcessingMode_SKIP,
 			ResponseHeaderMode:  extprocfilterv3.ProcessingMode_SKIP,
 			ResponseBodyMode:    extprocfilterv3.ProcessingMode_NONE,
 			ResponseTrailerMode: extprocfilterv3.ProcessingMode_SKIP,
 		},
+		AllowModeOverride: true,
 		RequestAttributes: []string{extproc.AttrClusterName},
 		MessageTimeout:    durationpb.New(p.ExtProc.MessageTimeout.D()),
 		StatPrefix:        "detour_upstream",
@@ -542,25 +589,32 @@ func circuitBreakers(p *policy.Policy) *clusterv3.CircuitBreakers {
 	}}}
 }
 
-// BackendCluster is one backend's cluster.
+// BackendCluster is one backend's cluster with its endpoints inline.
 func BackendCluster(p *policy.Policy, b *policy.Backend) (*clusterv3.Cluster, error) {
-	var eps []*endpointv3.LbEndpoint
+	c, _, err := backendCluster(p, b, Options{})
+	return c, err
+}
+
+// backendCluster builds b's cluster and, when its endpoints travel over EDS,
+// their load assignment.
+func backendCluster(p *policy.Policy, b *policy.Backend, o Options) (*clusterv3.Cluster, *endpointv3.ClusterLoadAssignment, error) {
 	dns := false
 	for _, e := range b.Endpoints {
-		host, port, err := splitHostPort(e.Address)
+		host, _, err := splitHostPort(e.Address)
 		if err != nil {
-			return nil, fmt.Errorf("backend %s: %w", b.Name, err)
+			return nil, nil, fmt.Errorf("backend %s: %w", b.Name, err)
 		}
 		if net.ParseIP(host) == nil {
 			dns = true
 		}
-		ep := lbEndpoint(host, port)
-		ep.Metadata = endpointMetadata(b)
-		eps = append(eps, ep)
+	}
+	cla, err := loadAssignment(b, o.Region)
+	if err != nil {
+		return nil, nil, err
 	}
 	opts, err := backendProtocolOptions(p, b.Endpoints[0].TLS != nil)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	c := &clusterv3.Cluster{
 		Name:                 b.Name,
@@ -572,10 +626,15 @@ func BackendCluster(p *policy.Policy, b *policy.Backend) (*clusterv3.Cluster, er
 		TypedExtensionProtocolOptions: map[string]*anypb.Any{"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": opts},
 		OutlierDetection:              outlierDetection(p),
 		CircuitBreakers:               circuitBreakers(p),
-		LoadAssignment: &endpointv3.ClusterLoadAssignment{
-			ClusterName: b.Name,
-			Endpoints:   []*endpointv3.LocalityLbEndpoints{{LbEndpoints: eps}},
-		},
+		LoadAssignment:                cla,
+	}
+	var served *endpointv3.ClusterLoadAssignment
+	if o.Dynamic && !dns {
+		// Over EDS, health and priority changes keep the hosts' outlier
+		// state; a changed cluster would be rebuilt from scratch.
+		c.ClusterDiscoveryType = &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS}
+		c.EdsClusterConfig = &clusterv3.Cluster_EdsClusterConfig{EdsConfig: adsSource(), ServiceName: b.Name}
+		c.LoadAssignment, served = nil, cla
 	}
 	if dns {
 		c.ClusterDiscoveryType = &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STRICT_DNS}
@@ -596,11 +655,11 @@ func BackendCluster(p *policy.Policy, b *policy.Backend) (*clusterv3.Cluster, er
 		}
 		ts, err := pack(ctx)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		c.TransportSocket = &corev3.TransportSocket{Name: "envoy.transport_sockets.tls", ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: ts}}
 	}
-	return c, nil
+	return c, served, nil
 }
 
 // endpointMetadata names the backend and its model on each endpoint, so
@@ -612,6 +671,46 @@ func endpointMetadata(b *policy.Backend) *corev3.Metadata {
 			"model":   structpb.NewStringValue(b.Model),
 		}},
 	}}
+}
+
+// loadAssignment groups b's endpoints by region, the Envoy's own region at
+// priority 0 and the others at 1; regions in name order for a stable output.
+func loadAssignment(b *policy.Backend, ownRegion string) (*endpointv3.ClusterLoadAssignment, error) {
+	byRegion := map[string][]*endpointv3.LbEndpoint{}
+	var regions []string
+	for _, e := range b.Endpoints {
+		host, port, err := splitHostPort(e.Address)
+		if err != nil {
+			return nil, fmt.Errorf("backend %s: %w", b.Name, err)
+		}
+		ep := lbEndpoint(host, port)
+		ep.Metadata = endpointMetadata(b)
+		if _, seen := byRegion[e.Region]; !seen {
+			regions = append(regions, e.Region)
+		}
+		byRegion[e.Region] = append(byRegion[e.Region], ep)
+	}
+	sort.Strings(regions)
+	cla := &endpointv3.ClusterLoadAssignment{ClusterName: b.Name}
+	for _, region := range regions {
+		var prio uint32
+		if ownRegion != "" && region != ownRegion {
+			prio = 1
+		}
+		cla.Endpoints = append(cla.Endpoints, &endpointv3.LocalityLbEndpoints{
+			Locality:    &corev3.Locality{Region: region},
+			Priority:    prio,
+			LbEndpoints: byRegion[region],
+		})
+	}
+	// Priorities must start at 0: if no endpoint is in the Envoy's region,
+	// every region is equally far.
+	if ownRegion != "" && !slices.Contains(regions, ownRegion) {
+		for _, l := range cla.Endpoints {
+			l.Priority = 0
+		}
+	}
+	return cla, nil
 }
 
 func clusterTypeFor(host string) clusterv3.Cluster_DiscoveryType {

@@ -569,8 +569,9 @@ func checkFailoverSettings(t *testing.T, p *policy.Policy, b *policy.Backend, c 
 	if attrs := up.RequestAttributes; len(attrs) != 1 || attrs[0] != extproc.AttrClusterName {
 		t.Errorf("%s: upstream ext_proc attributes %v, want [%s]", c.Name, attrs, extproc.AttrClusterName)
 	}
-	if m := up.GetProcessingMode(); m.GetRequestBodyMode() != extprocfilterv3.ProcessingMode_BUFFERED || m.GetResponseHeaderMode() != extprocfilterv3.ProcessingMode_SKIP {
-		t.Errorf("%s: upstream processing mode %v", c.Name, m)
+	// Headers only unless detour asks for the body by a mode override.
+	if m := up.GetProcessingMode(); m.GetRequestBodyMode() != extprocfilterv3.ProcessingMode_NONE || m.GetResponseHeaderMode() != extprocfilterv3.ProcessingMode_SKIP || !up.AllowModeOverride {
+		t.Errorf("%s: upstream processing mode %v, allow override %v", c.Name, m, up.AllowModeOverride)
 	}
 	od := c.GetOutlierDetection()
 	if od.GetConsecutive_5Xx().GetValue() != uint32(p.OutlierDetection.ConsecutiveErrors) ||
@@ -591,6 +592,59 @@ func checkFailoverSettings(t *testing.T, p *policy.Policy, b *policy.Backend, c 
 			md := ep.GetMetadata().GetFilterMetadata()[extproc.MetadataNamespace].GetFields()
 			if md["backend"].GetStringValue() != b.Name || md["model"].GetStringValue() != b.Model {
 				t.Errorf("%s: endpoint metadata %v", c.Name, md)
+			}
+		}
+	}
+}
+
+// In dynamic mode the listener takes its routes over RDS and IP-addressed
+// backends their endpoints over EDS; each Envoy's own region comes first.
+func TestBuildForDynamicAndRegions(t *testing.T) {
+	p := parsePolicy(t, tlsPolicy)
+	r, err := BuildFor(p, Options{Dynamic: true, Region: "us"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hcm := &hcmv3.HttpConnectionManager{}
+	if err := r.Listeners[0].FilterChains[0].Filters[0].GetTypedConfig().UnmarshalTo(hcm); err != nil {
+		t.Fatal(err)
+	}
+	if rds := hcm.GetRds(); rds == nil || rds.RouteConfigName != RouteConfigName || rds.GetConfigSource().GetAds() == nil {
+		t.Errorf("route specifier %v, want RDS %s over ADS", hcm.GetRouteSpecifier(), RouteConfigName)
+	}
+	byName := map[string]*clusterv3.Cluster{}
+	for _, c := range r.Clusters {
+		byName[c.Name] = c
+	}
+	// IP endpoints: EDS over ADS, the assignment served separately.
+	local := byName["local"]
+	if local.GetType() != clusterv3.Cluster_EDS || local.GetEdsClusterConfig().GetEdsConfig().GetAds() == nil || local.LoadAssignment != nil {
+		t.Errorf("local: %v, want an EDS cluster over ADS", local)
+	}
+	if len(r.Endpoints) != 1 || r.Endpoints[0].ClusterName != "local" {
+		t.Fatalf("EDS resources %v, want local's only", r.Endpoints)
+	}
+	// Host names: resolved by Envoy, so inline; priorities still by region.
+	azure := byName["azure"]
+	if azure.GetType() != clusterv3.Cluster_STRICT_DNS || azure.LoadAssignment == nil {
+		t.Fatalf("azure: %v, want STRICT_DNS with its endpoints inline", azure)
+	}
+	prio := map[string]uint32{}
+	for _, l := range azure.LoadAssignment.Endpoints {
+		prio[l.GetLocality().GetRegion()] = l.Priority
+	}
+	if prio["us"] != 0 || prio["eu"] != 1 {
+		t.Errorf("azure priorities %v, want us 0 (the Envoy's region), eu 1", prio)
+	}
+	// An Envoy in a region no endpoint is in: every region equally far.
+	r, err = BuildFor(p, Options{Dynamic: true, Region: "ap"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range r.Clusters {
+		for _, l := range c.GetLoadAssignment().GetEndpoints() {
+			if l.Priority != 0 {
+				t.Errorf("%s: region %s at priority %d, want 0", c.Name, l.GetLocality().GetRegion(), l.Priority)
 			}
 		}
 	}
