@@ -73,7 +73,11 @@ type backendSpec struct {
 	// APIKey, when set, is required by the simulated provider and given to
 	// detour through the environment variable KeyEnv.
 	APIKey, KeyEnv string
-	Addr           string // filled by startStack
+	// Region of the backend's endpoint (default "local"); FarRegion, when
+	// set, adds a second endpoint there, served by the simulated provider
+	// named Name+"-"+FarRegion.
+	Region, FarRegion string
+	Addr, FarAddr     string // filled by startStack
 }
 
 // quickstartBackends mirrors examples/quickstart/policy.yaml on random ports.
@@ -90,6 +94,10 @@ type stackOptions struct {
 	Backends         []backendSpec
 	FailureModeAllow bool
 	MaxBodyBytes     int
+	// Static gives Envoy a static config; otherwise `detour xds` serves it.
+	Static bool
+	// Region is the Envoy's own region (node locality).
+	Region string
 }
 
 // stack is one running detour deployment: simulated providers (in this
@@ -102,10 +110,13 @@ type stack struct {
 	opts       stackOptions
 
 	EnvoyAddr, AdminAddr, ExtProcAddr, MetricsAddr string
+	XDSAddr, XDSMetricsAddr                        string
 
 	mu      sync.Mutex
 	extproc *exec.Cmd
 	extLog  *bytes.Buffer
+	xds     *exec.Cmd
+	xdsLog  *bytes.Buffer
 	envoy   *envoy.Process
 	envLog  *bytes.Buffer
 }
@@ -115,7 +126,11 @@ backends:
 {{- range .Backends}}
   - name: {{.Name}}
     model: {{.Model}}
-    endpoints: [{address: "{{.Addr}}", region: local}]
+    endpoints:
+      - {address: "{{.Addr}}", region: "{{if .Region}}{{.Region}}{{else}}local{{end}}"}
+{{- if .FarRegion}}
+      - {address: "{{.FarAddr}}", region: "{{.FarRegion}}"}
+{{- end}}
     capabilities:
       context_window: {{.Context}}
       max_output_tokens: {{.MaxOutput}}
@@ -138,6 +153,9 @@ extproc:
   listen: "{{.ExtProc}}"
   metrics: "{{.Metrics}}"
   failure_mode_allow: {{.FMA}}
+xds:
+  listen: "{{.XDS}}"
+  metrics: "{{.XDSMetrics}}"
 `))
 
 // startStack starts everything and registers its shutdown with t.Cleanup.
@@ -167,23 +185,94 @@ func startStack(t testing.TB, o stackOptions) *stack {
 		})
 		b.Addr = srv.Addr()
 		s.sims[b.Name] = srv
+		if b.FarRegion != "" {
+			far := s.startSim(t, b.Name+"-"+b.FarRegion, b.Model, b.APIKey)
+			b.FarAddr = far.Addr()
+		}
 	}
 	s.EnvoyAddr, s.AdminAddr, s.ExtProcAddr, s.MetricsAddr = freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
+	s.XDSAddr, s.XDSMetricsAddr = freeAddr(t), freeAddr(t)
+	s.policyPath = filepath.Join(s.dir, "policy.yaml")
+	s.WritePolicy(s.PolicyText(o))
+	s.StartExtProc()
+	if !o.Static {
+		s.StartXDS()
+	}
+	s.startEnvoy()
+	t.Cleanup(s.stop)
+	return s
+}
+
+func (s *stack) startSim(t testing.TB, name, model, key string) *sim.Server {
+	t.Helper()
+	srv, err := sim.New(sim.Config{Name: name, Addr: "127.0.0.1:0", Models: []string{model}, APIKey: key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Close(ctx)
+	})
+	s.sims[name] = srv
+	return srv
+}
+
+// PolicyText renders the policy of a stack with o's settings.
+func (s *stack) PolicyText(o stackOptions) string {
 	var buf bytes.Buffer
 	if err := policyTmpl.Execute(&buf, map[string]any{
 		"Backends": o.Backends, "MaxBody": o.MaxBodyBytes, "FMA": o.FailureModeAllow,
 		"Envoy": s.EnvoyAddr, "Admin": s.AdminAddr, "ExtProc": s.ExtProcAddr, "Metrics": s.MetricsAddr,
+		"XDS": s.XDSAddr, "XDSMetrics": s.XDSMetricsAddr,
 	}); err != nil {
-		t.Fatal(err)
+		s.t.Fatal(err)
 	}
-	s.policyPath = filepath.Join(s.dir, "policy.yaml")
-	if err := os.WriteFile(s.policyPath, buf.Bytes(), 0o644); err != nil {
-		t.Fatal(err)
+	return buf.String()
+}
+
+// WritePolicy replaces the policy file the way editors do: write a new file
+// and rename it over the old one.
+func (s *stack) WritePolicy(text string) {
+	s.t.Helper()
+	tmp := s.policyPath + ".tmp"
+	if err := os.WriteFile(tmp, []byte(text), 0o644); err != nil {
+		s.t.Fatal(err)
 	}
-	s.StartExtProc()
-	s.startEnvoy()
-	t.Cleanup(s.stop)
-	return s
+	if err := os.Rename(tmp, s.policyPath); err != nil {
+		s.t.Fatal(err)
+	}
+}
+
+// StartXDS runs `detour xds` and waits until it accepts connections.
+func (s *stack) StartXDS() {
+	s.t.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.xdsLog = &bytes.Buffer{}
+	cmd := exec.Command(detourBin, "xds", "--policy", s.policyPath, "--log-level", "debug")
+	cmd.Stdout, cmd.Stderr = syncWriter(s.xdsLog), syncWriter(s.xdsLog)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		s.t.Fatal(err)
+	}
+	s.xds = cmd
+	waitTCP(s.t, s.XDSAddr, 10*time.Second, s.xdsLog)
+}
+
+// StopXDS kills `detour xds` abruptly.
+func (s *stack) StopXDS() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.xds == nil {
+		return
+	}
+	s.xds.Process.Kill()
+	s.xds.Wait()
+	s.xds = nil
 }
 
 // StartExtProc runs `detour extproc` and waits until it accepts connections.
@@ -216,7 +305,13 @@ func (s *stack) StopExtProc() {
 
 func (s *stack) startEnvoy() {
 	s.t.Helper()
-	out, err := exec.Command(detourBin, "bootstrap", "--policy", s.policyPath).Output()
+	args := []string{"bootstrap", "--policy", s.policyPath}
+	if s.opts.Static {
+		args = append(args, "--static")
+	} else {
+		args = append(args, "--node-id", "e2e-"+s.t.Name(), "--region", s.opts.Region)
+	}
+	out, err := exec.Command(detourBin, args...).Output()
 	if err != nil {
 		s.t.Fatalf("detour bootstrap: %v", err)
 	}
@@ -242,7 +337,9 @@ func (s *stack) stop() {
 	if s.t.Failed() {
 		s.t.Logf("ext_proc log:\n%s", tail(s.extLog, 60))
 		s.t.Logf("envoy log:\n%s", tail(s.envLog, 60))
+		s.t.Logf("xds log:\n%s", tail(s.xdsLog, 40))
 	}
+	s.StopXDS()
 	if s.envoy != nil {
 		s.envoy.Stop(5 * time.Second)
 	}
@@ -349,4 +446,23 @@ func tail(b *bytes.Buffer, n int) string {
 
 func netDial(addr string) (net.Conn, error) {
 	return net.DialTimeout("tcp", addr, 200*time.Millisecond)
+}
+
+// XDSMetrics returns the control plane's /metrics text.
+func (s *stack) XDSMetrics() string {
+	resp, err := http.Get("http://" + s.XDSMetricsAddr + "/metrics")
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
+
+// edit returns a copy of the stack's settings (addresses included) to
+// change and render with PolicyText.
+func (s *stack) edit() stackOptions {
+	o := s.opts
+	o.Backends = append([]backendSpec(nil), s.opts.Backends...)
+	return o
 }

@@ -21,10 +21,12 @@ func TestUpQuickstart(t *testing.T) {
 		backends[i].Addr = freeAddr(t)
 	}
 	s.EnvoyAddr, s.AdminAddr, s.ExtProcAddr, s.MetricsAddr = freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
+	s.XDSAddr, s.XDSMetricsAddr = freeAddr(t), freeAddr(t)
 	var buf bytes.Buffer
 	if err := policyTmpl.Execute(&buf, map[string]any{
 		"Backends": backends, "MaxBody": 8 << 20, "FMA": false,
 		"Envoy": s.EnvoyAddr, "Admin": s.AdminAddr, "ExtProc": s.ExtProcAddr, "Metrics": s.MetricsAddr,
+		"XDS": s.XDSAddr, "XDSMetrics": s.XDSMetricsAddr,
 	}); err != nil {
 		t.Fatal(err)
 	}
@@ -89,7 +91,7 @@ func TestUpQuickstart(t *testing.T) {
 		t.Fatal("detour up still running 20s after SIGTERM")
 	}
 	// Every child is gone: nothing listens any more.
-	for _, addr := range []string{s.EnvoyAddr, s.AdminAddr, s.ExtProcAddr, backends[0].Addr} {
+	for _, addr := range []string{s.EnvoyAddr, s.AdminAddr, s.ExtProcAddr, s.XDSAddr, backends[0].Addr} {
 		if c, err := netDial(addr); err == nil {
 			c.Close()
 			t.Errorf("%s still accepts connections after shutdown", addr)

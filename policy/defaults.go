@@ -9,6 +9,8 @@ const (
 	DefaultEnvoyAdmin     = "127.0.0.1:9901"
 	DefaultExtProcListen  = "127.0.0.1:9002"
 	DefaultExtProcMetrics = "127.0.0.1:9190"
+	DefaultXDSListen      = "127.0.0.1:18000"
+	DefaultXDSMetrics     = "127.0.0.1:9191"
 
 	DefaultMaxBodyBytes        Size = 8 << 20
 	DefaultOutputReserveTokens      = 1024
@@ -112,6 +114,8 @@ func (p *Policy) ApplyDefaults() {
 	setInt(&p.Envoy.MaxConnections, DefaultMaxConnections)
 	setStr(&p.ExtProc.Listen, DefaultExtProcListen)
 	setStr(&p.ExtProc.Metrics, DefaultExtProcMetrics)
+	setStr(&p.XDS.Listen, DefaultXDSListen)
+	setStr(&p.XDS.Metrics, DefaultXDSMetrics)
 	setDur(&p.ExtProc.MessageTimeout, DefaultMessageTimeout)
 }
 

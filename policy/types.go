@@ -29,6 +29,16 @@ type Policy struct {
 	Envoy EnvoySettings `yaml:"envoy,omitempty"`
 	// ExtProc configures detour's ext_proc service.
 	ExtProc ExtProcSettings `yaml:"extproc,omitempty"`
+	// XDS configures detour's control plane.
+	XDS XDSSettings `yaml:"xds,omitempty"`
+}
+
+// XDSSettings configure the control plane Envoy takes its config from.
+type XDSSettings struct {
+	// Listen is the gRPC address of the ADS server. Default 127.0.0.1:18000.
+	Listen string `yaml:"listen,omitempty"`
+	// Metrics is the Prometheus /metrics address. Default 127.0.0.1:9191.
+	Metrics string `yaml:"metrics,omitempty"`
 }
 
 // Backend is one provider deployment: a model served at some endpoints.

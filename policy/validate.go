@@ -168,6 +168,7 @@ func (p *Policy) Validate() []Problem {
 	for _, a := range [...]struct{ path, addr string }{
 		{"envoy.listen", p.Envoy.Listen}, {"envoy.admin", p.Envoy.Admin},
 		{"extproc.listen", p.ExtProc.Listen}, {"extproc.metrics", p.ExtProc.Metrics},
+		{"xds.listen", p.XDS.Listen}, {"xds.metrics", p.XDS.Metrics},
 	} {
 		if msg := checkAddress(a.addr); msg != "" {
 			v.add(a.path, msg, "write host:port, e.g. 127.0.0.1:9002")

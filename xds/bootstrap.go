@@ -2,12 +2,18 @@ package xds
 
 import (
 	"fmt"
+	"time"
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	overloadv3 "github.com/envoyproxy/go-control-plane/envoy/config/overload/v3"
 	downstreamv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/resource_monitors/downstream_connections/v3"
+	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/detourhq/detour/policy"
 )
@@ -19,6 +25,96 @@ func StaticBootstrap(p *policy.Policy) (*bootstrapv3.Bootstrap, error) {
 	if err != nil {
 		return nil, err
 	}
+	b, err := baseBootstrap(p, &corev3.Node{Id: "detour", Cluster: "detour"})
+	if err != nil {
+		return nil, err
+	}
+	b.StaticResources = &bootstrapv3.Bootstrap_StaticResources{Listeners: res.Listeners, Clusters: res.Clusters}
+	if err := b.ValidateAll(); err != nil {
+		return nil, fmt.Errorf("generated bootstrap is invalid: %w", err)
+	}
+	return b, nil
+}
+
+// DynamicOptions describe the Envoy a dynamic bootstrap is for.
+type DynamicOptions struct {
+	// NodeID must be unique per Envoy: the control plane keys snapshots by it.
+	NodeID string
+	// Region is the Envoy's locality: its region's endpoints come first.
+	Region string
+	// Delta uses incremental xDS instead of state of the world.
+	Delta bool
+}
+
+// XDSCluster is the bootstrap's one static cluster: detour's control plane.
+const XDSCluster = "detour_xds"
+
+// DynamicBootstrap is the small config an Envoy starts from when detour's
+// control plane serves it everything else (listeners, routes, clusters and
+// endpoints over one ADS stream).
+func DynamicBootstrap(p *policy.Policy, o DynamicOptions) (*bootstrapv3.Bootstrap, error) {
+	if o.NodeID == "" {
+		return nil, fmt.Errorf("a dynamic bootstrap needs a node id")
+	}
+	node := &corev3.Node{Id: o.NodeID, Cluster: "detour"}
+	if o.Region != "" {
+		node.Locality = &corev3.Locality{Region: o.Region}
+	}
+	b, err := baseBootstrap(p, node)
+	if err != nil {
+		return nil, err
+	}
+	host, port, err := splitHostPort(p.XDS.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("xds.listen: %w", err)
+	}
+	h2, err := pack(&upstreamhttpv3.HttpProtocolOptions{
+		UpstreamProtocolOptions: &upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig_{ExplicitHttpConfig: &upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig{
+			ProtocolConfig: &upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{Http2ProtocolOptions: &corev3.Http2ProtocolOptions{
+				ConnectionKeepalive: &corev3.KeepaliveSettings{Interval: durationpb.New(30 * time.Second), Timeout: durationpb.New(5 * time.Second)},
+			}},
+		}},
+	})
+	if err != nil {
+		return nil, err
+	}
+	apiType := corev3.ApiConfigSource_GRPC
+	if o.Delta {
+		apiType = corev3.ApiConfigSource_DELTA_GRPC
+	}
+	b.StaticResources = &bootstrapv3.Bootstrap_StaticResources{Clusters: []*clusterv3.Cluster{{
+		Name:                          XDSCluster,
+		ClusterDiscoveryType:          &clusterv3.Cluster_Type{Type: clusterTypeFor(host)},
+		ConnectTimeout:                durationpb.New(time.Second),
+		TypedExtensionProtocolOptions: map[string]*anypb.Any{"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": h2},
+		LoadAssignment: &endpointv3.ClusterLoadAssignment{
+			ClusterName: XDSCluster,
+			Endpoints:   []*endpointv3.LocalityLbEndpoints{{LbEndpoints: []*endpointv3.LbEndpoint{lbEndpoint(host, port)}}},
+		},
+	}}}
+	b.DynamicResources = &bootstrapv3.Bootstrap_DynamicResources{
+		AdsConfig: &corev3.ApiConfigSource{
+			ApiType:             apiType,
+			TransportApiVersion: corev3.ApiVersion_V3,
+			GrpcServices: []*corev3.GrpcService{{TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{
+				EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{ClusterName: XDSCluster},
+			}}},
+			// Envoy keeps serving on its last config while the control
+			// plane is away, and reconnects on its own.
+			SetNodeOnFirstMessageOnly: true,
+		},
+		LdsConfig: adsSource(),
+		CdsConfig: adsSource(),
+	}
+	if err := b.ValidateAll(); err != nil {
+		return nil, fmt.Errorf("generated bootstrap is invalid: %w", err)
+	}
+	return b, nil
+}
+
+// baseBootstrap holds what both kinds of bootstrap share: node, admin and
+// the overload manager.
+func baseBootstrap(p *policy.Policy, node *corev3.Node) (*bootstrapv3.Bootstrap, error) {
 	host, port, err := splitHostPort(p.Envoy.Admin)
 	if err != nil {
 		return nil, fmt.Errorf("envoy.admin: %w", err)
@@ -29,25 +125,14 @@ func StaticBootstrap(p *policy.Policy) (*bootstrapv3.Bootstrap, error) {
 	if err != nil {
 		return nil, err
 	}
-	overload := &overloadv3.OverloadManager{ResourceMonitors: []*overloadv3.ResourceMonitor{{
-		Name:       "envoy.resource_monitors.global_downstream_max_connections",
-		ConfigType: &overloadv3.ResourceMonitor_TypedConfig{TypedConfig: conns},
-	}}}
-	b := &bootstrapv3.Bootstrap{
-		Node: &corev3.Node{Id: "detour", Cluster: "detour"},
-		Admin: &bootstrapv3.Admin{
-			Address: socketAddress(host, port),
-		},
-		OverloadManager: overload,
-		StaticResources: &bootstrapv3.Bootstrap_StaticResources{
-			Listeners: res.Listeners,
-			Clusters:  res.Clusters,
-		},
-	}
-	if err := b.ValidateAll(); err != nil {
-		return nil, fmt.Errorf("generated bootstrap is invalid: %w", err)
-	}
-	return b, nil
+	return &bootstrapv3.Bootstrap{
+		Node:  node,
+		Admin: &bootstrapv3.Admin{Address: socketAddress(host, port)},
+		OverloadManager: &overloadv3.OverloadManager{ResourceMonitors: []*overloadv3.ResourceMonitor{{
+			Name:       "envoy.resource_monitors.global_downstream_max_connections",
+			ConfigType: &overloadv3.ResourceMonitor_TypedConfig{TypedConfig: conns},
+		}}},
+	}, nil
 }
 
 // MarshalJSON renders a bootstrap as indented JSON, which Envoy reads as YAML.

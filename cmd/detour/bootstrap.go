@@ -2,8 +2,10 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"io"
+	"os"
+
+	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 
 	"github.com/detourhq/detour/xds"
 )
@@ -12,18 +14,24 @@ func runBootstrap(_ context.Context, args []string, stdout, stderr io.Writer) er
 	fs := newFlagSet("bootstrap", stderr)
 	var pf policyFlag
 	pf.register(fs)
-	static := fs.Bool("static", true, "inline every resource (no xDS server needed)")
+	static := fs.Bool("static", false, "inline every resource: no control plane needed, no hot reload")
+	host, _ := os.Hostname()
+	nodeID := fs.String("node-id", "envoy-"+host, "the Envoy's node id (unique per Envoy)")
+	region := fs.String("region", "", "the Envoy's region: the backends' endpoints there come first")
+	delta := fs.Bool("delta", false, "use incremental (delta) xDS")
 	if err := fs.Parse(args); err != nil {
 		return err
-	}
-	if !*static {
-		return fmt.Errorf("only --static bootstraps exist so far")
 	}
 	p, err := pf.load()
 	if err != nil {
 		return err
 	}
-	b, err := xds.StaticBootstrap(p)
+	var b *bootstrapv3.Bootstrap
+	if *static {
+		b, err = xds.StaticBootstrap(p)
+	} else {
+		b, err = xds.DynamicBootstrap(p, xds.DynamicOptions{NodeID: *nodeID, Region: *region, Delta: *delta})
+	}
 	if err != nil {
 		return err
 	}

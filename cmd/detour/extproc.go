@@ -48,6 +48,9 @@ func runExtProc(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err != nil {
 		return err
 	}
+	if pf.path != "" {
+		go ep.watch(ctx, pf.path)
+	}
 	<-ctx.Done()
 	return ep.stop()
 }
@@ -55,6 +58,7 @@ func runExtProc(ctx context.Context, args []string, stdout, stderr io.Writer) er
 // extProcService is a running ext_proc gRPC server and its metrics endpoint.
 type extProcService struct {
 	server     *extproc.Server
+	metrics    *extproc.Metrics
 	grpc       *grpc.Server
 	metricsSrv *http.Server
 	grpcAddr   string
@@ -94,7 +98,7 @@ func startExtProc(ctx context.Context, p *policy.Policy, log *slog.Logger) (*ext
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
 	s := &extProcService{
-		server: srv, grpc: g, grpcAddr: gl.Addr().String(), metricAddr: ml.Addr().String(), log: log,
+		server: srv, metrics: m, grpc: g, grpcAddr: gl.Addr().String(), metricAddr: ml.Addr().String(), log: log,
 		metricsSrv: &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second},
 		done:       make(chan error, 2),
 	}
@@ -109,6 +113,27 @@ func startExtProc(ctx context.Context, p *policy.Policy, log *slog.Logger) (*ext
 	log.Info("ext_proc serving", "grpc", s.grpcAddr, "metrics", "http://"+s.metricAddr+"/metrics",
 		"backends", len(p.Backends), "max_body_bytes", int64(p.Limits.MaxBodyBytes))
 	return s, nil
+}
+
+// watch follows the policy file: streams already open finish on the policy
+// they started with; an invalid change is logged and the last good policy
+// stays.
+func (s *extProcService) watch(ctx context.Context, path string) {
+	err := policy.Watch(ctx, path, func(p *policy.Policy) {
+		if err := s.server.SetPolicy(p); err != nil {
+			s.metrics.PolicyReloads.WithLabelValues("invalid").Inc()
+			s.log.Error("policy change not applied; the last good policy stays", "err", err)
+			return
+		}
+		s.metrics.PolicyReloads.WithLabelValues("ok").Inc()
+		s.log.Info("policy change applied", "file", path)
+	}, func(err error) {
+		s.metrics.PolicyReloads.WithLabelValues("invalid").Inc()
+		s.log.Error("policy change rejected; the last good policy stays", "problems", err.Error())
+	})
+	if err != nil {
+		s.log.Error("policy watch stopped", "err", err)
+	}
 }
 
 // stop drains in-flight streams for up to 5 s, then closes.

@@ -27,6 +27,7 @@ func commands() []command {
 	return []command{
 		{"up", "run the whole local stack: simulated providers, ext_proc and Envoy", runUp},
 		{"extproc", "run the ext_proc gRPC service that routes each request", runExtProc},
+		{"xds", "run the control plane that serves Envoy its config and follows the policy file", runXDS},
 		{"bootstrap", "print the Envoy config generated from a policy", runBootstrap},
 		{"validate", "check policy files; problems are reported as file:line:column", runValidate},
 		{"sim", "run a simulated OpenAI-compatible provider with scripted faults", runSim},

@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"time"
 
+	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
+
 	"github.com/detourhq/detour/envoy"
 	"github.com/detourhq/detour/policy"
 	"github.com/detourhq/detour/sim"
@@ -25,6 +27,8 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	workDir := fs.String("workdir", "", "where the generated Envoy config is written (default: a temporary directory)")
 	envoyLog := fs.String("envoy-log-level", "warn", "Envoy's log level")
 	concurrency := fs.Int("concurrency", 2, "Envoy worker threads")
+	static := fs.Bool("static", false, "give Envoy a static config instead of running the xDS control plane")
+	region := fs.String("region", "", "the Envoy's region: the backends' endpoints there come first")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	logFormat := fs.String("log-format", "text", "text or json")
 	if err := fs.Parse(args); err != nil {
@@ -71,7 +75,20 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	defer ep.stop()
 
-	b, err := xds.StaticBootstrap(p)
+	var b *bootstrapv3.Bootstrap
+	if *static {
+		b, err = xds.StaticBootstrap(p)
+	} else {
+		xs, err := startXDS(ctx, p, pf.path, log)
+		if err != nil {
+			return err
+		}
+		defer xs.stop()
+		b, err = xds.DynamicBootstrap(p, xds.DynamicOptions{NodeID: "detour-up", Region: *region})
+		if err != nil {
+			return err
+		}
+	}
 	if err != nil {
 		return err
 	}
@@ -99,14 +116,14 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fmt.Fprintf(stdout, `detour is up.
   Envoy:    http://%[1]s   (admin http://%[2]s)
   ext_proc: %[3]s   (metrics http://%[4]s/metrics)
-  config:   %[5]s
+  config:   %[5]s%[6]s
 
 Try:
   curl -s http://%[1]s/v1/chat/completions -H 'content-type: application/json' \
     -d '{"model":"auto","messages":[{"role":"user","content":"hello"}]}' -i
 
 Ctrl-C stops everything.
-`, p.Envoy.Listen, p.Envoy.Admin, ep.grpcAddr, ep.metricAddr, cfgPath)
+`, p.Envoy.Listen, p.Envoy.Admin, ep.grpcAddr, ep.metricAddr, cfgPath, xdsLine(*static, p))
 
 	select {
 	case <-ctx.Done():
@@ -154,4 +171,11 @@ func stopSims(sims []*sim.Server, log *slog.Logger) {
 			log.Warn("simulated provider did not stop cleanly", "name", s.Name(), "err", err)
 		}
 	}
+}
+
+func xdsLine(static bool, p *policy.Policy) string {
+	if static {
+		return "  (static)"
+	}
+	return fmt.Sprintf("\n  xds:      %s   (metrics http://%s/metrics)", p.XDS.Listen, p.XDS.Metrics)
 }
