@@ -98,6 +98,8 @@ type stackOptions struct {
 	Static bool
 	// Region is the Envoy's own region (node locality).
 	Region string
+	// Delta makes Envoy use incremental xDS.
+	Delta bool
 }
 
 // stack is one running detour deployment: simulated providers (in this
@@ -310,6 +312,9 @@ func (s *stack) startEnvoy() {
 		args = append(args, "--static")
 	} else {
 		args = append(args, "--node-id", "e2e-"+s.t.Name(), "--region", s.opts.Region)
+		if s.opts.Delta {
+			args = append(args, "--delta")
+		}
 	}
 	out, err := exec.Command(detourBin, args...).Output()
 	if err != nil {

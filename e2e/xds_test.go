@@ -146,3 +146,38 @@ func grepLines(text, sub string) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+// The other ways to give Envoy its config: a static bootstrap (no control
+// plane) and incremental (delta) xDS route and fail over the same way.
+func TestStaticAndDeltaConfig(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		opts stackOptions
+	}{
+		{"static", stackOptions{Static: true}},
+		{"delta xDS", stackOptions{Delta: true}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := startStack(t, tc.opts)
+			if r := post(t, s.URL("/v1/chat/completions"), chat("auto", nil, user("hi"))); r.Status != 200 || r.Header.Get("x-sim-name") != "fast" {
+				t.Fatalf("%d from %q: %s", r.Status, r.Header.Get("x-sim-name"), r.Body)
+			}
+			s.Sim("fast").SetFault(sim.Fault{Status: 503})
+			if r := post(t, s.URL("/v1/chat/completions"), chat("auto", nil, user("hi"))); r.Status != 200 || r.Header.Get("x-sim-name") != "fast-b" {
+				t.Fatalf("failover: %d from %q: %s", r.Status, r.Header.Get("x-sim-name"), r.Body)
+			}
+			s.Sim("fast").ClearFault()
+			if tc.opts.Static {
+				return
+			}
+			o := s.edit()
+			o.Backends[0].In, o.Backends[0].Out = 9, 9
+			s.WritePolicy(s.PolicyText(o))
+			took := waitFor(t, 5*time.Second, "the edit over delta xDS", func() bool {
+				r := post(t, s.URL("/v1/chat/completions"), chat("auto", nil, user("hi")))
+				return r.Status == 200 && r.Header.Get("x-sim-name") == "fast-b"
+			})
+			t.Logf("edit applied over delta xDS after %s", took.Round(time.Millisecond))
+		})
+	}
+}

@@ -201,7 +201,15 @@ func Version(r *Resources) (string, error) {
 }
 
 func (s *Server) callbacks() serverv3.Callbacks {
-	onRequest := func(ctx context.Context, node *corev3.Node, typeURL string, errDetail *statuspb.Status) error {
+	// Envoy sends its node on a stream's first message only
+	// (set_node_on_first_message_only): remember it per stream.
+	var streamNodes sync.Map // stream id → *corev3.Node
+	onRequest := func(ctx context.Context, stream int64, node *corev3.Node, typeURL string, errDetail *statuspb.Status) error {
+		if node.GetId() != "" {
+			streamNodes.Store(stream, node)
+		} else if n, ok := streamNodes.Load(stream); ok {
+			node = n.(*corev3.Node)
+		}
 		if err := s.ensureNode(ctx, node); err != nil {
 			s.log.Error("cannot serve envoy", "err", err)
 			return err
@@ -217,17 +225,23 @@ func (s *Server) callbacks() serverv3.Callbacks {
 			s.metrics.Connected.Inc()
 			return nil
 		},
-		StreamClosedFunc: func(int64, *corev3.Node) { s.metrics.Connected.Dec() },
+		StreamClosedFunc: func(id int64, _ *corev3.Node) {
+			streamNodes.Delete(id)
+			s.metrics.Connected.Dec()
+		},
 		DeltaStreamOpenFunc: func(context.Context, int64, string) error {
 			s.metrics.Connected.Inc()
 			return nil
 		},
-		DeltaStreamClosedFunc: func(int64, *corev3.Node) { s.metrics.Connected.Dec() },
-		StreamRequestFunc: func(_ int64, r *discoveryv3.DiscoveryRequest) error {
-			return onRequest(context.Background(), r.GetNode(), r.GetTypeUrl(), r.GetErrorDetail())
+		DeltaStreamClosedFunc: func(id int64, _ *corev3.Node) {
+			streamNodes.Delete(id)
+			s.metrics.Connected.Dec()
 		},
-		StreamDeltaRequestFunc: func(_ int64, r *discoveryv3.DeltaDiscoveryRequest) error {
-			return onRequest(context.Background(), r.GetNode(), r.GetTypeUrl(), r.GetErrorDetail())
+		StreamRequestFunc: func(id int64, r *discoveryv3.DiscoveryRequest) error {
+			return onRequest(context.Background(), id, r.GetNode(), r.GetTypeUrl(), r.GetErrorDetail())
+		},
+		StreamDeltaRequestFunc: func(id int64, r *discoveryv3.DeltaDiscoveryRequest) error {
+			return onRequest(context.Background(), id, r.GetNode(), r.GetTypeUrl(), r.GetErrorDetail())
 		},
 		StreamResponseFunc: func(_ context.Context, _ int64, _ *discoveryv3.DiscoveryRequest, resp *discoveryv3.DiscoveryResponse) {
 			s.metrics.Pushes.WithLabelValues(shortType(resp.GetTypeUrl())).Inc()
