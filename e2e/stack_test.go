@@ -100,6 +100,9 @@ type stackOptions struct {
 	Region string
 	// Delta makes Envoy use incremental xDS.
 	Delta bool
+	// NoEnvoy starts detour's processes and the providers only (for a test
+	// that brings its own Envoy config).
+	NoEnvoy bool
 }
 
 // stack is one running detour deployment: simulated providers (in this
@@ -200,7 +203,9 @@ func startStack(t testing.TB, o stackOptions) *stack {
 	if !o.Static {
 		s.StartXDS()
 	}
-	s.startEnvoy()
+	if !o.NoEnvoy {
+		s.startEnvoy()
+	}
 	t.Cleanup(s.stop)
 	return s
 }

@@ -2,6 +2,7 @@ package xds
 
 import (
 	"fmt"
+	"strings"
 	"time"
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
@@ -9,9 +10,12 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	overloadv3 "github.com/envoyproxy/go-control-plane/envoy/config/overload/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	downstreamv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/resource_monitors/downstream_connections/v3"
 	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+	"github.com/goccy/go-yaml"
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -142,4 +146,89 @@ func MarshalBootstrap(b *bootstrapv3.Bootstrap) ([]byte, error) {
 		return nil, fmt.Errorf("marshal bootstrap: %w", err)
 	}
 	return append(out, '\n'), nil
+}
+
+// Snippet is what an existing Envoy adds to its own config to join detour
+// while keeping its listeners and routes: the router-stage ext_proc filter
+// for the connection manager that carries LLM traffic, RDS for that
+// manager's routes, and the control plane as the source of its clusters.
+type Snippet struct {
+	// HTTPFilter goes into the LLM connection manager's http_filters,
+	// before the router.
+	HTTPFilter *hcmv3.HttpFilter
+	// RDS replaces that connection manager's route_config.
+	RDS *hcmv3.Rds
+	// EarlyHeaderMutation goes into its early_header_mutation_extensions:
+	// clients must not steer routing with detour's headers.
+	EarlyHeaderMutation *corev3.TypedExtensionConfig
+	// LocalReplyConfig gives Envoy's own error replies the OpenAI shape.
+	LocalReplyConfig *hcmv3.LocalReplyConfig
+	// XDSCluster is added to static_resources.clusters.
+	XDSCluster *clusterv3.Cluster
+	// DynamicResources becomes the bootstrap's dynamic_resources (CDS over
+	// ADS; the Envoy's own listeners stay static).
+	DynamicResources *bootstrapv3.Bootstrap_DynamicResources
+}
+
+// JoinSnippet builds the pieces of config an existing Envoy needs.
+func JoinSnippet(p *policy.Policy, o DynamicOptions) (*Snippet, error) {
+	o.NodeID = "join" // unused: the joining Envoy keeps its own node
+	b, err := DynamicBootstrap(p, o)
+	if err != nil {
+		return nil, err
+	}
+	ep, err := pack(ExtProcFilterConfig(p))
+	if err != nil {
+		return nil, err
+	}
+	ehm, err := EarlyHeaderMutation()
+	if err != nil {
+		return nil, err
+	}
+	lrc, err := localReplyConfig(p)
+	if err != nil {
+		return nil, err
+	}
+	dyn := b.DynamicResources
+	dyn.LdsConfig = nil
+	return &Snippet{
+		HTTPFilter:          &hcmv3.HttpFilter{Name: ExtProcFilter, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: ep}},
+		RDS:                 &hcmv3.Rds{ConfigSource: adsSource(), RouteConfigName: RouteConfigName},
+		EarlyHeaderMutation: ehm,
+		LocalReplyConfig:    lrc,
+		XDSCluster:          b.StaticResources.Clusters[0],
+		DynamicResources:    dyn,
+	}, nil
+}
+
+// MarshalSnippet renders the snippet as commented YAML, one key per piece,
+// for people to paste into their Envoy config.
+func MarshalSnippet(s *Snippet) ([]byte, error) {
+	parts := []struct {
+		comment, key string
+		msg          proto.Message
+	}{
+		{"Add to the http_filters of the connection manager that carries LLM traffic, before the router.", "http_filter", s.HTTPFilter},
+		{"Use as that connection manager's route source, in place of its route_config.", "rds", s.RDS},
+		{"Add to that connection manager's early_header_mutation_extensions: clients must not pick the backend.", "early_header_mutation", s.EarlyHeaderMutation},
+		{"Use as that connection manager's local_reply_config: Envoy's own errors in OpenAI's shape.", "local_reply_config", s.LocalReplyConfig},
+		{"Add to static_resources.clusters: detour's control plane.", "cluster", s.XDSCluster},
+		{"Use as the bootstrap's dynamic_resources: clusters and routes come from detour; your listeners stay static.", "dynamic_resources", s.DynamicResources},
+	}
+	out := []byte("# detour: the pieces an existing Envoy adds to join (keys are for reading; paste the values).\n")
+	for _, part := range parts {
+		j, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(part.msg)
+		if err != nil {
+			return nil, fmt.Errorf("marshal snippet: %w", err)
+		}
+		y, err := yaml.JSONToYAML(j)
+		if err != nil {
+			return nil, fmt.Errorf("snippet to YAML: %w", err)
+		}
+		out = fmt.Appendf(out, "\n# %s\n%s:\n", part.comment, part.key)
+		for _, line := range strings.Split(strings.TrimRight(string(y), "\n"), "\n") {
+			out = append(out, "  "+line+"\n"...)
+		}
+	}
+	return out, nil
 }

@@ -353,11 +353,7 @@ func listener(p *policy.Policy, rc *routev3.RouteConfiguration, o Options) (*lis
 	if err != nil {
 		return nil, err
 	}
-	var muts []*mutationrulesv3.HeaderMutation
-	for _, h := range []string{extproc.HeaderBackend, extproc.HeaderModel, extproc.HeaderRoute} {
-		muts = append(muts, &mutationrulesv3.HeaderMutation{Action: &mutationrulesv3.HeaderMutation_Remove{Remove: h}})
-	}
-	ehm, err := pack(&earlyhmv3.HeaderMutation{Mutations: muts})
+	ehm, err := EarlyHeaderMutation()
 	if err != nil {
 		return nil, err
 	}
@@ -376,9 +372,7 @@ func listener(p *policy.Policy, rc *routev3.RouteConfiguration, o Options) (*lis
 		// Clients must not choose the backend by sending detour's own
 		// headers: routing happens before any later filter could strip
 		// them, so they go at the connection manager's door.
-		EarlyHeaderMutationExtensions: []*corev3.TypedExtensionConfig{{
-			Name: "envoy.http.early_header_mutation.header_mutation", TypedConfig: ehm,
-		}},
+		EarlyHeaderMutationExtensions: []*corev3.TypedExtensionConfig{ehm},
 	}
 	if o.Dynamic {
 		hcm.RouteSpecifier = &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{ConfigSource: adsSource(), RouteConfigName: rc.Name}}
@@ -401,6 +395,21 @@ func listener(p *policy.Policy, rc *routev3.RouteConfiguration, o Options) (*lis
 			}},
 		}},
 	}, nil
+}
+
+// EarlyHeaderMutation strips detour's own headers from client requests
+// before routing, so no client can choose a backend by sending them (a
+// later HTTP filter would be too late: the route is already picked).
+func EarlyHeaderMutation() (*corev3.TypedExtensionConfig, error) {
+	var muts []*mutationrulesv3.HeaderMutation
+	for _, h := range []string{extproc.HeaderBackend, extproc.HeaderModel, extproc.HeaderRoute} {
+		muts = append(muts, &mutationrulesv3.HeaderMutation{Action: &mutationrulesv3.HeaderMutation_Remove{Remove: h}})
+	}
+	a, err := pack(&earlyhmv3.HeaderMutation{Mutations: muts})
+	if err != nil {
+		return nil, err
+	}
+	return &corev3.TypedExtensionConfig{Name: "envoy.http.early_header_mutation.header_mutation", TypedConfig: a}, nil
 }
 
 // localReplyConfig gives Envoy's own error replies (processor down, no

@@ -19,11 +19,24 @@ func runBootstrap(_ context.Context, args []string, stdout, stderr io.Writer) er
 	nodeID := fs.String("node-id", "envoy-"+host, "the Envoy's node id (unique per Envoy)")
 	region := fs.String("region", "", "the Envoy's region: the backends' endpoints there come first")
 	delta := fs.Bool("delta", false, "use incremental (delta) xDS")
+	snippet := fs.Bool("snippet", false, "print only the pieces an existing Envoy adds to join detour (keeping its own listeners)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	p, err := pf.load()
 	if err != nil {
+		return err
+	}
+	if *snippet {
+		sn, err := xds.JoinSnippet(p, xds.DynamicOptions{Region: *region, Delta: *delta})
+		if err != nil {
+			return err
+		}
+		out, err := xds.MarshalSnippet(sn)
+		if err != nil {
+			return err
+		}
+		_, err = stdout.Write(out)
 		return err
 	}
 	var b *bootstrapv3.Bootstrap
