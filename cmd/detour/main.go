@@ -25,7 +25,7 @@ type command struct {
 
 func commands() []command {
 	return []command{
-		{"up", "run the whole local stack: simulated providers, ext_proc and Envoy", runUp},
+		{"up", "run the whole local stack: simulated providers, xds, ext_proc and Envoy", runUp},
 		{"extproc", "run the ext_proc gRPC service that routes each request", runExtProc},
 		{"xds", "run the control plane that serves Envoy its config and follows the policy file", runXDS},
 		{"bootstrap", "print the Envoy config generated from a policy", runBootstrap},
