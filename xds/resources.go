@@ -172,9 +172,10 @@ func pack(m proto.Message) (*anypb.Any, error) {
 	return a, nil
 }
 
-// ExtProcFilterConfig is the router-stage ext_proc filter: request headers
-// and the buffered body go to detour; responses stream straight through.
-func ExtProcFilterConfig(p *policy.Policy) *extprocfilterv3.ExternalProcessor {
+// extProcBase is what both of detour's ext_proc filters share: the
+// service, its failure behaviour, and request headers only (each adds what
+// it needs).
+func extProcBase(p *policy.Policy, statPrefix string) *extprocfilterv3.ExternalProcessor {
 	return &extprocfilterv3.ExternalProcessor{
 		GrpcService: &corev3.GrpcService{
 			TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{ClusterName: ExtProcCluster}},
@@ -186,18 +187,26 @@ func ExtProcFilterConfig(p *policy.Policy) *extprocfilterv3.ExternalProcessor {
 		StatusOnError: &typev3.HttpStatus{Code: typev3.StatusCode_ServiceUnavailable},
 		ProcessingMode: &extprocfilterv3.ProcessingMode{
 			RequestHeaderMode:   extprocfilterv3.ProcessingMode_SEND,
-			RequestBodyMode:     extprocfilterv3.ProcessingMode_BUFFERED,
+			RequestBodyMode:     extprocfilterv3.ProcessingMode_NONE,
 			RequestTrailerMode:  extprocfilterv3.ProcessingMode_SKIP,
 			ResponseHeaderMode:  extprocfilterv3.ProcessingMode_SKIP,
 			ResponseBodyMode:    extprocfilterv3.ProcessingMode_NONE,
 			ResponseTrailerMode: extprocfilterv3.ProcessingMode_SKIP,
 		},
 		MessageTimeout: durationpb.New(p.ExtProc.MessageTimeout.D()),
-		StatPrefix:     extProcStatName,
-		MetadataOptions: &extprocfilterv3.MetadataOptions{
-			ReceivingNamespaces: &extprocfilterv3.MetadataOptions_MetadataNamespaces{Untyped: []string{extproc.MetadataNamespace, extproc.PriorityGroupsNamespace}},
-		},
+		StatPrefix:     statPrefix,
 	}
+}
+
+// ExtProcFilterConfig is the router-stage ext_proc filter: request headers
+// and the buffered body go to detour; responses stream straight through.
+func ExtProcFilterConfig(p *policy.Policy) *extprocfilterv3.ExternalProcessor {
+	c := extProcBase(p, extProcStatName)
+	c.ProcessingMode.RequestBodyMode = extprocfilterv3.ProcessingMode_BUFFERED
+	c.MetadataOptions = &extprocfilterv3.MetadataOptions{
+		ReceivingNamespaces: &extprocfilterv3.MetadataOptions_MetadataNamespaces{Untyped: []string{extproc.MetadataNamespace, extproc.PriorityGroupsNamespace}},
+	}
+	return c
 }
 
 // RouteConfig routes each request to the cluster named by the header the
@@ -506,29 +515,13 @@ func extProcCluster(p *policy.Policy) (*clusterv3.Cluster, error) {
 // cluster: it names the cluster so detour can rewrite the request for the
 // backend this attempt goes to (model id, credentials).
 func UpstreamExtProcConfig(p *policy.Policy) *extprocfilterv3.ExternalProcessor {
-	return &extprocfilterv3.ExternalProcessor{
-		GrpcService: &corev3.GrpcService{
-			TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{ClusterName: ExtProcCluster}},
-			Timeout:         durationpb.New(10 * time.Second),
-		},
-		FailureModeAllow: p.ExtProc.FailureModeAllow,
-		StatusOnError:    &typev3.HttpStatus{Code: typev3.StatusCode_ServiceUnavailable},
-		// Headers only: detour asks for the body (mode override) just for
-		// an attempt whose backend serves another model id than the body
-		// names, so a first attempt costs one message.
-		ProcessingMode: &extprocfilterv3.ProcessingMode{
-			RequestHeaderMode:   extprocfilterv3.ProcessingMode_SEND,
-			RequestBodyMode:     extprocfilterv3.ProcessingMode_NONE,
-			RequestTrailerMode:  extprocfilterv3.ProcessingMode_SKIP,
-			ResponseHeaderMode:  extprocfilterv3.ProcessingMode_SKIP,
-			ResponseBodyMode:    extprocfilterv3.ProcessingMode_NONE,
-			ResponseTrailerMode: extprocfilterv3.ProcessingMode_SKIP,
-		},
-		AllowModeOverride: true,
-		RequestAttributes: []string{extproc.AttrClusterName},
-		MessageTimeout:    durationpb.New(p.ExtProc.MessageTimeout.D()),
-		StatPrefix:        "detour_upstream",
-	}
+	// Headers only: detour asks for the body (mode override) just for an
+	// attempt whose backend serves another model id than the body names,
+	// so a first attempt costs one message.
+	c := extProcBase(p, "detour_upstream")
+	c.AllowModeOverride = true
+	c.RequestAttributes = []string{extproc.AttrClusterName}
+	return c
 }
 
 // backendProtocolOptions: HTTP/1.1 to plain endpoints, HTTP/2 or 1.1 by

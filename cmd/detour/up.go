@@ -29,12 +29,12 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	concurrency := fs.Int("concurrency", 2, "Envoy worker threads")
 	static := fs.Bool("static", false, "give Envoy a static config instead of running the xDS control plane")
 	region := fs.String("region", "", "the Envoy's region: the backends' endpoints there come first")
-	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
-	logFormat := fs.String("log-format", "text", "text or json")
+	var lf logFlags
+	lf.register(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	log, err := newLogger(stderr, *logLevel, *logFormat)
+	log, err := lf.logger(stderr)
 	if err != nil {
 		return err
 	}
@@ -123,7 +123,7 @@ Try:
     -d '{"model":"auto","messages":[{"role":"user","content":"hello"}]}' -i
 
 Ctrl-C stops everything.
-`, p.Envoy.Listen, p.Envoy.Admin, ep.grpcAddr, ep.metricAddr, cfgPath, xdsLine(*static, p))
+`, p.Envoy.Listen, p.Envoy.Admin, ep.grpcAddr, ep.endpoint.addr, cfgPath, xdsLine(*static, p))
 
 	select {
 	case <-ctx.Done():
