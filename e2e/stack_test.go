@@ -344,6 +344,9 @@ func (s *stack) startEnvoy() {
 }
 
 func (s *stack) stop() {
+	if s.envoy != nil && !s.opts.Static {
+		s.checkNoRejectedUpdates()
+	}
 	if s.t.Failed() {
 		s.t.Logf("ext_proc log:\n%s", tail(s.extLog, 60))
 		s.t.Logf("envoy log:\n%s", tail(s.envLog, 60))
@@ -475,4 +478,31 @@ func (s *stack) edit() stackOptions {
 	o := s.opts
 	o.Backends = append([]backendSpec(nil), s.opts.Backends...)
 	return o
+}
+
+// checkNoRejectedUpdates fails the test if Envoy refused any resource the
+// control plane sent it (every *.update_rejected counter must be 0).
+func (s *stack) checkNoRejectedUpdates() {
+	s.t.Helper()
+	resp, err := http.Get("http://" + s.AdminAddr + "/stats?filter=update_rejected")
+	if err != nil {
+		s.t.Errorf("read Envoy stats: %v", err)
+		return
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	seen := 0
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		name, value, ok := strings.Cut(line, ": ")
+		if !ok {
+			continue
+		}
+		seen++
+		if value != "0" {
+			s.t.Errorf("Envoy rejected an update from detour: %s = %s", name, value)
+		}
+	}
+	if seen == 0 {
+		s.t.Errorf("Envoy reports no update_rejected counters: %q", b)
+	}
 }
