@@ -703,6 +703,9 @@ func loadAssignment(b *policy.Backend, ownRegion string) (*endpointv3.ClusterLoa
 			Locality:    &corev3.Locality{Region: region},
 			Priority:    prio,
 			LbEndpoints: byRegion[region],
+			// Envoy ignores locality weights unless locality-weighted LB is
+			// on; gRPC's xDS client drops localities without one.
+			LoadBalancingWeight: wrapperspb.UInt32(1),
 		})
 	}
 	// Priorities must start at 0: if no endpoint is in the Envoy's region,

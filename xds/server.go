@@ -101,11 +101,17 @@ func (s *Server) XDS() serverv3.Server { return s.xds }
 func (s *Server) SetPolicy(ctx context.Context, p *policy.Policy) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	// One build per region, not per node: nodes of a region share it.
+	byRegion := map[string]*cachev3.Snapshot{}
 	snaps := map[string]*cachev3.Snapshot{}
 	for node, region := range s.nodes {
-		snap, err := s.build(p, node, region)
-		if err != nil {
-			return err
+		snap, ok := byRegion[region]
+		if !ok {
+			var err error
+			if snap, err = s.build(p, node, region); err != nil {
+				return err
+			}
+			byRegion[region] = snap
 		}
 		snaps[node] = snap
 	}
@@ -200,11 +206,31 @@ func Version(r *Resources) (string, error) {
 	return hex.EncodeToString(h.Sum(nil))[:16], nil
 }
 
+// streamKey names an xDS stream: go-control-plane numbers state-of-the-world
+// and delta streams separately, so the kind is part of the name.
+type streamKey struct {
+	delta bool
+	id    int64
+}
+
+// sentKey is a SotW stream and resource type: what a NACK rejects.
+type sentKey struct {
+	stream  int64
+	typeURL string
+}
+
+var resourceTypes = []string{resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.ListenerType, resourcev3.RouteType}
+
 func (s *Server) callbacks() serverv3.Callbacks {
 	// Envoy sends its node on a stream's first message only
 	// (set_node_on_first_message_only): remember it per stream.
-	var streamNodes sync.Map // stream id → *corev3.Node
-	onRequest := func(ctx context.Context, stream int64, node *corev3.Node, typeURL string, errDetail *statuspb.Status) error {
+	var streamNodes sync.Map // streamKey → *corev3.Node
+	// The version last sent on each SotW stream and type. A NACK carries
+	// the last version the client accepted, so the cache would send the
+	// rejected one again at once, to be rejected again, in a tight loop
+	// (go-control-plane #962): a NACK is answered only by a new version.
+	var lastSent sync.Map // sentKey → version
+	onRequest := func(ctx context.Context, stream streamKey, node *corev3.Node, typeURL string, errDetail *statuspb.Status) error {
 		if node.GetId() != "" {
 			streamNodes.Store(stream, node)
 		} else if n, ok := streamNodes.Load(stream); ok {
@@ -226,7 +252,10 @@ func (s *Server) callbacks() serverv3.Callbacks {
 			return nil
 		},
 		StreamClosedFunc: func(id int64, _ *corev3.Node) {
-			streamNodes.Delete(id)
+			streamNodes.Delete(streamKey{false, id})
+			for _, t := range resourceTypes {
+				lastSent.Delete(sentKey{id, t})
+			}
 			s.metrics.Connected.Dec()
 		},
 		DeltaStreamOpenFunc: func(context.Context, int64, string) error {
@@ -234,16 +263,22 @@ func (s *Server) callbacks() serverv3.Callbacks {
 			return nil
 		},
 		DeltaStreamClosedFunc: func(id int64, _ *corev3.Node) {
-			streamNodes.Delete(id)
+			streamNodes.Delete(streamKey{true, id})
 			s.metrics.Connected.Dec()
 		},
 		StreamRequestFunc: func(id int64, r *discoveryv3.DiscoveryRequest) error {
-			return onRequest(context.Background(), id, r.GetNode(), r.GetTypeUrl(), r.GetErrorDetail())
+			if r.GetErrorDetail() != nil {
+				if v, ok := lastSent.Load(sentKey{id, r.GetTypeUrl()}); ok {
+					r.VersionInfo = v.(string)
+				}
+			}
+			return onRequest(context.Background(), streamKey{false, id}, r.GetNode(), r.GetTypeUrl(), r.GetErrorDetail())
 		},
 		StreamDeltaRequestFunc: func(id int64, r *discoveryv3.DeltaDiscoveryRequest) error {
-			return onRequest(context.Background(), id, r.GetNode(), r.GetTypeUrl(), r.GetErrorDetail())
+			return onRequest(context.Background(), streamKey{true, id}, r.GetNode(), r.GetTypeUrl(), r.GetErrorDetail())
 		},
-		StreamResponseFunc: func(_ context.Context, _ int64, _ *discoveryv3.DiscoveryRequest, resp *discoveryv3.DiscoveryResponse) {
+		StreamResponseFunc: func(_ context.Context, id int64, _ *discoveryv3.DiscoveryRequest, resp *discoveryv3.DiscoveryResponse) {
+			lastSent.Store(sentKey{id, resp.GetTypeUrl()}, resp.GetVersionInfo())
 			s.metrics.Pushes.WithLabelValues(shortType(resp.GetTypeUrl())).Inc()
 		},
 		StreamDeltaResponseFunc: func(_ int64, _ *discoveryv3.DeltaDiscoveryRequest, resp *discoveryv3.DeltaDiscoveryResponse) {
