@@ -31,22 +31,9 @@ func baselineBootstrap(p *policy.Policy) (*bootstrapv3.Bootstrap, error) {
 	if err != nil {
 		return nil, err
 	}
-	n := 0
-	for _, l := range b.GetStaticResources().GetListeners() {
-		for _, fc := range l.GetFilterChains() {
-			for _, f := range fc.GetFilters() {
-				done, err := stripFilter(f, p.Backends[0].Name)
-				if err != nil {
-					return nil, fmt.Errorf("listener %s: %w", l.GetName(), err)
-				}
-				if done {
-					n++
-				}
-			}
-		}
-	}
-	if n == 0 {
-		return nil, errors.New("no HTTP connection manager found in detour's bootstrap")
+	cluster := p.Backends[0].Name
+	if err := eachHCM(b, func(hcm *hcmv3.HttpConnectionManager) error { return withoutExtProc(hcm, cluster) }); err != nil {
+		return nil, err
 	}
 	for _, c := range b.GetStaticResources().GetClusters() {
 		if err := withoutUpstreamFilters(c); err != nil {
@@ -59,9 +46,32 @@ func baselineBootstrap(p *policy.Policy) (*bootstrapv3.Bootstrap, error) {
 	return b, nil
 }
 
-// stripFilter rewrites f in place if it is an HTTP connection manager, and
+// eachHCM applies fn to every HTTP connection manager of b's static
+// listeners, in place; it is an error if there is none.
+func eachHCM(b *bootstrapv3.Bootstrap, fn func(*hcmv3.HttpConnectionManager) error) error {
+	n := 0
+	for _, l := range b.GetStaticResources().GetListeners() {
+		for _, fc := range l.GetFilterChains() {
+			for _, f := range fc.GetFilters() {
+				done, err := editHCM(f, fn)
+				if err != nil {
+					return fmt.Errorf("listener %s: %w", l.GetName(), err)
+				}
+				if done {
+					n++
+				}
+			}
+		}
+	}
+	if n == 0 {
+		return errors.New("no HTTP connection manager found in detour's bootstrap")
+	}
+	return nil
+}
+
+// editHCM applies fn to f's config if f is an HTTP connection manager, and
 // reports whether it was.
-func stripFilter(f *listenerv3.Filter, cluster string) (bool, error) {
+func editHCM(f *listenerv3.Filter, fn func(*hcmv3.HttpConnectionManager) error) (bool, error) {
 	tc := f.GetTypedConfig()
 	hcm := &hcmv3.HttpConnectionManager{}
 	if tc == nil || !tc.MessageIs(hcm) {
@@ -70,7 +80,7 @@ func stripFilter(f *listenerv3.Filter, cluster string) (bool, error) {
 	if err := tc.UnmarshalTo(hcm); err != nil {
 		return false, fmt.Errorf("unpack http_connection_manager: %w", err)
 	}
-	if err := withoutExtProc(hcm, cluster); err != nil {
+	if err := fn(hcm); err != nil {
 		return false, err
 	}
 	a, err := anypb.New(hcm)
@@ -144,4 +154,41 @@ func withoutUpstreamFilters(c *clusterv3.Cluster) error {
 	}
 	c.TypedExtensionProtocolOptions[key] = packed
 	return nil
+}
+
+// failoverBaselineBootstrap is the failover benchmark's baseline: what a
+// user with plain Envoy in front of one provider has. It is
+// baselineBootstrap (no ext_proc at either stage, one plain route to the
+// first backend's cluster) with Envoy's defaults in place of detour's
+// failover settings: the route has no retry policy (Envoy then retries
+// nothing), and the clusters have no outlier detection and no circuit
+// breaker thresholds (Envoy's defaults: no ejection; 1024 connections,
+// pending and active requests, 3 concurrent retries). The second backend's
+// cluster stays defined but nothing routes to it.
+func failoverBaselineBootstrap(p *policy.Policy) (*bootstrapv3.Bootstrap, error) {
+	b, err := baselineBootstrap(p)
+	if err != nil {
+		return nil, err
+	}
+	err = eachHCM(b, func(hcm *hcmv3.HttpConnectionManager) error {
+		for _, vh := range hcm.GetRouteConfig().GetVirtualHosts() {
+			vh.RetryPolicy, vh.HedgePolicy = nil, nil
+			for _, r := range vh.GetRoutes() {
+				if a := r.GetRoute(); a != nil {
+					a.RetryPolicy, a.HedgePolicy = nil, nil
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	for _, c := range b.GetStaticResources().GetClusters() {
+		c.OutlierDetection, c.CircuitBreakers = nil, nil
+	}
+	if err := b.ValidateAll(); err != nil {
+		return nil, fmt.Errorf("failover baseline bootstrap is invalid: %w", err)
+	}
+	return b, nil
 }

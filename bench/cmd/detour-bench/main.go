@@ -5,6 +5,10 @@
 //     Envoy config with and without the ext_proc filter, in front of a
 //     simulated provider, all on loopback (see e2e.go);
 //   - detour's own routing decision time, from its Prometheus histogram;
+//   - failover: two simulated providers, the preferred one starts answering
+//     503, with detour's config and with plain Envoy's defaults; and the time
+//     from a policy edit to the new config in force in Envoy (see
+//     failover.go);
 //   - the Go micro benchmarks of the routing core (see micro.go);
 //
 // and writes the figures into BENCHMARKS.md between the markers
@@ -42,8 +46,22 @@ type options struct {
 	closedWarmup   time.Duration
 	skipMicro      bool
 	skipE2E        bool
+	skipFailover   bool
+	only           string
 	verbose        bool
+
+	failoverRate     float64
+	failoverDuration time.Duration
+	failoverFaultAt  time.Duration
+	reloadEdits      int
 }
+
+// Parts of a run, for -only.
+const (
+	partLatency  = "latency"
+	partFailover = "failover"
+	partMicro    = "micro"
+)
 
 func parseFlags(args []string, stderr io.Writer) (options, error) {
 	var o options
@@ -59,7 +77,13 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.DurationVar(&o.closedDuration, "closed-duration", 10*time.Second, "measured duration of each throughput round")
 	fs.DurationVar(&o.closedWarmup, "closed-warmup", 2*time.Second, "unrecorded warm-up before each throughput round")
 	fs.BoolVar(&o.skipMicro, "skip-micro", false, "skip the Go micro benchmarks")
-	fs.BoolVar(&o.skipE2E, "skip-e2e", false, "skip the Envoy end-to-end measurements")
+	fs.BoolVar(&o.skipE2E, "skip-e2e", false, "skip the added-latency and throughput measurements (report sections 1-3)")
+	fs.BoolVar(&o.skipFailover, "skip-failover", false, "skip the failover and policy-edit measurements (report sections 4-5)")
+	fs.StringVar(&o.only, "only", "", "run only these parts, comma-separated: latency (sections 1-3), failover (4-5), micro (6)")
+	fs.Float64Var(&o.failoverRate, "failover-rate", 200, "failover: fixed-rate (open loop) requests per second")
+	fs.DurationVar(&o.failoverDuration, "failover-duration", 20*time.Second, "failover: duration of each side's run")
+	fs.DurationVar(&o.failoverFaultAt, "failover-fault-at", 5*time.Second, "failover: when the primary provider starts answering 503, from the start of the run")
+	fs.IntVar(&o.reloadEdits, "reload-edits", 20, "policy edits to time (0: skip that measurement)")
 	fs.BoolVar(&o.verbose, "v", false, "verbose: debug logs, and the child processes' output on stderr")
 	if err := fs.Parse(args); err != nil {
 		return o, err
@@ -67,9 +91,24 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	if fs.NArg() > 0 {
 		return o, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
 	}
+	if o.only != "" {
+		o.skipE2E, o.skipFailover, o.skipMicro = true, true, true
+		for part := range strings.SplitSeq(o.only, ",") {
+			switch strings.TrimSpace(part) {
+			case partLatency:
+				o.skipE2E = false
+			case partFailover:
+				o.skipFailover = false
+			case partMicro:
+				o.skipMicro = false
+			default:
+				return o, fmt.Errorf("-only: unknown part %q (want %s, %s or %s)", part, partLatency, partFailover, partMicro)
+			}
+		}
+	}
 	switch {
-	case !(o.rate > 0):
-		return o, errors.New("-rate must be > 0")
+	case !(o.rate > 0) || !(o.failoverRate > 0):
+		return o, errors.New("-rate and -failover-rate must be > 0")
 	case o.duration <= 0 || o.closedDuration <= 0:
 		return o, errors.New("-duration and -closed-duration must be > 0")
 	case o.warmup < 0 || o.closedWarmup < 0:
@@ -78,8 +117,12 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		return o, errors.New("-rounds must be >= 1")
 	case o.workers < 1:
 		return o, errors.New("-workers must be >= 1")
-	case o.skipE2E && o.skipMicro:
-		return o, errors.New("-skip-e2e and -skip-micro together leave nothing to measure")
+	case o.failoverFaultAt <= 0 || o.failoverFaultAt >= o.failoverDuration:
+		return o, errors.New("-failover-fault-at must lie within -failover-duration")
+	case o.reloadEdits < 0:
+		return o, errors.New("-reload-edits must be >= 0")
+	case o.skipE2E && o.skipMicro && o.skipFailover:
+		return o, errors.New("nothing left to measure (-skip-e2e, -skip-failover and -skip-micro all set)")
 	}
 	return o, nil
 }
@@ -136,7 +179,7 @@ func bench(ctx context.Context, o options, args []string, stdout, stderr io.Writ
 	rep.LoadBefore = loadAverage()
 
 	var failures []error
-	if !o.skipE2E {
+	if !o.skipE2E || !o.skipFailover {
 		envoyBin, envoyVer, err := findEnvoy(ctx, root)
 		if err != nil {
 			return err
@@ -148,14 +191,31 @@ func bench(ctx context.Context, o options, args []string, stdout, stderr io.Writ
 				return err
 			}
 		}
-		e2e, err := runE2E(ctx, e2eConfig{
+		cfg := e2eConfig{
 			opts: o, envoyBin: envoyBin, detourBin: detourBin, workDir: work,
 			childOutput: childOutput(o.verbose, stderr), log: log,
-		})
-		if err != nil {
-			return fmt.Errorf("end-to-end benchmark: %w", err)
 		}
-		rep.E2E = e2e
+		if !o.skipE2E {
+			e2e, err := runE2E(ctx, cfg)
+			if err != nil {
+				return fmt.Errorf("end-to-end benchmark: %w", err)
+			}
+			rep.E2E = e2e
+		}
+		if !o.skipFailover && ctx.Err() == nil {
+			fo, err := runFailover(ctx, cfg)
+			switch {
+			case ctx.Err() != nil:
+			case err != nil:
+				rep.FailoverErr = err.Error()
+				failures = append(failures, fmt.Errorf("failover benchmark: %w", err))
+			default:
+				rep.Failover = fo
+				if fo.ReloadErr != "" {
+					failures = append(failures, fmt.Errorf("policy-edit measurement: %s", fo.ReloadErr))
+				}
+			}
+		}
 	}
 	if !o.skipMicro && ctx.Err() == nil {
 		micro, err := runMicro(ctx, root, log)

@@ -41,8 +41,11 @@ type report struct {
 	LoadAfter  string
 	Elapsed    time.Duration
 	E2E        *e2eResult
-	Micro      []benchStat
-	MicroErr   string
+	// Failover is nil when not run or failed (FailoverErr says why).
+	Failover    *failoverResult
+	FailoverErr string
+	Micro       []benchStat
+	MicroErr    string
 }
 
 // markdown renders the generated section (without the markers).
@@ -55,6 +58,10 @@ func (r *report) markdown() []byte {
 		r.writeFixed(&b)
 		r.writeThroughput(&b)
 		r.writeDecision(&b)
+	}
+	if !r.Options.skipFailover {
+		r.writeFailover(&b)
+		r.writeReload(&b)
 	}
 	if !r.Options.skipMicro {
 		r.writeMicro(&b)
@@ -128,6 +135,7 @@ func (r *report) writeTargets(b *bytes.Buffer) {
 		fmt.Fprintf(b, "| max throughput with detour (B/A, closed loop, %d workers) | %.2f (%.0f vs %.0f req/s) | no target; for information |\n",
 			r.Options.workers, f.ratio, f.rpsB, f.rpsA)
 	}
+	r.writeFailoverTargets(b)
 	if !r.Options.skipMicro {
 		if s, ok := decisionStat(r.Micro); ok {
 			d := time.Duration(math.Round(s.NsMedian))
@@ -287,7 +295,7 @@ func (r *report) writeDecision(b *bytes.Buffer) {
 }
 
 func (r *report) writeMicro(b *bytes.Buffer) {
-	fmt.Fprintf(b, "### 4. Micro benchmarks\n\n")
+	fmt.Fprintf(b, "### 6. Micro benchmarks\n\n")
 	fmt.Fprintf(b, "`go %s` in the module root; median of the %d counts (min–max beside it).\n\n", strings.Join(microArgs(), " "), microCount)
 	if r.MicroErr != "" {
 		fmt.Fprintf(b, "**go test failed**; the table holds what was measured before the failure:\n\n```\n%s\n```\n\n", r.MicroErr)
