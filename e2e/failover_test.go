@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bufio"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/detourhq/detour/bench/loadgen"
 	"github.com/detourhq/detour/sim"
 )
 
@@ -174,5 +176,28 @@ func TestCredentialsStayWithTheirBackend(t *testing.T) {
 	}
 	if recs := s.Sim("fast-b").Requests(1); len(recs) != 1 || recs[0].Auth != "none" {
 		t.Errorf("fast-b, the retry's backend, saw auth %+v: fast's key leaked", recs)
+	}
+}
+
+// Under load, a provider outage costs no client request: concurrent
+// retries must fit the retry budget (with min_retry_concurrency 10 about
+// 16 % overflowed at 200 req/s).
+func TestFailoverUnderLoad(t *testing.T) {
+	s := startStack(t, stackOptions{})
+	s.Sim("fast").SetFault(sim.Fault{Status: 503})
+	res, err := loadgen.OpenLoop{Rate: 200, Duration: 3 * time.Second, Warmup: 200 * time.Millisecond}.Run(context.Background(), loadgen.Request{
+		Method: http.MethodPost, URL: s.URL("/v1/chat/completions"),
+		Header: http.Header{"Content-Type": []string{"application/json"}},
+		Body:   chat("auto", nil, user("hello")),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%s", res)
+	if res.Failed != 0 || res.OK != res.Sent || res.Sent < 500 {
+		t.Errorf("%d of %d requests failed (by status %v); want none while fast-b is healthy", res.Failed, res.Sent, res.ByStatus)
+	}
+	if st := s.EnvoyStats("retry_overflow"); strings.Contains(st, "overflow: ") && !strings.Contains(st, "overflow: 0") {
+		t.Logf("retry overflow counters:\n%s", st)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -409,14 +410,23 @@ func (s *stack) Metrics() string {
 	return string(b)
 }
 
+// freeAddr picks a free loopback port below Linux's ephemeral range
+// (32768-60999): a port from that range, once released, can be taken by any
+// outgoing connection before the process meant to listen on it binds it.
 func freeAddr(t testing.TB) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for range 1000 {
+		port := 20000 + rand.IntN(12000)
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			continue
+		}
+		addr := l.Addr().String()
+		l.Close()
+		return addr
 	}
-	defer l.Close()
-	return l.Addr().String()
+	t.Fatal("no free port in 20000-31999")
+	return ""
 }
 
 func waitTCP(t testing.TB, addr string, timeout time.Duration, log *bytes.Buffer) {

@@ -186,7 +186,9 @@ type Retry struct {
 	// active requests, so retries cannot snowball. Default 100: one retry
 	// in flight per request, enough to move a whole backend's traffic.
 	BudgetPercent float64 `yaml:"budget_percent,omitempty" jsonschema:"minimum=0,maximum=100"`
-	// MinRetryConcurrency is always allowed whatever the budget. Default 10.
+	// MinRetryConcurrency is always allowed whatever the budget. Default
+	// 1000: a fast-failing backend has few requests in flight, and its
+	// traffic must still move whole.
 	MinRetryConcurrency int `yaml:"min_retry_concurrency,omitempty" jsonschema:"minimum=0"`
 }
 
