@@ -122,6 +122,7 @@ func (s *Server) SetPolicy(p *policy.Policy) error {
 		return fmt.Errorf("extproc: %w", err)
 	}
 	strip := append([]string{HeaderBackend, HeaderModel, HeaderRoute}, credHeaders...)
+	stripLists(creds, strip)
 	s.state.Store(&state{
 		router:        r,
 		maxBody:       int64(p.Limits.MaxBodyBytes),

@@ -33,6 +33,8 @@ const PriorityGroupsNamespace = "detour.pg"
 type credential struct {
 	header string
 	value  string
+	// strip is the state's stripUpstream without header.
+	strip []string
 }
 
 // loadCredentials reads every backend's key from its file or environment
@@ -80,6 +82,15 @@ func loadCredentials(p *policy.Policy) (map[string]credential, []string, error) 
 	}
 	sort.Strings(names)
 	return creds, names, nil
+}
+
+// stripLists gives each credential the headers to remove on its backend's
+// attempts: all of strip but its own.
+func stripLists(creds map[string]credential, strip []string) {
+	for name, c := range creds {
+		c.strip = without(strip, c.header)
+		creds[name] = c
+	}
 }
 
 // upstreamCluster returns the cluster an upstream-stage stream is for.
@@ -138,9 +149,9 @@ func (s *Server) upstreamHeaderMutation(st *state, w *work) (*extprocv3.HeaderMu
 	}
 	be := st.router.Backend(i)
 	if c, ok := st.creds[be.Name]; ok {
-		// This backend's own header must not be on the removal list:
-		// Envoy applies removals after sets.
-		mut.RemoveHeaders = without(st.stripUpstream, c.header)
+		// This backend's own header stays off the removal list, so the set
+		// wins whatever order Envoy applies the two in.
+		mut.RemoveHeaders = c.strip
 		mut.SetHeaders = append(mut.SetHeaders, setHeader(c.header, c.value))
 	}
 	return mut, be
