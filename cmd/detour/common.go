@@ -18,6 +18,42 @@ import (
 	"github.com/detourhq/detour/policy"
 )
 
+// serviceFlags are what the long-running services share: --policy, the
+// listen and metrics addresses that override the policy's, and logging.
+type serviceFlags struct {
+	policy          policyFlag
+	log             logFlags
+	listen, metrics string
+}
+
+func (f *serviceFlags) register(fs *flag.FlagSet, listenHelp, metricsHelp string) {
+	f.policy.register(fs)
+	fs.StringVar(&f.listen, "listen", "", listenHelp)
+	fs.StringVar(&f.metrics, "metrics", "", metricsHelp)
+	f.log.register(fs)
+}
+
+// load builds the logger and loads the policy, with the address flags
+// written over the policy's own; addrs names which fields they are.
+func (f *serviceFlags) load(stderr io.Writer, addrs func(*policy.Policy) (listen, metrics *string)) (*policy.Policy, *slog.Logger, error) {
+	log, err := f.log.logger(stderr)
+	if err != nil {
+		return nil, nil, err
+	}
+	p, err := f.policy.load()
+	if err != nil {
+		return nil, nil, err
+	}
+	listen, metrics := addrs(p)
+	if f.listen != "" {
+		*listen = f.listen
+	}
+	if f.metrics != "" {
+		*metrics = f.metrics
+	}
+	return p, log, nil
+}
+
 // logFlags are --log-level and --log-format.
 type logFlags struct{ level, format string }
 

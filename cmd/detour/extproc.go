@@ -16,35 +16,22 @@ import (
 
 func runExtProc(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("extproc", stderr)
-	var pf policyFlag
-	pf.register(fs)
-	listen := fs.String("listen", "", "gRPC address Envoy calls (default: extproc.listen of the policy)")
-	metrics := fs.String("metrics", "", "Prometheus /metrics address (default: extproc.metrics of the policy)")
-	var lf logFlags
-	lf.register(fs)
+	var sf serviceFlags
+	sf.register(fs, "gRPC address Envoy calls (default: extproc.listen of the policy)",
+		"Prometheus /metrics address (default: extproc.metrics of the policy)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	log, err := lf.logger(stderr)
+	p, log, err := sf.load(stderr, func(p *policy.Policy) (*string, *string) { return &p.ExtProc.Listen, &p.ExtProc.Metrics })
 	if err != nil {
 		return err
-	}
-	p, err := pf.load()
-	if err != nil {
-		return err
-	}
-	if *listen != "" {
-		p.ExtProc.Listen = *listen
-	}
-	if *metrics != "" {
-		p.ExtProc.Metrics = *metrics
 	}
 	ep, err := startExtProc(ctx, p, log)
 	if err != nil {
 		return err
 	}
-	if pf.path != "" {
-		go watchPolicy(ctx, pf.path, log, ep.metrics.PolicyReloads, ep.server.SetPolicy)
+	if path := sf.policy.path; path != "" {
+		go watchPolicy(ctx, path, log, ep.metrics.PolicyReloads, ep.server.SetPolicy)
 	}
 	<-ctx.Done()
 	return ep.stop()

@@ -22,30 +22,17 @@ import (
 
 func runXDS(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("xds", stderr)
-	var pf policyFlag
-	pf.register(fs)
-	listen := fs.String("listen", "", "gRPC address Envoys connect to (default: xds.listen of the policy)")
-	metrics := fs.String("metrics", "", "Prometheus /metrics address (default: xds.metrics of the policy)")
-	var lf logFlags
-	lf.register(fs)
+	var sf serviceFlags
+	sf.register(fs, "gRPC address Envoys connect to (default: xds.listen of the policy)",
+		"Prometheus /metrics address (default: xds.metrics of the policy)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	log, err := lf.logger(stderr)
+	p, log, err := sf.load(stderr, func(p *policy.Policy) (*string, *string) { return &p.XDS.Listen, &p.XDS.Metrics })
 	if err != nil {
 		return err
 	}
-	p, err := pf.load()
-	if err != nil {
-		return err
-	}
-	if *listen != "" {
-		p.XDS.Listen = *listen
-	}
-	if *metrics != "" {
-		p.XDS.Metrics = *metrics
-	}
-	svc, err := startXDS(ctx, p, pf.path, log)
+	svc, err := startXDS(ctx, p, sf.policy.path, log)
 	if err != nil {
 		return err
 	}
