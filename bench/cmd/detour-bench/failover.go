@@ -261,19 +261,11 @@ func (s *failoverStack) url(envoy string) string {
 
 // alive reports an error if any process of the stack has exited.
 func (s *failoverStack) alive() error {
-	for _, c := range []*child{s.sims[primaryName], s.sims[secondaryName], s.extproc, s.xds} {
-		if gone, err := c.exited(); gone {
-			return fmt.Errorf("%s exited (%v); log:\n%s", c.name, err, c.logTail())
-		}
-	}
+	envoys := make([]*envoyProc, 0, len(s.envoys))
 	for _, e := range s.envoys {
-		select {
-		case <-e.proc.Done():
-			return fmt.Errorf("%s exited (%v); log:\n%s", e.name, e.proc.Err(), fileTail(e.logPath, 30))
-		default:
-		}
+		envoys = append(envoys, e)
 	}
-	return nil
+	return allAlive([]*child{s.sims[primaryName], s.sims[secondaryName], s.extproc, s.xds}, envoys)
 }
 
 // close stops the Envoys first, then detour's processes and the providers.

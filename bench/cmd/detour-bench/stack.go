@@ -209,12 +209,18 @@ func (e *envoyProc) stop() {
 
 // alive reports an error if any process of the stack has exited.
 func (s *stack) alive() error {
-	for _, c := range []*child{s.sim, s.extproc} {
+	return allAlive([]*child{s.sim, s.extproc}, []*envoyProc{s.envoyA, s.envoyB})
+}
+
+// allAlive reports an error, with the log's tail, for the first child or
+// Envoy that has exited.
+func allAlive(children []*child, envoys []*envoyProc) error {
+	for _, c := range children {
 		if gone, err := c.exited(); gone {
 			return fmt.Errorf("%s exited (%v); log:\n%s", c.name, err, c.logTail())
 		}
 	}
-	for _, e := range []*envoyProc{s.envoyA, s.envoyB} {
+	for _, e := range envoys {
 		select {
 		case <-e.proc.Done():
 			return fmt.Errorf("%s exited (%v); log:\n%s", e.name, e.proc.Err(), fileTail(e.logPath, 30))
