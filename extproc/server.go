@@ -90,6 +90,7 @@ type work struct {
 	// upstream marks a stream from the per-attempt filter of cluster.
 	upstream bool
 	cluster  string
+	backend  *route.Backend // the attempt's backend; nil if the policy does not name it
 }
 
 // New builds a server on cfg.Policy.
@@ -167,7 +168,7 @@ func (w *work) reset() {
 	w.req.Reset()
 	w.body = w.body[:0]
 	w.kind, w.path, w.method, w.gotBody = route.KindUnknown, "", "", false
-	w.upstream, w.cluster = false, ""
+	w.upstream, w.cluster, w.backend = false, "", nil
 	// Very large bodies are not kept for the next request.
 	if cap(w.body) > 1<<20 {
 		w.body = nil
@@ -203,7 +204,7 @@ func (s *Server) handle(ctx context.Context, st *state, w *work, msg *extprocv3.
 		return s.onRequestHeaders(st, w, m.RequestHeaders)
 	case *extprocv3.ProcessingRequest_RequestBody:
 		if w.upstream {
-			return s.upstreamBody(st, w, m.RequestBody)
+			return s.upstreamBody(w, m.RequestBody)
 		}
 		if w.path == "" {
 			w.fromAttributes(msg)

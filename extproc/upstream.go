@@ -123,6 +123,7 @@ func (s *Server) upstreamHeaders(st *state, w *work, h *extprocv3.HttpHeaders) *
 	}
 	w.kind = route.KindFromPath(w.path)
 	mut, be := s.upstreamHeaderMutation(st, w)
+	w.backend = be
 	resp := &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestHeaders{RequestHeaders: &extprocv3.HeadersResponse{
 		Response: &extprocv3.CommonResponse{HeaderMutation: mut},
 	}}}
@@ -161,7 +162,7 @@ func (s *Server) upstreamHeaderMutation(st *state, w *work) (*extprocv3.HeaderMu
 // this attempt's backend and its headers. It never rejects: an error from
 // an upstream filter would not be retried, and the router stage has
 // already validated the request.
-func (s *Server) upstreamBody(st *state, w *work, b *extprocv3.HttpBody) *extprocv3.ProcessingResponse {
+func (s *Server) upstreamBody(w *work, b *extprocv3.HttpBody) *extprocv3.ProcessingResponse {
 	w.body = append(w.body, b.Body...)
 	if !b.EndOfStream {
 		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestBody{RequestBody: &extprocv3.BodyResponse{}}}
@@ -170,11 +171,10 @@ func (s *Server) upstreamBody(st *state, w *work, b *extprocv3.HttpBody) *extpro
 	// headers; only the body and its length change here.
 	mut := &extprocv3.HeaderMutation{}
 	common := &extprocv3.CommonResponse{HeaderMutation: mut}
-	i, known := st.router.BackendIndex(w.cluster)
-	if !known {
+	be := w.backend
+	if be == nil {
 		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestBody{RequestBody: &extprocv3.BodyResponse{Response: common}}}
 	}
-	be := st.router.Backend(i)
 	outcome := "unchanged"
 	if err := route.ParseRequest(w.kind, w.body, &w.req); err == nil && w.req.Model != be.Model {
 		w.out = route.RewriteModel(w.out[:0], w.body, &w.req, be.Model)

@@ -288,15 +288,7 @@ func TestBaselineBootstrap(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	hcmOf := func(b *bootstrapv3.Bootstrap) *hcmv3.HttpConnectionManager {
-		t.Helper()
-		hcm := &hcmv3.HttpConnectionManager{}
-		if err := b.StaticResources.Listeners[0].FilterChains[0].Filters[0].GetTypedConfig().UnmarshalTo(hcm); err != nil {
-			t.Fatal(err)
-		}
-		return hcm
-	}
-	orig, base := hcmOf(withExtProc), hcmOf(b)
+	orig, base := hcmOf(t, withExtProc), hcmOf(t, b)
 	if n := len(base.HttpFilters); n != 1 || base.HttpFilters[0].Name != xds.RouterFilter {
 		t.Errorf("baseline filters = %v, want only the router", base.HttpFilters)
 	}
@@ -409,4 +401,14 @@ func TestMarkdown(t *testing.T) {
 	if t.Failed() {
 		t.Log(md)
 	}
+}
+
+// hcmOf unpacks the connection manager of a bootstrap's first listener.
+func hcmOf(t *testing.T, b *bootstrapv3.Bootstrap) *hcmv3.HttpConnectionManager {
+	t.Helper()
+	hcm := &hcmv3.HttpConnectionManager{}
+	if err := b.StaticResources.Listeners[0].FilterChains[0].Filters[0].GetTypedConfig().UnmarshalTo(hcm); err != nil {
+		t.Fatal(err)
+	}
+	return hcm
 }

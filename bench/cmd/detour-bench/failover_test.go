@@ -11,8 +11,6 @@ import (
 	"testing"
 	"time"
 
-	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
-	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	"google.golang.org/protobuf/proto"
 
@@ -249,15 +247,7 @@ func TestFailoverBaselineBootstrap(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	hcmOf := func(b *bootstrapv3.Bootstrap) *hcmv3.HttpConnectionManager {
-		t.Helper()
-		hcm := &hcmv3.HttpConnectionManager{}
-		if err := b.StaticResources.Listeners[0].FilterChains[0].Filters[0].GetTypedConfig().UnmarshalTo(hcm); err != nil {
-			t.Fatal(err)
-		}
-		return hcm
-	}
-	orig, base := hcmOf(detour), hcmOf(b)
+	orig, base := hcmOf(t, detour), hcmOf(t, b)
 
 	// What detour generates has everything the baseline must not.
 	origRoute := orig.GetRouteConfig().VirtualHosts[0].Routes[0]
