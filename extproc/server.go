@@ -128,7 +128,7 @@ func (s *Server) SetPolicy(p *policy.Policy) error {
 		router:        r,
 		maxBody:       int64(p.Limits.MaxBodyBytes),
 		logPrompts:    p.ExtProc.LogPrompts,
-		modelsJSON:    modelsList(r.Known()),
+		modelsJSON:    route.ModelsList(r.Known()),
 		attempts:      p.Retry.Attempts,
 		creds:         creds,
 		stripUpstream: strip,
@@ -188,7 +188,7 @@ func (s *Server) handleSafely(ctx context.Context, st *state, w *work, msg *extp
 		if r := recover(); r != nil {
 			s.metrics.Panics.Inc()
 			s.log.Error("panic while routing a request", "panic", fmt.Sprint(r), "path", w.path, "body_bytes", len(w.body))
-			resp = s.reject(w, errInternal("internal error"))
+			resp = s.reject(w, route.ErrInternal("internal error"))
 		}
 	}()
 	return s.handle(ctx, st, w, msg)
@@ -219,7 +219,7 @@ func (s *Server) handle(ctx context.Context, st *state, w *work, msg *extprocv3.
 	case *extprocv3.ProcessingRequest_ResponseTrailers:
 		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseTrailers{ResponseTrailers: &extprocv3.TrailersResponse{}}}
 	}
-	return s.reject(w, errInternal("unexpected ext_proc message"))
+	return s.reject(w, route.ErrInternal("unexpected ext_proc message"))
 }
 
 // fromAttributes reads the path when Envoy skipped the headers phase and
@@ -248,14 +248,14 @@ func (s *Server) onRequestHeaders(st *state, w *work, h *extprocv3.HttpHeaders) 
 		}
 	}
 	w.kind = route.KindFromPath(w.path)
-	if w.method == "GET" && isModelsPath(w.path) {
+	if w.method == "GET" && route.IsModelsPath(w.path) {
 		return immediate(200, st.modelsJSON, "")
 	}
 	if w.kind == route.KindUnknown {
-		return s.reject(w, errUnsupportedPath(w.path))
+		return s.reject(w, route.ErrUnsupportedPath(w.path))
 	}
 	if h.EndOfStream {
-		return s.reject(w, errEmptyBody())
+		return s.reject(w, route.ErrEmptyBody())
 	}
 	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestHeaders{RequestHeaders: &extprocv3.HeadersResponse{}}}
 }
@@ -266,7 +266,7 @@ func (s *Server) onRequestBody(ctx context.Context, st *state, w *work, b *extpr
 	}
 	w.gotBody = true
 	if int64(len(w.body)+len(b.Body)) > st.maxBody {
-		return s.reject(w, errBodyTooLarge(st.maxBody))
+		return s.reject(w, route.ErrBodyTooLarge(st.maxBody))
 	}
 	w.body = append(w.body, b.Body...)
 	if !b.EndOfStream {
@@ -281,18 +281,18 @@ func (s *Server) onRequestBody(ctx context.Context, st *state, w *work, b *extpr
 func (s *Server) route(ctx context.Context, st *state, w *work) *extprocv3.ProcessingResponse {
 	start := w.received
 	if len(w.body) == 0 {
-		return s.reject(w, errEmptyBody())
+		return s.reject(w, route.ErrEmptyBody())
 	}
 	s.metrics.BodyBytes.Observe(float64(len(w.body)))
 	if w.kind == route.KindUnknown && w.path != "" {
-		return s.reject(w, errUnsupportedPath(w.path))
+		return s.reject(w, route.ErrUnsupportedPath(w.path))
 	}
 	if err := route.ParseRequest(w.kind, w.body, &w.req); err != nil {
 		var pe *route.ParseError
 		if errors.As(err, &pe) {
-			return s.reject(w, errInvalidJSON(pe.Error()))
+			return s.reject(w, route.ErrInvalidJSON(pe.Error()))
 		}
-		return s.reject(w, errInvalidJSON(err.Error()))
+		return s.reject(w, route.ErrInvalidJSON(err.Error()))
 	}
 	r := st.router
 	method := "estimate"
@@ -351,39 +351,15 @@ func (s *Server) route(ctx context.Context, st *state, w *work) *extprocv3.Proce
 }
 
 func (s *Server) rejectDecision(w *work, err error) *extprocv3.ProcessingResponse {
-	var um *route.UnknownModelError
 	var ue *route.UnsatisfiableError
-	switch {
-	case errors.As(err, &um):
-		return s.reject(w, &apiError{Status: 404, Type: "invalid_request_error", Code: "model_not_found",
-			Param: "model", Message: um.Error(), Kind: "unknown_model"})
-	case errors.As(err, &ue):
-		q := ue.Requirement()
-		s.metrics.Rejections.WithLabelValues(ue.Target, q.String()).Inc()
-		code, param := "unsupported_request", ""
-		switch q {
-		case route.RequireContext:
-			// The field holding the prompt: messages, prompt or input.
-			code, param = "context_length_exceeded", promptField(w.req.Kind)
-		case route.RequireMaxOutput:
-			code, param = "max_tokens_exceeded", "max_tokens"
-		case route.RequireTools:
-			param = "tools"
-		case route.RequireJSONMode:
-			param = "response_format"
-		case route.RequireStreaming:
-			param = "stream"
-		case route.RequireVision:
-			param = "messages"
-		}
-		return s.reject(w, &apiError{Status: 400, Type: "invalid_request_error", Code: code,
-			Param: param, Message: ue.Error(), Kind: "unsatisfiable"})
+	if errors.As(err, &ue) {
+		s.metrics.Rejections.WithLabelValues(ue.Target, ue.Requirement().String()).Inc()
 	}
-	return s.reject(w, errInternal(err.Error()))
+	return s.reject(w, route.DecisionError(err, w.req.Kind))
 }
 
 // reject answers the client directly with an OpenAI-shaped error.
-func (s *Server) reject(w *work, e *apiError) *extprocv3.ProcessingResponse {
+func (s *Server) reject(w *work, e *route.APIError) *extprocv3.ProcessingResponse {
 	s.metrics.Errors.WithLabelValues(e.Kind).Inc()
 	s.log.Info("request rejected", "status", e.Status, "kind", e.Kind, "code", e.Code, "path", w.path)
 	return immediate(e.Status, e.JSON(), e.Kind)
@@ -442,39 +418,4 @@ func decisionMetadata(backend, model, target string, groups *structpb.Value) *st
 			"route":   structpb.NewStringValue(target),
 		}}),
 	}}
-}
-
-// promptField is the request field that holds the prompt for kind.
-func promptField(k route.Kind) string {
-	switch k {
-	case route.KindCompletion:
-		return "prompt"
-	case route.KindEmbedding:
-		return "input"
-	}
-	return "messages"
-}
-
-func isModelsPath(p string) bool {
-	for i := 0; i < len(p); i++ {
-		if p[i] == '?' {
-			p = p[:i]
-			break
-		}
-	}
-	return p == "/v1/models" || p == "/models"
-}
-
-// modelsList renders GET /v1/models: every name a client may send.
-func modelsList(names []string) []byte {
-	b := []byte(`{"object":"list","data":[`)
-	for i, n := range names {
-		if i > 0 {
-			b = append(b, ',')
-		}
-		b = append(b, `{"id":`...)
-		b = appendJSONString(b, n)
-		b = append(b, `,"object":"model","created":0,"owned_by":"detour"}`...)
-	}
-	return append(b, "]}"...)
 }

@@ -322,44 +322,14 @@ func metadataFields(t testing.TB, md *structpb.Struct) map[string]any {
 
 // openAIError is the OpenAI error body; fields are pointers to tell null
 // from absent.
-type openAIError struct {
-	Message string  `json:"message"`
-	Type    string  `json:"type"`
-	Param   *string `json:"param"`
-	Code    *string `json:"code"`
-}
+type openAIError = route.WireError
 
 // decodeError checks b is exactly {"error":{"message","type","param","code"}}.
 func decodeError(t testing.TB, b []byte) openAIError {
 	t.Helper()
-	if !json.Valid(b) {
-		t.Fatalf("error body is not valid JSON: %q", b)
-	}
-	var top map[string]json.RawMessage
-	if err := json.Unmarshal(b, &top); err != nil {
-		t.Fatalf("error body %q: %v", b, err)
-	}
-	if len(top) != 1 || top["error"] == nil {
-		t.Fatalf("error body %q: want exactly one key, error", b)
-	}
-	var fields map[string]json.RawMessage
-	if err := json.Unmarshal(top["error"], &fields); err != nil {
-		t.Fatalf("error body %q: error is not an object: %v", b, err)
-	}
-	for _, k := range []string{"message", "type", "param", "code"} {
-		if _, ok := fields[k]; !ok {
-			t.Errorf("error body %q: no %q", b, k)
-		}
-	}
-	if len(fields) != 4 {
-		t.Errorf("error body %q: want exactly message, type, param, code", b)
-	}
-	var e openAIError
-	if err := json.Unmarshal(top["error"], &e); err != nil {
-		t.Fatalf("error body %q: %v", b, err)
-	}
-	if e.Message == "" || e.Type == "" {
-		t.Errorf("error body %q: empty message or type", b)
+	e, err := route.DecodeAPIError(b)
+	if err != nil {
+		t.Fatal(err)
 	}
 	return e
 }
@@ -860,7 +830,7 @@ func TestModelsList(t *testing.T) {
 }
 
 func TestModelsListEscapes(t *testing.T) {
-	b := modelsList([]string{`a"b`, "c\\d", "e\nf", "\xff"})
+	b := route.ModelsList([]string{`a"b`, "c\\d", "e\nf", "\xff"})
 	var list struct {
 		Data []struct {
 			ID string `json:"id"`
@@ -872,8 +842,8 @@ func TestModelsListEscapes(t *testing.T) {
 	if len(list.Data) != 4 || list.Data[0].ID != `a"b` || list.Data[2].ID != "e\nf" || list.Data[3].ID != "\uFFFD" {
 		t.Errorf("got %+v", list.Data)
 	}
-	if !json.Valid(modelsList(nil)) {
-		t.Errorf("empty list: %s", modelsList(nil))
+	if !json.Valid(route.ModelsList(nil)) {
+		t.Errorf("empty list: %s", route.ModelsList(nil))
 	}
 }
 

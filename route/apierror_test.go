@@ -1,4 +1,4 @@
-package extproc
+package route
 
 import (
 	"bytes"
@@ -25,13 +25,16 @@ func TestAPIErrorJSON(t *testing.T) {
 		"</script><!-- & -->",
 		strings.Repeat("long ", 10_000),
 	} {
-		e := &apiError{Status: 400, Type: "invalid_request_error", Code: "some_code", Param: "messages", Message: msg}
+		e := &APIError{Status: 400, Type: "invalid_request_error", Code: "some_code", Param: "messages", Message: msg}
 		b := e.JSON()
 		if !json.Valid(b) {
 			t.Errorf("JSON() for %q is not valid JSON: %q", msg, b)
 			continue
 		}
-		got := decodeError(t, b)
+		got, err := DecodeAPIError(b)
+		if err != nil {
+			t.Fatal(err)
+		}
 		want := msg
 		if !utf8.ValidString(msg) {
 			want = string([]rune(msg)) // each invalid byte becomes U+FFFD
@@ -50,15 +53,15 @@ func TestAPIErrorJSON(t *testing.T) {
 }
 
 func TestAPIErrorNulls(t *testing.T) {
-	for _, e := range []*apiError{
+	for _, e := range []*APIError{
 		{Type: "server_error", Message: "m"},
 		{Type: "server_error", Message: "m", Param: "p"},
 		{Type: "server_error", Message: "m", Code: "c"},
-		errInternal("boom"),
-		errEmptyBody(),
-		errBodyTooLarge(2048),
-		errInvalidJSON("x"),
-		errUnsupportedPath("/v1/\"quoted\"\xff"),
+		ErrInternal("boom"),
+		ErrEmptyBody(),
+		ErrBodyTooLarge(2048),
+		ErrInvalidJSON("x"),
+		ErrUnsupportedPath("/v1/\"quoted\"\xff"),
 	} {
 		b := e.JSON()
 		var m struct {
@@ -81,16 +84,16 @@ func TestAPIErrorNulls(t *testing.T) {
 
 func TestErrorConstructors(t *testing.T) {
 	for _, tt := range []struct {
-		e            *apiError
+		e            *APIError
 		status       int
 		code, kind   string
 		messageParts []string
 	}{
-		{errInvalidJSON("bad"), 400, "invalid_request_body", "invalid_body", []string{"bad"}},
-		{errBodyTooLarge(8 << 20), 413, "request_too_large", "body_too_large", []string{"8388608 bytes"}},
-		{errEmptyBody(), 400, "invalid_request_body", "invalid_body", []string{"no body"}},
-		{errUnsupportedPath("/x"), 404, "unknown_url", "unknown_path", []string{"/x", "/v1/chat/completions", "/v1/models"}},
-		{errInternal("why"), 500, "internal_error", "internal", []string{"why"}},
+		{ErrInvalidJSON("bad"), 400, "invalid_request_body", "invalid_body", []string{"bad"}},
+		{ErrBodyTooLarge(8 << 20), 413, "request_too_large", "body_too_large", []string{"8388608 bytes"}},
+		{ErrEmptyBody(), 400, "invalid_request_body", "invalid_body", []string{"no body"}},
+		{ErrUnsupportedPath("/x"), 404, "unknown_url", "unknown_path", []string{"/x", "/v1/chat/completions", "/v1/models"}},
+		{ErrInternal("why"), 500, "internal_error", "internal", []string{"why"}},
 	} {
 		if tt.e.Status != tt.status || tt.e.Code != tt.code || tt.e.Kind != tt.kind {
 			t.Errorf("%+v: want status %d code %s kind %s", tt.e, tt.status, tt.code, tt.kind)
@@ -107,9 +110,16 @@ func FuzzAPIErrorJSON(f *testing.F) {
 	f.Add("msg", "param", "code")
 	f.Add("\x00\"\\\xff", "", "")
 	f.Fuzz(func(t *testing.T, msg, param, code string) {
-		b := (&apiError{Type: "t", Message: msg, Param: param, Code: code}).JSON()
+		b := (&APIError{Type: "t", Message: msg, Param: param, Code: code}).JSON()
 		if !json.Valid(b) {
 			t.Fatalf("invalid JSON %q", b)
 		}
 	})
+}
+
+func deref(p *string) string {
+	if p == nil {
+		return ""
+	}
+	return *p
 }
