@@ -16,7 +16,7 @@ func RewriteModel(dst, body []byte, req *Request, model string) []byte {
 	sp := req.ModelSpan
 	if sp != (Span{}) && 0 < sp.Start && sp.Start < sp.End && sp.End <= len(body) {
 		dst = append(dst, body[:sp.Start]...)
-		dst = appendJSONString(dst, model)
+		dst = AppendJSONString(dst, model)
 		return append(dst, body[sp.End:]...)
 	}
 
@@ -36,7 +36,7 @@ func RewriteModel(dst, body []byte, req *Request, model string) []byte {
 	}
 	dst = append(dst, body[:open+1]...)
 	dst = append(dst, `"model":`...)
-	dst = appendJSONString(dst, model)
+	dst = AppendJSONString(dst, model)
 	for _, c := range body[open+1:] {
 		if c == ' ' || c == '\t' || c == '\n' || c == '\r' {
 			continue
@@ -49,10 +49,10 @@ func RewriteModel(dst, body []byte, req *Request, model string) []byte {
 	return append(dst, body[open+1:]...)
 }
 
-// appendJSONString appends s to dst as a JSON string literal. Quotes,
+// AppendJSONString appends s to dst as a JSON string literal. Quotes,
 // backslashes and control characters are escaped; invalid UTF-8 becomes
 // \ufffd, so the result is valid JSON whatever s holds.
-func appendJSONString(dst []byte, s string) []byte {
+func AppendJSONString(dst []byte, s string) []byte {
 	const hex = "0123456789abcdef"
 	dst = append(dst, '"')
 	start := 0 // s[start:i] is pending, needing no escape

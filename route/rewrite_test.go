@@ -77,14 +77,14 @@ func TestRewriteModelAllocs(t *testing.T) {
 
 func TestAppendJSONString(t *testing.T) {
 	for _, s := range []string{"", "plain", "\x00\x7f\"\\</script>\u2028", "日本語😀", "\xff\xfe", "a\xc3"} {
-		got := appendJSONString(nil, s)
+		got := AppendJSONString(nil, s)
 		var back string
 		if err := json.Unmarshal(got, &back); err != nil {
-			t.Errorf("appendJSONString(%q) = %s: %v", s, got, err)
+			t.Errorf("AppendJSONString(%q) = %s: %v", s, got, err)
 			continue
 		}
 		if want := string([]rune(s)); back != want {
-			t.Errorf("appendJSONString(%q) decodes to %q, want %q", s, back, want)
+			t.Errorf("AppendJSONString(%q) decodes to %q, want %q", s, back, want)
 		}
 	}
 }
