@@ -25,16 +25,25 @@ import (
 // Server is detour's control plane: it serves each Envoy that connects the
 // resources of the policy in force, built for that Envoy's region, over ADS
 // (state of the world or delta), and pushes a new snapshot to every Envoy
-// when the policy changes.
+// when the policy changes. gRPC's own xDS clients are served too, with
+// resources of their own (see ClientKindOf and BuildGRPC).
 type Server struct {
-	cache   cachev3.SnapshotCache
+	// caches holds each kind of client's snapshots (see NewServer).
+	caches  map[ClientKind]cachev3.SnapshotCache
 	xds     serverv3.Server
 	log     *slog.Logger
 	metrics *Metrics
 
 	mu     sync.Mutex
 	policy *policy.Policy
-	nodes  map[string]string // node id → region, for every Envoy seen
+	nodes  map[nodeKey]string // node → region, for every client seen
+}
+
+// nodeKey names a client: an Envoy and a gRPC client given the same node
+// id are still two clients with their own resources.
+type nodeKey struct {
+	id   string
+	kind ClientKind
 }
 
 // Metrics are the control plane's Prometheus series.
@@ -53,23 +62,23 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		Pushes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "detour_xds_pushes_total",
-			Help: "Discovery responses sent to Envoys, by resource type (cluster, listener, route, endpoint).",
+			Help: "Discovery responses sent to xDS clients (Envoys, gRPC), by resource type (cluster, listener, route, endpoint).",
 		}, []string{"type"}),
 		Nacks: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "detour_xds_nacks_total",
-			Help: "Updates an Envoy rejected, by resource type; each is also logged with Envoy's reason.",
+			Help: "Updates an xDS client (Envoy, gRPC) rejected, by resource type; each is also logged with the client's reason.",
 		}, []string{"type"}),
 		Connected: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "detour_xds_connected_streams",
-			Help: "Open xDS streams from Envoys.",
+			Help: "Open xDS streams from xDS clients (Envoys, gRPC).",
 		}),
 		Snapshots: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "detour_xds_snapshots_total",
-			Help: "Per-Envoy snapshots set (a new Envoy, or a new policy for each Envoy).",
+			Help: "Per-client snapshots set (a new Envoy or gRPC client, or a new policy for each).",
 		}),
 		BuildTime: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "detour_xds_snapshot_build_seconds",
-			Help:    "Time to build one Envoy's resources from the policy.",
+			Help:    "Time to build one client's resources from the policy.",
 			Buckets: prometheus.ExponentialBuckets(50e-6, 4, 10),
 		}),
 		Reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -78,7 +87,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"result"}),
 		VersionInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "detour_xds_snapshot_info",
-			Help: "1 for the snapshot version each Envoy node was last given.",
+			Help: "1 for the snapshot version each xDS client node (Envoy, gRPC) was last given.",
 		}, []string{"node", "version"}),
 	}
 	reg.MustRegister(m.Pushes, m.Nacks, m.Connected, m.Snapshots, m.BuildTime, m.Reloads, m.VersionInfo)
@@ -87,9 +96,35 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 
 // NewServer serves p until SetPolicy replaces it.
 func NewServer(ctx context.Context, p *policy.Policy, log *slog.Logger, m *Metrics) *Server {
-	s := &Server{log: log, metrics: m, policy: p, nodes: map[string]string{}}
-	s.cache = cachev3.NewSnapshotCache(true, cachev3.IDHash{}, cacheLogger{log})
-	s.xds = serverv3.NewServer(ctx, s.cache, s.callbacks())
+	s := &Server{log: log, metrics: m, policy: p, nodes: map[nodeKey]string{}}
+	s.caches = map[ClientKind]cachev3.SnapshotCache{
+		// ADS mode orders an update's responses (clusters before their
+		// endpoints, listeners before routes) as Envoy wants, and answers
+		// a request only when it names every resource of its type in the
+		// snapshot, which Envoy's wildcard and EDS requests do.
+		ClientEnvoy: cachev3.NewSnapshotCache(true, cachev3.IDHash{}, cacheLogger{log}),
+		// gRPC asks for the listeners of its channels only, a few of the
+		// snapshot's: ADS mode would never answer it. Without it each
+		// request gets the named resources there are, and a name that is
+		// not (a channel to an unknown backend) does not hold the others up.
+		ClientGRPC: cachev3.NewSnapshotCache(false, cachev3.IDHash{}, cacheLogger{log}),
+	}
+	// An unclassifiable node gets "" and the mux refuses its watch; the
+	// request callback has already refused the stream with the reason.
+	classify := func(n *corev3.Node) string {
+		k, _ := ClientKindOf(n)
+		return string(k)
+	}
+	caches := map[string]cachev3.Cache{}
+	for k, c := range s.caches {
+		caches[string(k)] = c
+	}
+	mux := &cachev3.MuxCache{
+		Classify:      func(r *cachev3.Request) string { return classify(r.GetNode()) },
+		ClassifyDelta: func(r *cachev3.DeltaRequest) string { return classify(r.GetNode()) },
+		Caches:        caches,
+	}
+	s.xds = serverv3.NewServer(ctx, mux, s.callbacks())
 	return s
 }
 
@@ -101,17 +136,22 @@ func (s *Server) XDS() serverv3.Server { return s.xds }
 func (s *Server) SetPolicy(ctx context.Context, p *policy.Policy) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	// One build per region, not per node: nodes of a region share it.
-	byRegion := map[string]*cachev3.Snapshot{}
-	snaps := map[string]*cachev3.Snapshot{}
+	// One build per kind and region, not per node: nodes of a region
+	// share it.
+	type buildKey struct {
+		kind   ClientKind
+		region string
+	}
+	byRegion := map[buildKey]*cachev3.Snapshot{}
+	snaps := map[nodeKey]*cachev3.Snapshot{}
 	for node, region := range s.nodes {
-		snap, ok := byRegion[region]
+		snap, ok := byRegion[buildKey{node.kind, region}]
 		if !ok {
 			var err error
 			if snap, err = s.build(p, node, region); err != nil {
 				return err
 			}
-			byRegion[region] = snap
+			byRegion[buildKey{node.kind, region}] = snap
 		}
 		snaps[node] = snap
 	}
@@ -129,29 +169,40 @@ func (s *Server) ensureNode(ctx context.Context, node *corev3.Node) error {
 	if node == nil || node.GetId() == "" {
 		return fmt.Errorf("xds request without a node id")
 	}
+	kind, err := ClientKindOf(node)
+	if err != nil {
+		return err
+	}
+	key := nodeKey{node.Id, kind}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	region := node.GetLocality().GetRegion()
-	if known, ok := s.nodes[node.Id]; ok && known == region {
+	if known, ok := s.nodes[key]; ok && known == region {
 		return nil
 	}
-	snap, err := s.build(s.policy, node.Id, region)
+	snap, err := s.build(s.policy, key, region)
 	if err != nil {
 		return err
 	}
-	if err := s.set(ctx, node.Id, snap); err != nil {
+	if err := s.set(ctx, key, snap); err != nil {
 		return err
 	}
-	s.nodes[node.Id] = region
-	s.log.Info("envoy connected", "node", node.Id, "region", region, "version", snap.GetVersion(resourcev3.ClusterType))
+	s.nodes[key] = region
+	s.log.Info("xds client connected", "node", node.Id, "client", kind, "user_agent", node.GetUserAgentName(), "region", region, "version", snap.GetVersion(resourcev3.ClusterType))
 	return nil
 }
 
-func (s *Server) build(p *policy.Policy, node, region string) (*cachev3.Snapshot, error) {
+func (s *Server) build(p *policy.Policy, node nodeKey, region string) (*cachev3.Snapshot, error) {
 	start := time.Now()
-	res, err := BuildFor(p, Options{Dynamic: true, Region: region})
+	var res *Resources
+	var err error
+	if node.kind == ClientGRPC {
+		res, err = BuildGRPC(p, region)
+	} else {
+		res, err = BuildFor(p, Options{Dynamic: true, Region: region})
+	}
 	if err != nil {
-		return nil, fmt.Errorf("build resources for %s: %w", node, err)
+		return nil, fmt.Errorf("build resources for %s (%s): %w", node.id, node.kind, err)
 	}
 	s.metrics.BuildTime.Observe(time.Since(start).Seconds())
 	items := map[resourcev3.Type][]cachetypes.Resource{}
@@ -173,21 +224,25 @@ func (s *Server) build(p *policy.Policy, node, region string) (*cachev3.Snapshot
 	}
 	snap, err := cachev3.NewSnapshot(version, items)
 	if err != nil {
-		return nil, fmt.Errorf("snapshot for %s: %w", node, err)
+		return nil, fmt.Errorf("snapshot for %s: %w", node.id, err)
 	}
-	if err := snap.Consistent(); err != nil {
-		return nil, fmt.Errorf("snapshot for %s is inconsistent: %w", node, err)
+	// gRPC's resources are checked by BuildGRPC: Consistent does not
+	// follow an API listener to its route configuration.
+	if node.kind != ClientGRPC {
+		if err := snap.Consistent(); err != nil {
+			return nil, fmt.Errorf("snapshot for %s is inconsistent: %w", node.id, err)
+		}
 	}
 	return snap, nil
 }
 
-func (s *Server) set(ctx context.Context, node string, snap *cachev3.Snapshot) error {
-	if err := s.cache.SetSnapshot(ctx, node, snap); err != nil {
-		return fmt.Errorf("set snapshot for %s: %w", node, err)
+func (s *Server) set(ctx context.Context, node nodeKey, snap *cachev3.Snapshot) error {
+	if err := s.caches[node.kind].SetSnapshot(ctx, node.id, snap); err != nil {
+		return fmt.Errorf("set snapshot for %s: %w", node.id, err)
 	}
 	s.metrics.Snapshots.Inc()
-	s.metrics.VersionInfo.DeletePartialMatch(prometheus.Labels{"node": node})
-	s.metrics.VersionInfo.WithLabelValues(node, snap.GetVersion(resourcev3.ClusterType)).Set(1)
+	s.metrics.VersionInfo.DeletePartialMatch(prometheus.Labels{"node": node.id})
+	s.metrics.VersionInfo.WithLabelValues(node.id, snap.GetVersion(resourcev3.ClusterType)).Set(1)
 	return nil
 }
 
@@ -237,12 +292,13 @@ func (s *Server) callbacks() serverv3.Callbacks {
 			node = n.(*corev3.Node)
 		}
 		if err := s.ensureNode(ctx, node); err != nil {
-			s.log.Error("cannot serve envoy", "err", err)
+			s.log.Error("cannot serve xds client", "err", err)
 			return err
 		}
 		if errDetail != nil {
+			kind, _ := ClientKindOf(node)
 			s.metrics.Nacks.WithLabelValues(shortType(typeURL)).Inc()
-			s.log.Error("envoy rejected an update", "node", node.GetId(), "type", shortType(typeURL), "reason", errDetail.GetMessage())
+			s.log.Error("xds client rejected an update", "node", node.GetId(), "client", kind, "type", shortType(typeURL), "reason", errDetail.GetMessage())
 		}
 		return nil
 	}

@@ -837,7 +837,7 @@ func BenchmarkSnapshot1000Backends(b *testing.B) {
 	s := &Server{metrics: NewMetrics(prometheus.NewRegistry())}
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, err := s.build(p, "envoy", "eu"); err != nil {
+		if _, err := s.build(p, nodeKey{"envoy", ClientEnvoy}, "eu"); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -7,9 +7,11 @@
 // what it references (RouteConfiguration, Clusters, ClusterLoadAssignments).
 // It then reports, as JSON on stdout, every resource gRPC's xDS client holds
 // and what it made of it, read through gRPC's public CSDS service
-// (google.golang.org/grpc/xds/csds), and each channel's state and the error
-// of one RPC. gRPC-Go offers no public API that watches a single cluster:
-// its xdsclient packages are internal, so a channel is the only way in.
+// (google.golang.org/grpc/xds/csds); each channel's state, the error of one
+// RPC, and the addresses the channel dialled: where gRPC's balancers sent
+// the channel after resolving the target through xDS. gRPC-Go offers no
+// public API that watches a single cluster: its xdsclient packages are
+// internal, so a channel is the only way in.
 package main
 
 import (
@@ -19,17 +21,25 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	adminv3 "github.com/envoyproxy/go-control-plane/envoy/admin/v3"
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	aggregatev3 "github.com/envoyproxy/go-control-plane/envoy/extensions/clusters/aggregate/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	statusv3 "github.com/envoyproxy/go-control-plane/envoy/service/status/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/xds/csds"
+	"google.golang.org/protobuf/types/known/anypb"
 
 	_ "google.golang.org/grpc/xds" // registers the xds:/// resolver and gRPC's xDS balancers
 )
@@ -45,6 +55,9 @@ type Target struct {
 	Target   string `json:"target"`
 	State    string `json:"state"`
 	RPCError string `json:"rpc_error,omitempty"`
+	// Dialled are the addresses the channel connected to, in the order
+	// first dialled.
+	Dialled []string `json:"dialled,omitempty"`
 }
 
 // Client is one of gRPC's xDS clients (one per channel target).
@@ -65,6 +78,11 @@ type Resource struct {
 	// Error is why gRPC rejected the resource (NACKED).
 	Error        string `json:"error,omitempty"`
 	ErrorVersion string `json:"error_version,omitempty"`
+	// Refs are the resources this one leads gRPC to: a listener's route
+	// configuration ("route NAME"), a route's clusters ("cluster NAME"), a
+	// cluster's load assignment ("endpoint NAME"), its aggregated clusters
+	// or its DNS name ("dns HOST:PORT").
+	Refs []string `json:"refs,omitempty"`
 	// Endpoints of a ClusterLoadAssignment gRPC accepted, as
 	// "address region=R priority=P weight=W".
 	Endpoints []string `json:"endpoints,omitempty"`
@@ -106,8 +124,11 @@ func run(targets []string, wait time.Duration) (*Report, error) {
 			c.Close()
 		}
 	}()
-	for _, t := range targets {
-		c, err := grpc.NewClient(t, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	dialled := make([]*dialLog, len(targets))
+	for i, t := range targets {
+		dialled[i] = &dialLog{}
+		c, err := grpc.NewClient(t, grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithContextDialer(dialled[i].dial))
 		if err != nil {
 			return nil, fmt.Errorf("channel %s: %w", t, err)
 		}
@@ -138,7 +159,7 @@ func run(targets []string, wait time.Duration) (*Report, error) {
 
 	rep := &Report{}
 	for i, c := range conns {
-		tr := Target{Target: targets[i], State: c.GetState().String()}
+		tr := Target{Target: targets[i], State: c.GetState().String(), Dialled: dialled[i].addrs()}
 		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 		_, err := healthpb.NewHealthClient(c).Check(ctx, &healthpb.HealthCheckRequest{})
 		cancel()
@@ -156,12 +177,10 @@ func run(targets []string, wait time.Duration) (*Report, error) {
 				Error:        g.GetErrorState().GetDetails(),
 				ErrorVersion: g.GetErrorState().GetVersionInfo(),
 			}
-			if r.Type == "endpoint" && g.GetXdsConfig() != nil {
-				cla := &endpointv3.ClusterLoadAssignment{}
-				if err := g.GetXdsConfig().UnmarshalTo(cla); err != nil {
-					return nil, fmt.Errorf("endpoint %s: %w", g.GetName(), err)
+			if g.GetXdsConfig() != nil {
+				if err := describe(&r, g.GetXdsConfig()); err != nil {
+					return nil, fmt.Errorf("%s %s: %w", r.Type, r.Name, err)
 				}
-				r.Endpoints = endpoints(cla)
 			}
 			cl.Resources = append(cl.Resources, r)
 		}
@@ -191,6 +210,92 @@ func settled(conns []*grpc.ClientConn, dump *statusv3.ClientStatusResponse) bool
 		}
 	}
 	return true
+}
+
+// dialLog records the addresses a channel dials, then dials them.
+type dialLog struct {
+	mu   sync.Mutex
+	seen []string
+}
+
+func (d *dialLog) dial(ctx context.Context, addr string) (net.Conn, error) {
+	d.mu.Lock()
+	if !slices.Contains(d.seen, addr) {
+		d.seen = append(d.seen, addr)
+	}
+	d.mu.Unlock()
+	return (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+}
+
+func (d *dialLog) addrs() []string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return slices.Clone(d.seen)
+}
+
+// describe fills in what a resource gRPC holds refers to (and a load
+// assignment's endpoints).
+func describe(r *Resource, config *anypb.Any) error {
+	switch r.Type {
+	case "listener":
+		l := &listenerv3.Listener{}
+		if err := config.UnmarshalTo(l); err != nil {
+			return err
+		}
+		hcm := &hcmv3.HttpConnectionManager{}
+		if api := l.GetApiListener().GetApiListener(); api != nil {
+			if err := api.UnmarshalTo(hcm); err != nil {
+				return err
+			}
+		}
+		if name := hcm.GetRds().GetRouteConfigName(); name != "" {
+			r.Refs = append(r.Refs, "route "+name)
+		}
+	case "route":
+		rc := &routev3.RouteConfiguration{}
+		if err := config.UnmarshalTo(rc); err != nil {
+			return err
+		}
+		for _, vh := range rc.GetVirtualHosts() {
+			for _, rt := range vh.GetRoutes() {
+				if c := rt.GetRoute().GetCluster(); c != "" && !slices.Contains(r.Refs, "cluster "+c) {
+					r.Refs = append(r.Refs, "cluster "+c)
+				}
+			}
+		}
+	case "cluster":
+		c := &clusterv3.Cluster{}
+		if err := config.UnmarshalTo(c); err != nil {
+			return err
+		}
+		switch {
+		case c.GetType() == clusterv3.Cluster_EDS:
+			name := c.GetEdsClusterConfig().GetServiceName()
+			if name == "" {
+				name = c.GetName()
+			}
+			r.Refs = append(r.Refs, "endpoint "+name)
+		case c.GetType() == clusterv3.Cluster_LOGICAL_DNS:
+			for _, e := range endpoints(c.GetLoadAssignment()) {
+				r.Refs = append(r.Refs, "dns "+strings.Fields(e)[0])
+			}
+		case c.GetClusterType() != nil:
+			agg := &aggregatev3.ClusterConfig{}
+			if err := c.GetClusterType().GetTypedConfig().UnmarshalTo(agg); err != nil {
+				return err
+			}
+			for _, name := range agg.GetClusters() {
+				r.Refs = append(r.Refs, "cluster "+name)
+			}
+		}
+	case "endpoint":
+		cla := &endpointv3.ClusterLoadAssignment{}
+		if err := config.UnmarshalTo(cla); err != nil {
+			return err
+		}
+		r.Endpoints = endpoints(cla)
+	}
+	return nil
 }
 
 func endpoints(cla *endpointv3.ClusterLoadAssignment) []string {
