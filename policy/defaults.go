@@ -92,6 +92,9 @@ func (p *Policy) ApplyDefaults() {
 		}
 	}
 	setInt(&p.Routing.OutputReserveTokens, DefaultOutputReserveTokens)
+	if p.Routing.Mode == "" {
+		p.Routing.Mode = ModeExtProc
+	}
 	if p.Limits.MaxBodyBytes == 0 {
 		p.Limits.MaxBodyBytes = DefaultMaxBodyBytes
 	}

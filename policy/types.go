@@ -31,6 +31,8 @@ type Policy struct {
 	ExtProc ExtProcSettings `yaml:"extproc,omitempty"`
 	// XDS configures detour's control plane.
 	XDS XDSSettings `yaml:"xds,omitempty"`
+	// Wasm locates detour's proxy-wasm plugin.
+	Wasm WasmSettings `yaml:"wasm,omitempty"`
 }
 
 // XDSSettings configure the control plane Envoy takes its config from.
@@ -126,6 +128,8 @@ type Route struct {
 	// Objective orders the qualified candidates: "cheapest" (estimated cost
 	// of this request) or "ordered" (the order of Backends).
 	Objective string `yaml:"objective,omitempty" jsonschema:"enum=cheapest,enum=ordered,default=cheapest"`
+	// Mode overrides routing.mode for requests that name this route.
+	Mode string `yaml:"mode,omitempty" jsonschema:"enum=extproc,enum=wasm"`
 }
 
 // Routing tunes the estimate of what a request needs.
@@ -134,6 +138,29 @@ type Routing struct {
 	// not set max_tokens, so a prompt that just fits is not sent to a model
 	// with no room left to answer. Default 1024.
 	OutputReserveTokens int `yaml:"output_reserve_tokens,omitempty" jsonschema:"minimum=0"`
+	// Mode is what decides a request: "extproc", detour's ext_proc
+	// service (a gRPC round trip, exact token counts), or "wasm", detour's
+	// proxy-wasm plugin inside Envoy (no hop, token estimate only). A
+	// route's own mode wins. Default extproc.
+	Mode string `yaml:"mode,omitempty" jsonschema:"enum=extproc,enum=wasm,default=extproc"`
+}
+
+// Routing modes.
+const (
+	ModeExtProc = "extproc"
+	ModeWasm    = "wasm"
+)
+
+// WasmSettings locate detour's proxy-wasm module (detour.wasm).
+type WasmSettings struct {
+	// Module is the path of detour.wasm. Default: detour.wasm beside the
+	// detour executable. The control plane serves it to Envoy pinned by
+	// its sha256.
+	Module string `yaml:"module,omitempty"`
+	// Measure loads the plugin into every Envoy to measure time to first
+	// token, tokens per second and response time per backend (stats
+	// detour_*). Default true when the module is found.
+	Measure *bool `yaml:"measure,omitempty"`
 }
 
 // Limits bound what a client may send.
@@ -234,4 +261,28 @@ type ExtProcSettings struct {
 	// LogPrompts logs prompt text at debug level. Default false: prompts
 	// are never logged unless a user opts in.
 	LogPrompts bool `yaml:"log_prompts,omitempty"`
+}
+
+// ModeOf is the routing mode of requests that name target (a route or a
+// backend's model id).
+func (p *Policy) ModeOf(target string) string {
+	for _, r := range p.Routes {
+		if r.Name == target && r.Mode != "" {
+			return r.Mode
+		}
+	}
+	return p.Routing.Mode
+}
+
+// UsesWasmRouting reports whether any request is decided by the wasm plugin.
+func (p *Policy) UsesWasmRouting() bool {
+	if p.Routing.Mode == ModeWasm {
+		return true
+	}
+	for _, r := range p.Routes {
+		if r.Mode == ModeWasm {
+			return true
+		}
+	}
+	return false
 }

@@ -123,6 +123,12 @@ func (p *Policy) Validate() []Problem {
 		if r.Objective != ObjectiveCheapest && r.Objective != ObjectiveOrdered {
 			v.add(at+".objective", fmt.Sprintf("unknown objective %q", r.Objective), "one of cheapest, ordered")
 		}
+		if r.Mode != "" && r.Mode != ModeExtProc && r.Mode != ModeWasm {
+			v.add(at+".mode", fmt.Sprintf("unknown mode %q", r.Mode), "one of extproc, wasm")
+		}
+	}
+	if p.Routing.Mode != ModeExtProc && p.Routing.Mode != ModeWasm {
+		v.add("routing.mode", fmt.Sprintf("unknown mode %q", p.Routing.Mode), "one of extproc, wasm")
 	}
 	if p.Envoy.MaxConnections < 1 {
 		v.add("envoy.max_connections", "must be at least 1", "")

@@ -97,3 +97,61 @@ func AppendJSONString(dst []byte, s string) []byte {
 	dst = append(dst, s[start:]...)
 	return append(dst, '"')
 }
+
+// ModelWidth is the bytes model takes as a JSON string literal.
+func ModelWidth(model string) int {
+	var buf [128]byte
+	return len(AppendJSONString(buf[:0], model))
+}
+
+// RewriteModelPadded is RewriteModel followed by spaces after the model
+// value, so the value and its padding take at least width bytes. A later
+// stage that must not change the body's length (its content-length has
+// already gone upstream) can then put any model up to width bytes wide in
+// its place with RewriteModelInPlace.
+func RewriteModelPadded(dst, body []byte, req *Request, model string, width int) []byte {
+	out := RewriteModel(dst, body, req, model)
+	pad := width - ModelWidth(model)
+	if pad <= 0 {
+		return out
+	}
+	// The new value starts where the old one did. (A body without a model
+	// never gets here: the router refuses it.)
+	sp := req.ModelSpan
+	if sp == (Span{}) || sp.Start <= 0 || sp.Start >= sp.End || sp.End > len(body) {
+		return out
+	}
+	end := len(dst) + sp.Start + ModelWidth(model)
+	out = slices.Grow(out, pad)
+	out = out[:len(out)+pad]
+	copy(out[end+pad:], out[end:len(out)-pad])
+	for i := end; i < end+pad; i++ {
+		out[i] = ' '
+	}
+	return out
+}
+
+// RewriteModelInPlace replaces the model value of body (as parsed into
+// req) with model without changing the body's length, using the
+// whitespace that follows the value. It reports false, leaving body alone,
+// when model does not fit.
+func RewriteModelInPlace(body []byte, req *Request, model string) bool {
+	sp := req.ModelSpan
+	if sp == (Span{}) || sp.Start <= 0 || sp.Start >= sp.End || sp.End > len(body) {
+		return false
+	}
+	room := sp.End
+	for room < len(body) && body[room] == ' ' {
+		room++
+	}
+	var buf [128]byte
+	lit := AppendJSONString(buf[:0], model)
+	if len(lit) > room-sp.Start {
+		return false
+	}
+	n := copy(body[sp.Start:], lit)
+	for i := sp.Start + n; i < room; i++ {
+		body[i] = ' '
+	}
+	return true
+}

@@ -2,6 +2,7 @@ package route
 
 import (
 	"encoding/json"
+	"strings"
 	"testing"
 	"unicode/utf8"
 )
@@ -85,6 +86,52 @@ func TestAppendJSONString(t *testing.T) {
 		}
 		if want := string([]rune(s)); back != want {
 			t.Errorf("AppendJSONString(%q) decodes to %q, want %q", s, back, want)
+		}
+	}
+}
+
+func TestRewriteModelPaddedThenInPlace(t *testing.T) {
+	for _, body := range []string{
+		`{"model":"auto","messages":[{"role":"user","content":"hi"}]}`,
+		`{"messages":[{"role":"user","content":"hi"}],"model":"auto"}`,
+		`{ "model" : "auto" , "stream":true, "messages":[{"role":"user","content":"x"}]}`,
+	} {
+		var req Request
+		if err := ParseRequest(KindChat, []byte(body), &req); err != nil {
+			t.Fatal(err)
+		}
+		models := []string{"m-fast", "m-much-longer-model", `quote"d`}
+		width := 0
+		for _, m := range models {
+			width = max(width, ModelWidth(m))
+		}
+		padded := RewriteModelPadded(nil, []byte(body), &req, "m-fast", width)
+		if !json.Valid(padded) {
+			t.Fatalf("%s: padded body is not JSON: %s", body, padded)
+		}
+		for _, m := range models {
+			b := append([]byte(nil), padded...)
+			var r2 Request
+			if err := ParseRequest(KindChat, b, &r2); err != nil {
+				t.Fatal(err)
+			}
+			if !RewriteModelInPlace(b, &r2, m) {
+				t.Fatalf("%s: %q does not fit in %s", body, m, padded)
+			}
+			if len(b) != len(padded) {
+				t.Fatalf("length changed")
+			}
+			var back Request
+			if err := ParseRequest(KindChat, b, &back); err != nil || back.Model != m {
+				t.Fatalf("%s → %s: model %q, err %v", body, b, back.Model, err)
+			}
+		}
+		// Wider than the padding: refused, body untouched.
+		b := append([]byte(nil), padded...)
+		var r3 Request
+		_ = ParseRequest(KindChat, b, &r3)
+		if RewriteModelInPlace(b, &r3, strings.Repeat("x", width+1)) || string(b) != string(padded) {
+			t.Errorf("too wide a model was written: %s", b)
 		}
 	}
 }

@@ -9,6 +9,7 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	metricsv3 "github.com/envoyproxy/go-control-plane/envoy/config/metrics/v3"
 	overloadv3 "github.com/envoyproxy/go-control-plane/envoy/config/overload/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	downstreamv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/resource_monitors/downstream_connections/v3"
@@ -25,7 +26,14 @@ import (
 // StaticBootstrap is a complete Envoy config with every resource inline:
 // Envoy needs nothing else from detour but the ext_proc service.
 func StaticBootstrap(p *policy.Policy) (*bootstrapv3.Bootstrap, error) {
-	res, err := Build(p)
+	return StaticBootstrapFor(p, Options{})
+}
+
+// StaticBootstrapFor is StaticBootstrap with the resources shaped by o
+// (o.Dynamic is ignored: everything is inline).
+func StaticBootstrapFor(p *policy.Policy, o Options) (*bootstrapv3.Bootstrap, error) {
+	o.Dynamic = false
+	res, err := BuildFor(p, o)
 	if err != nil {
 		return nil, err
 	}
@@ -130,8 +138,9 @@ func baseBootstrap(p *policy.Policy, node *corev3.Node) (*bootstrapv3.Bootstrap,
 		return nil, err
 	}
 	return &bootstrapv3.Bootstrap{
-		Node:  node,
-		Admin: &bootstrapv3.Admin{Address: socketAddress(host, port)},
+		Node:        node,
+		Admin:       &bootstrapv3.Admin{Address: socketAddress(host, port)},
+		StatsConfig: &metricsv3.StatsConfig{StatsTags: StatsTags()},
 		OverloadManager: &overloadv3.OverloadManager{ResourceMonitors: []*overloadv3.ResourceMonitor{{
 			Name:       "envoy.resource_monitors.global_downstream_max_connections",
 			ConfigType: &overloadv3.ResourceMonitor_TypedConfig{TypedConfig: conns},
@@ -231,4 +240,21 @@ func MarshalSnippet(s *Snippet) ([]byte, error) {
 		}
 	}
 	return out, nil
+}
+
+// StatsTags turn the labels the wasm plugin writes into its stat names
+// (detour_ttft_milliseconds.backend.fast) into Prometheus labels
+// (detour_ttft_milliseconds{backend="fast"}). An Envoy that joins detour
+// with its own bootstrap adds them to its stats_config.
+func StatsTags() []*metricsv3.TagSpecifier {
+	var tags []*metricsv3.TagSpecifier
+	for _, label := range []string{"backend", "class", "kind", "outcome"} {
+		tags = append(tags, &metricsv3.TagSpecifier{
+			TagName: label,
+			TagValue: &metricsv3.TagSpecifier_Regex{
+				Regex: `^(?:wasmcustom\.)?detour_\w+(?:\.\w+\.[\w-]+)*?(\.` + label + `\.([\w-]+))`,
+			},
+		})
+	}
+	return tags
 }

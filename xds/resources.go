@@ -73,6 +73,9 @@ type Options struct {
 	// endpoints there get priority 0, those elsewhere priority 1, so losing
 	// the region moves the traffic to the next. Empty: all priority 0.
 	Region string
+	// Wasm is detour's proxy-wasm module; nil leaves the plugin out
+	// (no in-Envoy measurement, and no route can be in wasm mode).
+	Wasm *WasmModule
 }
 
 // Build generates every resource for p with all endpoints at priority 0,
@@ -84,7 +87,10 @@ func Build(p *policy.Policy) (*Resources, error) { return BuildFor(p, Options{})
 // without talking to each other.
 func BuildFor(p *policy.Policy, o Options) (*Resources, error) {
 	r := &Resources{}
-	rc, err := RouteConfig(p)
+	if p.UsesWasmRouting() && o.Wasm == nil {
+		return nil, fmt.Errorf("routing mode wasm needs detour's wasm module (wasm.module): none was found")
+	}
+	rc, err := routeConfig(p, o)
 	if err != nil {
 		return nil, err
 	}
@@ -99,6 +105,13 @@ func BuildFor(p *policy.Policy, o Options) (*Resources, error) {
 		return nil, err
 	}
 	r.Clusters = append(r.Clusters, ec)
+	if measure, routing := wasmOn(p, o.Wasm); o.Dynamic && (measure || routing) {
+		wc, err := wasmSourceCluster(p)
+		if err != nil {
+			return nil, err
+		}
+		r.Clusters = append(r.Clusters, wc)
+	}
 	for i := range p.Backends {
 		c, cla, err := backendCluster(p, &p.Backends[i], o)
 		if err != nil {
@@ -212,6 +225,10 @@ func ExtProcFilterConfig(p *policy.Policy) *extprocfilterv3.ExternalProcessor {
 // RouteConfig routes each request to the cluster named by the header the
 // ext_proc service sets.
 func RouteConfig(p *policy.Policy) (*routev3.RouteConfiguration, error) {
+	return routeConfig(p, Options{})
+}
+
+func routeConfig(p *policy.Policy, o Options) (*routev3.RouteConfiguration, error) {
 	action := func() *routev3.RouteAction {
 		return &routev3.RouteAction{
 			Timeout: durationpb.New(p.Envoy.RequestTimeout.D()),
@@ -254,6 +271,14 @@ func RouteConfig(p *policy.Policy) (*routev3.RouteConfiguration, error) {
 		}}
 	}
 	routes = append(routes, fallback)
+	_, wasmRouting := wasmOn(p, o.Wasm)
+	if wasmRouting {
+		wr, err := wasmRoutes(p, uint64(p.Limits.MaxBodyBytes)+bodyLimitHeadroom)
+		if err != nil {
+			return nil, err
+		}
+		routes = append(wr, routes...)
+	}
 	for _, r := range routes {
 		r.RequestBodyBufferLimit = wrapperspb.UInt64(uint64(p.Limits.MaxBodyBytes) + bodyLimitHeadroom)
 	}
@@ -263,6 +288,8 @@ func RouteConfig(p *policy.Policy) (*routev3.RouteConfiguration, error) {
 			Name:    VirtualHostName,
 			Domains: []string{"*"},
 			Routes:  routes,
+			// The wasm routes' matcher reads the attempt number from it.
+			IncludeRequestAttemptCount: wasmRouting,
 			// The body limit is read from the route matched before the
 			// processor runs (the fallback), so it is set on the virtual host
 			// and on every route (a probe of Envoy 1.40 showed the virtual
@@ -366,14 +393,15 @@ func listener(p *policy.Policy, rc *routev3.RouteConfiguration, o Options) (*lis
 	if err != nil {
 		return nil, err
 	}
+	filters, err := listenerHTTPFilters(p, o, epc, router)
+	if err != nil {
+		return nil, err
+	}
 	hcm := &hcmv3.HttpConnectionManager{
 		StatPrefix:     "detour",
 		CodecType:      hcmv3.HttpConnectionManager_AUTO,
 		RouteSpecifier: &hcmv3.HttpConnectionManager_RouteConfig{RouteConfig: rc},
-		HttpFilters: []*hcmv3.HttpFilter{
-			{Name: ExtProcFilter, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: epc}},
-			{Name: RouterFilter, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: router}},
-		},
+		HttpFilters:    filters,
 		// Generations outlast Envoy's stream idle default while a model
 		// thinks before its first token.
 		StreamIdleTimeout: durationpb.New(p.Envoy.RequestTimeout.D()),
@@ -411,7 +439,9 @@ func listener(p *policy.Policy, rc *routev3.RouteConfiguration, o Options) (*lis
 // later HTTP filter would be too late: the route is already picked).
 func EarlyHeaderMutation() (*corev3.TypedExtensionConfig, error) {
 	var muts []*mutationrulesv3.HeaderMutation
-	for _, h := range []string{extproc.HeaderBackend, extproc.HeaderModel, extproc.HeaderRoute} {
+	// x-envoy-attempt-count picks a wasm-routed request's backend per
+	// attempt: a client's copy would skip the first choice.
+	for _, h := range []string{extproc.HeaderBackend, extproc.HeaderModel, extproc.HeaderRoute, attemptCountHdr} {
 		muts = append(muts, &mutationrulesv3.HeaderMutation{Action: &mutationrulesv3.HeaderMutation_Remove{Remove: h}})
 	}
 	a, err := pack(&earlyhmv3.HeaderMutation{Mutations: muts})
@@ -526,10 +556,22 @@ func UpstreamExtProcConfig(p *policy.Policy) *extprocfilterv3.ExternalProcessor 
 
 // backendProtocolOptions: HTTP/1.1 to plain endpoints, HTTP/2 or 1.1 by
 // ALPN over TLS, and the per-attempt filters.
-func backendProtocolOptions(p *policy.Policy, tls bool) (*anypb.Any, error) {
+func backendProtocolOptions(p *policy.Policy, o Options, b *policy.Backend, tls bool) (*anypb.Any, error) {
 	up, err := pack(UpstreamExtProcConfig(p))
 	if err != nil {
 		return nil, err
+	}
+	ep, err := upstreamExtProcFilter(p, o, b, up)
+	if err != nil {
+		return nil, err
+	}
+	filters := []*hcmv3.HttpFilter{ep}
+	w, err := upstreamWasmFilter(p, o, b)
+	if err != nil {
+		return nil, err
+	}
+	if w != nil {
+		filters = append(filters, w)
 	}
 	codec, err := pack(&upstreamcodecv3.UpstreamCodec{})
 	if err != nil {
@@ -539,10 +581,8 @@ func backendProtocolOptions(p *policy.Policy, tls bool) (*anypb.Any, error) {
 		UpstreamProtocolOptions: &upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig_{ExplicitHttpConfig: &upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig{
 			ProtocolConfig: &upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig_HttpProtocolOptions{HttpProtocolOptions: &corev3.Http1ProtocolOptions{}},
 		}},
-		HttpFilters: []*hcmv3.HttpFilter{
-			{Name: ExtProcFilter, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: up}},
-			{Name: "envoy.filters.http.upstream_codec", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: codec}},
-		},
+		HttpFilters: append(filters,
+			&hcmv3.HttpFilter{Name: "envoy.filters.http.upstream_codec", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: codec}}),
 	}
 	if tls {
 		opts.UpstreamProtocolOptions = &upstreamhttpv3.HttpProtocolOptions_AutoConfig{AutoConfig: &upstreamhttpv3.HttpProtocolOptions_AutoHttpConfig{
@@ -614,7 +654,7 @@ func backendCluster(p *policy.Policy, b *policy.Backend, o Options) (*clusterv3.
 	if err != nil {
 		return nil, nil, err
 	}
-	opts, err := backendProtocolOptions(p, b.Endpoints[0].TLS != nil)
+	opts, err := backendProtocolOptions(p, o, b, b.Endpoints[0].TLS != nil)
 	if err != nil {
 		return nil, nil, err
 	}

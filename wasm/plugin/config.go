@@ -1,0 +1,106 @@
+// Package plugin is detour's proxy-wasm plugin: the routing decision and the
+// per-attempt rewrite inside Envoy (no gRPC hop), and passive measurement of
+// every attempt (time to first token, tokens per second, total time,
+// status) as Envoy stats named detour_*.
+//
+// One module serves three roles, chosen by the plugin configuration that
+// detour's control plane delivers over xDS:
+//   - "router", an HTTP filter before Envoy's router: reads the buffered
+//     request, decides (package route, as the ext_proc service does),
+//     rewrites the model, and leaves the backend order in filter state that
+//     the route's matcher cluster specifier follows attempt by attempt,
+//     and measures the response as the client gets it;
+//   - "upstream", an upstream HTTP filter of one backend cluster (so once
+//     per attempt): rewrites the model for this backend when the body
+//     carries another one, strips detour's headers and counts the attempt;
+//   - "measure": measurement only, for an Envoy routed by the ext_proc
+//     service.
+package plugin
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/detourhq/detour/route"
+)
+
+// Roles.
+const (
+	RoleRouter   = "router"
+	RoleUpstream = "upstream"
+	RoleMeasure  = "measure"
+)
+
+// Header names shared with the Envoy configuration detour generates.
+const (
+	HeaderBackend = "x-detour-backend"
+	HeaderModel   = "x-detour-model"
+	HeaderRoute   = "x-detour-route"
+	HeaderError   = "x-detour-error"
+)
+
+// Filter state the router role sets (Envoy stores it as "wasm." + name).
+const (
+	StateBackend = "detour_backend"
+	StateModel   = "detour_model"
+	StateRoute   = "detour_route"
+	// StateStream marks a streaming request, so the route with the
+	// first-token deadline takes it.
+	StateStream = "detour_stream"
+	// StateTryPrefix + N (1-based) names the backend of attempt N.
+	StateTryPrefix = "detour_try_"
+)
+
+// Config is the plugin configuration (JSON), one per filter instance.
+type Config struct {
+	Role string `json:"role"`
+
+	// Router role.
+	Table        *route.Table `json:"table,omitempty"`
+	Attempts     int          `json:"attempts,omitempty"`
+	MaxBodyBytes int          `json:"max_body_bytes,omitempty"`
+	// FailOpen lets a request through to Envoy's fallback route when the
+	// plugin itself fails (a bug, not a bad request); otherwise 500.
+	FailOpen bool `json:"fail_open,omitempty"`
+	// Requests for these targets (route names or model ids) are left to
+	// the ext_proc filter that follows; with ExtProcByDefault, every
+	// target not in WasmTargets is.
+	ExtProcTargets   []string `json:"extproc_targets,omitempty"`
+	WasmTargets      []string `json:"wasm_targets,omitempty"`
+	ExtProcByDefault bool     `json:"extproc_by_default,omitempty"`
+
+	// Upstream and measure roles: the backend this filter instance serves
+	// (an upstream filter belongs to one cluster). Measure without a
+	// backend reads x-detour-backend from the request.
+	Backend string `json:"backend,omitempty"`
+	Model   string `json:"model,omitempty"`
+}
+
+// ParseConfig decodes and checks a plugin configuration.
+func ParseConfig(b []byte) (*Config, error) {
+	if len(b) == 0 {
+		return nil, errors.New("empty plugin configuration")
+	}
+	var c Config
+	if err := json.Unmarshal(b, &c); err != nil {
+		return nil, fmt.Errorf("plugin configuration: %w", err)
+	}
+	switch c.Role {
+	case RoleRouter:
+		if c.Table == nil {
+			return nil, errors.New("plugin configuration: role router needs a table")
+		}
+		if c.Attempts <= 0 {
+			c.Attempts = 1
+		}
+	case RoleUpstream:
+		if c.Backend == "" || c.Model == "" {
+			return nil, errors.New("plugin configuration: role upstream needs backend and model")
+		}
+	case RoleMeasure:
+	default:
+		return nil, fmt.Errorf("plugin configuration: unknown role %q (want router, upstream or measure)", c.Role)
+	}
+	return &c, nil
+}

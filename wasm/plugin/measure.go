@@ -1,0 +1,262 @@
+package plugin
+
+import (
+	"github.com/tetratelabs/proxy-wasm-go-sdk/proxywasm/types"
+
+	"github.com/detourhq/detour/wasm/proxywasm"
+)
+
+// Stat names. Labels ride in the name as ".label.value" segments, which
+// the tag extraction rules in detour's Envoy bootstrap (xds.StatsTags)
+// turn into Prometheus labels: detour_ttft_milliseconds{backend="fast"}.
+const (
+	statTTFT      = "detour_ttft_milliseconds"
+	statDuration  = "detour_response_milliseconds"
+	statRate      = "detour_output_tokens_per_second"
+	statTokens    = "detour_output_tokens_total"
+	statResponses = "detour_responses_total"
+	statDecisions = "detour_wasm_decisions_total"
+	statRejected  = "detour_wasm_rejections_total"
+	statFailures  = "detour_wasm_failures_total"
+	statPanics    = "detour_wasm_panics_total"
+	statAttempts  = "detour_upstream_attempts_total"
+)
+
+// backendStats are one backend's measurement series.
+type backendStats struct {
+	ttft, duration, rate proxywasm.MetricHistogram
+	tokens               proxywasm.MetricCounter
+	byClass              [6]proxywasm.MetricCounter // index: status/100; 0 = no status
+	defined              [6]bool
+	name                 string
+}
+
+// metricSet holds the VM's stats, defined on first use. Envoy keeps the
+// values; the guest only remembers ids.
+type metricSet struct {
+	backends  map[string]*backendStats
+	decisions map[string]proxywasm.MetricCounter
+	rejects   map[string]proxywasm.MetricCounter
+	attempts  map[string]proxywasm.MetricCounter
+	failures  proxywasm.MetricCounter
+	panics    proxywasm.MetricCounter
+}
+
+// maxSeries bounds the label values one VM defines: backend names come
+// from detour's own headers (clients cannot set them: Envoy strips them on
+// the way in), but a bound costs nothing and keeps memory flat whatever
+// happens.
+const maxSeries = 4096
+
+func newMetricSet() *metricSet {
+	return &metricSet{
+		backends:  map[string]*backendStats{},
+		decisions: map[string]proxywasm.MetricCounter{},
+		rejects:   map[string]proxywasm.MetricCounter{},
+		attempts:  map[string]proxywasm.MetricCounter{},
+		failures:  proxywasm.DefineCounterMetric(statFailures),
+		panics:    proxywasm.DefineCounterMetric(statPanics),
+	}
+}
+
+func (m *metricSet) backend(name string) *backendStats {
+	if b := m.backends[name]; b != nil {
+		return b
+	}
+	if len(m.backends) >= maxSeries {
+		name = "other"
+		if b := m.backends[name]; b != nil {
+			return b
+		}
+	}
+	l := ".backend." + name
+	b := &backendStats{
+		name:     name,
+		ttft:     proxywasm.DefineHistogramMetric(statTTFT + l),
+		duration: proxywasm.DefineHistogramMetric(statDuration + l),
+		rate:     proxywasm.DefineHistogramMetric(statRate + l),
+		tokens:   proxywasm.DefineCounterMetric(statTokens + l),
+	}
+	m.backends[name] = b
+	return b
+}
+
+func (b *backendStats) response(status int) {
+	c := status / 100
+	if c < 0 || c >= len(b.byClass) {
+		c = 0
+	}
+	if !b.defined[c] {
+		class := "none"
+		if c > 0 {
+			class = itoa(c) + "xx"
+		}
+		b.byClass[c] = proxywasm.DefineCounterMetric(statResponses + ".backend." + b.name + ".class." + class)
+		b.defined[c] = true
+	}
+	b.byClass[c].Increment(1)
+}
+
+func (m *metricSet) decided(_, backend string) {
+	c, ok := m.decisions[backend]
+	if !ok {
+		if len(m.decisions) >= maxSeries {
+			return
+		}
+		c = proxywasm.DefineCounterMetric(statDecisions + ".backend." + backend)
+		m.decisions[backend] = c
+	}
+	c.Increment(1)
+}
+
+func (m *metricSet) rejected(kind string) {
+	c, ok := m.rejects[kind]
+	if !ok {
+		c = proxywasm.DefineCounterMetric(statRejected + ".kind." + kind)
+		m.rejects[kind] = c
+	}
+	c.Increment(1)
+}
+
+// measure follows one response as the client receives it: time to first
+// token, output tokens per second, total time and status, per backend
+// that answered (x-detour-backend on the response, which Envoy fills from
+// the answering endpoint's metadata, so failovers are counted where they
+// landed).
+type measure struct {
+	p          *Plugin
+	started    int64 // request seen, ns
+	firstByte  int64
+	status     int
+	backend    string
+	usage      usageScanner
+	measuring  bool
+	headersEnd bool
+}
+
+func (m *measure) start(now int64) {
+	m.started = now
+	m.measuring = true
+}
+
+func (m *measure) responseHeaders(now int64, endOfStream bool) {
+	if !m.measuring {
+		return
+	}
+	s, _ := proxywasm.GetHttpResponseHeader(":status")
+	m.status = atoiDefault(s, 0)
+	m.backend, _ = proxywasm.GetHttpResponseHeader(HeaderBackend)
+	if endOfStream {
+		m.firstByte = now
+	}
+}
+
+// tailWindow is how much of each body chunk is scanned for the usage
+// block: OpenAI-compatible providers send it last (the final SSE event, or
+// the end of a JSON body), so the tail of each chunk is enough and long
+// answers are not copied into the VM whole.
+const tailWindow = 1024
+
+func (m *measure) responseBody(now int64, size int, endOfStream bool) {
+	if !m.measuring || size <= 0 {
+		return
+	}
+	if m.firstByte == 0 {
+		m.firstByte = now
+	}
+	if m.status != 200 {
+		return
+	}
+	start := 0
+	if size > tailWindow {
+		start = size - tailWindow
+	}
+	if b, err := proxywasm.GetHttpResponseBody(start, size-start); err == nil {
+		m.usage.scan(b, start > 0)
+	}
+}
+
+func (m *measure) done(now int64) {
+	if !m.measuring {
+		return
+	}
+	m.measuring = false
+	if m.backend == "" {
+		// A reply from detour or Envoy itself (an error, or no backend
+		// reached): counted, not timed against any backend.
+		m.p.vm.metrics.backend("none").response(m.status)
+		return
+	}
+	b := m.p.vm.metrics.backend(m.backend)
+	b.response(m.status)
+	if m.status != 200 || m.firstByte == 0 {
+		return
+	}
+	b.ttft.Record(uint64((m.firstByte - m.started) / 1e6))
+	b.duration.Record(uint64((now - m.started) / 1e6))
+	if n := m.usage.completionTokens; n > 0 {
+		b.tokens.Increment(uint64(n))
+		if gen := now - m.firstByte; gen > 0 {
+			b.rate.Record(uint64(int64(n) * 1e9 / gen))
+		}
+	}
+}
+
+// measureStream is the measure role's stream: measurement only.
+type measureStream struct {
+	measure
+	types.DefaultHttpContext
+}
+
+func (s *measureStream) OnHttpRequestHeaders(int, bool) types.Action {
+	defer s.p.guard("request headers")
+	s.start(s.p.vm.clock())
+	return types.ActionContinue
+}
+
+func (s *measureStream) OnHttpResponseHeaders(_ int, endOfStream bool) types.Action {
+	defer s.p.guard("response headers")
+	s.responseHeaders(s.p.vm.clock(), endOfStream)
+	return types.ActionContinue
+}
+
+func (s *measureStream) OnHttpResponseBody(size int, endOfStream bool) types.Action {
+	defer s.p.guard("response body")
+	s.responseBody(s.p.vm.clock(), size, endOfStream)
+	return types.ActionContinue
+}
+
+func (s *measureStream) OnHttpStreamDone() {
+	defer s.p.guard("stream done")
+	s.done(s.p.vm.clock())
+	s.p.streamDone()
+}
+
+func atoiDefault(s string, d int) int {
+	n := 0
+	if s == "" {
+		return d
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c < '0' || c > '9' || n > 1e8 {
+			return d
+		}
+		n = n*10 + int(c-'0')
+	}
+	return n
+}
+
+// attempt counts one upstream attempt by what happened to its body.
+func (m *metricSet) attempt(backend, outcome string) {
+	key := backend + "/" + outcome
+	c, ok := m.attempts[key]
+	if !ok {
+		if len(m.attempts) >= maxSeries {
+			return
+		}
+		c = proxywasm.DefineCounterMetric(statAttempts + ".backend." + backend + ".outcome." + outcome)
+		m.attempts[key] = c
+	}
+	c.Increment(1)
+}

@@ -1,0 +1,431 @@
+package xds
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"sort"
+	"strconv"
+	"time"
+
+	xdscorev3 "github.com/cncf/xds/go/xds/core/v3"
+	xdsmatcherv3 "github.com/cncf/xds/go/xds/type/matcher/v3"
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	matchingv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/common/matching/v3"
+	skipv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/common/matcher/action/v3"
+	bufferv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/buffer/v3"
+	wasmfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/wasm/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	networkinputsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/matching/common_inputs/network/v3"
+	clusterspecmatcherv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/router/cluster_specifiers/matcher/v3"
+	wasmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/wasm/v3"
+	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/detourhq/detour/extproc"
+	"github.com/detourhq/detour/policy"
+	"github.com/detourhq/detour/wasm/plugin"
+)
+
+// The proxy-wasm plugin in Envoy (see package wasm/plugin and
+// docs/decisions/0010-wasm-plugin.md). With a module, every Envoy measures
+// each response (time to first token, tokens per second, response time,
+// per backend, as stats detour_*); routes whose mode is wasm are also
+// decided inside Envoy, without the ext_proc round trip:
+//
+//	wasm (router role) → buffer → ext_proc (skipped when wasm decided) → router
+//
+// The wasm filter cannot hold the request headers while it reads the body
+// (proxy-wasm turns that pause into StopAllIteration), so the buffer filter
+// after it holds them; it cannot change headers once they went on, nor set
+// dynamic metadata, so its decision is filter state (wasm.detour_*), on
+// which the routes match and the matcher cluster specifier picks each
+// attempt's backend.
+
+// Names of the wasm pieces.
+const (
+	WasmFilter        = "envoy.filters.http.wasm"
+	WasmSourceCluster = "detour_wasm_source"
+	wasmVMID          = "detour"
+	wasmRootID        = "detour"
+	wasmRoutedRoute   = "detour_wasm_routed"
+	wasmStreamRoute   = "detour_wasm_stream"
+	wasmStatePrefix   = "wasm."
+	attemptCountHdr   = "x-envoy-attempt-count"
+)
+
+// WasmModule is the plugin binary Envoy loads.
+type WasmModule struct {
+	// Path is the module on this machine (static bootstraps load it from
+	// there).
+	Path string
+	// SHA256 pins the module in the remote source Envoy fetches it from.
+	SHA256 string
+	// Bytes is the module, served to Envoy by the control plane.
+	Bytes []byte
+}
+
+// LoadWasmModule reads the module at path.
+func LoadWasmModule(path string) (*WasmModule, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("wasm module: %w", err)
+	}
+	if len(b) < 8 || string(b[:4]) != "\x00asm" {
+		return nil, fmt.Errorf("wasm module %s is not a WebAssembly binary", path)
+	}
+	sum := sha256.Sum256(b)
+	return &WasmModule{Path: path, SHA256: hex.EncodeToString(sum[:]), Bytes: b}, nil
+}
+
+// WasmURLPath is where the control plane's HTTP server serves the module:
+// content-addressed, so a new module is a new URL and no cache serves the
+// old one.
+func (m *WasmModule) WasmURLPath() string { return "/wasm/" + m.SHA256 + ".wasm" }
+
+// wasmOn reports what the plugin does for p with module m.
+func wasmOn(p *policy.Policy, m *WasmModule) (measure, route bool) {
+	if m == nil {
+		return false, false
+	}
+	measure = p.Wasm.Measure == nil || *p.Wasm.Measure
+	return measure, p.UsesWasmRouting()
+}
+
+// wasmCode is where Envoy gets the module: fetched from the control plane
+// (pinned by sha256) when Envoy is fed over xDS, else read from disk.
+func wasmCode(p *policy.Policy, m *WasmModule, o Options) (*corev3.AsyncDataSource, error) {
+	if !o.Dynamic {
+		return &corev3.AsyncDataSource{Specifier: &corev3.AsyncDataSource_Local{Local: &corev3.DataSource{
+			Specifier: &corev3.DataSource_Filename{Filename: m.Path},
+		}}}, nil
+	}
+	host, port, err := wasmSourceAddr(p)
+	if err != nil {
+		return nil, err
+	}
+	return &corev3.AsyncDataSource{Specifier: &corev3.AsyncDataSource_Remote{Remote: &corev3.RemoteDataSource{
+		HttpUri: &corev3.HttpUri{
+			Uri:              "http://" + net.JoinHostPort(host, strconv.Itoa(int(port))) + m.WasmURLPath(),
+			HttpUpstreamType: &corev3.HttpUri_Cluster{Cluster: WasmSourceCluster},
+			Timeout:          durationpb.New(10 * time.Second),
+		},
+		Sha256: m.SHA256,
+		RetryPolicy: &corev3.RetryPolicy{
+			RetryBackOff: &corev3.BackoffStrategy{BaseInterval: durationpb.New(200 * time.Millisecond), MaxInterval: durationpb.New(2 * time.Second)},
+			NumRetries:   wrapperspb.UInt32(10),
+		},
+	}}}, nil
+}
+
+// wasmSourceAddr is the control plane's HTTP server (xds.metrics), as Envoy
+// reaches it: a wildcard host means this machine.
+func wasmSourceAddr(p *policy.Policy) (string, uint32, error) {
+	host, port, err := splitHostPort(p.XDS.Metrics)
+	if err != nil {
+		return "", 0, fmt.Errorf("xds.metrics: %w", err)
+	}
+	if host == "" || host == "0.0.0.0" || host == "::" {
+		host = "127.0.0.1"
+	}
+	return host, port, nil
+}
+
+// wasmSourceCluster reaches the control plane's HTTP server, from which
+// Envoy fetches the module.
+func wasmSourceCluster(p *policy.Policy) (*clusterv3.Cluster, error) {
+	host, port, err := wasmSourceAddr(p)
+	if err != nil {
+		return nil, err
+	}
+	return &clusterv3.Cluster{
+		Name:                 WasmSourceCluster,
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterTypeFor(host)},
+		ConnectTimeout:       durationpb.New(time.Second),
+		LoadAssignment: &endpointv3.ClusterLoadAssignment{
+			ClusterName: WasmSourceCluster,
+			Endpoints:   []*endpointv3.LocalityLbEndpoints{{LbEndpoints: []*endpointv3.LbEndpoint{lbEndpoint(host, port)}}},
+		},
+	}, nil
+}
+
+// wasmFilter is one instance of the plugin. Every instance shares one VM
+// per worker: same vm_id, code and (empty) VM configuration.
+func wasmFilter(p *policy.Policy, m *WasmModule, o Options, name string, cfg *plugin.Config) (*hcmv3.HttpFilter, error) {
+	code, err := wasmCode(p, m, o)
+	if err != nil {
+		return nil, err
+	}
+	raw, err := json.Marshal(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("wasm plugin configuration: %w", err)
+	}
+	conf, err := pack(wrapperspb.String(string(raw)))
+	if err != nil {
+		return nil, err
+	}
+	w, err := pack(&wasmfilterv3.Wasm{Config: &wasmv3.PluginConfig{
+		Name:   name,
+		RootId: wasmRootID,
+		Vm: &wasmv3.PluginConfig_VmConfig{VmConfig: &wasmv3.VmConfig{
+			VmId:    wasmVMID,
+			Runtime: "envoy.wasm.runtime.v8",
+			Code:    code,
+		}},
+		Configuration: conf,
+		// A crashed VM lets traffic through (to the ext_proc filter or the
+		// fallback route) rather than failing every request; the plugin's
+		// own failures follow extproc.failure_mode_allow.
+		FailurePolicy: wasmv3.FailurePolicy_FAIL_OPEN,
+	}})
+	if err != nil {
+		return nil, err
+	}
+	return &hcmv3.HttpFilter{Name: WasmFilter, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: w}}, nil
+}
+
+// routerPluginConfig is the router role's configuration: the route table
+// and which targets it leaves to the ext_proc filter.
+func routerPluginConfig(p *policy.Policy) *plugin.Config {
+	t := p.RouteTable()
+	c := &plugin.Config{
+		Role:             plugin.RoleRouter,
+		Table:            &t,
+		Attempts:         p.Retry.Attempts,
+		MaxBodyBytes:     int(p.Limits.MaxBodyBytes),
+		FailOpen:         p.ExtProc.FailureModeAllow,
+		ExtProcByDefault: p.Routing.Mode != policy.ModeWasm,
+	}
+	for _, r := range p.Routes {
+		switch r.Mode {
+		case policy.ModeWasm:
+			c.WasmTargets = append(c.WasmTargets, r.Name)
+		case policy.ModeExtProc:
+			c.ExtProcTargets = append(c.ExtProcTargets, r.Name)
+		}
+	}
+	return c
+}
+
+// listenerHTTPFilters is the connection manager's filter chain for p.
+func listenerHTTPFilters(p *policy.Policy, o Options, extProc, router *anypb.Any) ([]*hcmv3.HttpFilter, error) {
+	ep := &hcmv3.HttpFilter{Name: ExtProcFilter, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: extProc}}
+	rt := &hcmv3.HttpFilter{Name: RouterFilter, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: router}}
+	measure, routing := wasmOn(p, o.Wasm)
+	switch {
+	case routing:
+		w, err := wasmFilter(p, o.Wasm, o, "detour_router", routerPluginConfig(p))
+		if err != nil {
+			return nil, err
+		}
+		buf, err := pack(&bufferv3.Buffer{MaxRequestBytes: wrapperspb.UInt32(uint32(p.Limits.MaxBodyBytes) + bodyLimitHeadroom)})
+		if err != nil {
+			return nil, err
+		}
+		skipped, err := skipWhenWasmDecided(extProc)
+		if err != nil {
+			return nil, err
+		}
+		return []*hcmv3.HttpFilter{
+			w,
+			{Name: "envoy.filters.http.buffer", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: buf}},
+			skipped,
+			rt,
+		}, nil
+	case measure:
+		w, err := wasmFilter(p, o.Wasm, o, "detour_measure", &plugin.Config{Role: plugin.RoleMeasure})
+		if err != nil {
+			return nil, err
+		}
+		return []*hcmv3.HttpFilter{w, ep, rt}, nil
+	}
+	return []*hcmv3.HttpFilter{ep, rt}, nil
+}
+
+// skipWhenWasmDecided wraps the router-stage ext_proc filter so it does not
+// run for a request the wasm plugin has decided.
+func skipWhenWasmDecided(extProc *anypb.Any) (*hcmv3.HttpFilter, error) {
+	skip, err := pack(&skipv3.SkipFilter{})
+	if err != nil {
+		return nil, err
+	}
+	input, err := pack(&networkinputsv3.FilterStateInput{Key: wasmStatePrefix + plugin.StateBackend})
+	if err != nil {
+		return nil, err
+	}
+	m := &xdsmatcherv3.Matcher{MatcherType: &xdsmatcherv3.Matcher_MatcherList_{MatcherList: &xdsmatcherv3.Matcher_MatcherList{
+		Matchers: []*xdsmatcherv3.Matcher_MatcherList_FieldMatcher{{
+			Predicate: &xdsmatcherv3.Matcher_MatcherList_Predicate{MatchType: &xdsmatcherv3.Matcher_MatcherList_Predicate_SinglePredicate_{
+				SinglePredicate: &xdsmatcherv3.Matcher_MatcherList_Predicate_SinglePredicate{
+					Input: &xdscorev3.TypedExtensionConfig{Name: "decided", TypedConfig: input},
+					Matcher: &xdsmatcherv3.Matcher_MatcherList_Predicate_SinglePredicate_ValueMatch{ValueMatch: nonEmpty()},
+				},
+			}},
+			OnMatch: &xdsmatcherv3.Matcher_OnMatch{OnMatch: &xdsmatcherv3.Matcher_OnMatch_Action{Action: &xdscorev3.TypedExtensionConfig{Name: "skip", TypedConfig: skip}}},
+		}},
+	}}}
+	wrapped, err := pack(&matchingv3.ExtensionWithMatcher{
+		XdsMatcher:      m,
+		ExtensionConfig: &corev3.TypedExtensionConfig{Name: ExtProcFilter, TypedConfig: extProc},
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &hcmv3.HttpFilter{Name: "envoy.filters.http.match_delegate", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: wrapped}}, nil
+}
+
+// wasmRoutes are the routes for requests the wasm plugin decided, matched
+// on its filter state: streaming ones first (first-token deadline), then
+// the rest.
+func wasmRoutes(p *policy.Policy, bodyLimit uint64) ([]*routev3.Route, error) {
+	spec, err := attemptMatcher(p)
+	if err != nil {
+		return nil, err
+	}
+	mk := func(name string, match *matcherv3.FilterStateMatcher, rp *routev3.RetryPolicy) *routev3.Route {
+		return &routev3.Route{
+			Name: name,
+			Match: &routev3.RouteMatch{
+				PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"},
+				FilterState:   []*matcherv3.FilterStateMatcher{match},
+			},
+			Action: &routev3.Route_Route{Route: &routev3.RouteAction{
+				Timeout:          durationpb.New(p.Envoy.RequestTimeout.D()),
+				ClusterSpecifier: &routev3.RouteAction_InlineClusterSpecifierPlugin{InlineClusterSpecifierPlugin: spec},
+				RetryPolicy:      rp,
+			}},
+			RequestBodyBufferLimit: wrapperspb.UInt64(bodyLimit),
+		}
+	}
+	present := func(key string) *matcherv3.FilterStateMatcher {
+		return &matcherv3.FilterStateMatcher{Key: wasmStatePrefix + key, Matcher: &matcherv3.FilterStateMatcher_StringMatch{StringMatch: &matcherv3.StringMatcher{
+			MatchPattern: &matcherv3.StringMatcher_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{Regex: ".+"}},
+		}}}
+	}
+	return []*routev3.Route{mk(wasmRoutedRoute, present(plugin.StateBackend), retryPolicy(p))}, nil
+}
+
+// attemptMatcher picks attempt N's cluster from the filter state
+// wasm.detour_try_N. Envoy sets x-envoy-attempt-count to N-1 when it
+// re-runs the specifier for retry N-1 (refresh_cluster_on_retry), and the
+// header is absent on the first pick; clients' copies are stripped at the
+// door.
+func attemptMatcher(p *policy.Policy) (*routev3.ClusterSpecifierPlugin, error) {
+	names := make([]string, len(p.Backends))
+	for i, b := range p.Backends {
+		names[i] = b.Name
+	}
+	sort.Strings(names)
+	byBackend := func(n int) (*xdsmatcherv3.Matcher, error) {
+		input, err := pack(&networkinputsv3.FilterStateInput{Key: wasmStatePrefix + plugin.StateTryPrefix + strconv.Itoa(n)})
+		if err != nil {
+			return nil, err
+		}
+		exact := map[string]*xdsmatcherv3.Matcher_OnMatch{}
+		for _, name := range names {
+			a, err := pack(&clusterspecmatcherv3.ClusterAction{Cluster: name})
+			if err != nil {
+				return nil, err
+			}
+			exact[name] = &xdsmatcherv3.Matcher_OnMatch{OnMatch: &xdsmatcherv3.Matcher_OnMatch_Action{Action: &xdscorev3.TypedExtensionConfig{Name: "cluster", TypedConfig: a}}}
+		}
+		return &xdsmatcherv3.Matcher{MatcherType: &xdsmatcherv3.Matcher_MatcherTree_{MatcherTree: &xdsmatcherv3.Matcher_MatcherTree{
+			Input:    &xdscorev3.TypedExtensionConfig{Name: "try", TypedConfig: input},
+			TreeType: &xdsmatcherv3.Matcher_MatcherTree_ExactMatchMap{ExactMatchMap: &xdsmatcherv3.Matcher_MatcherTree_MatchMap{Map: exact}},
+		}}}, nil
+	}
+	first, err := byBackend(1)
+	if err != nil {
+		return nil, err
+	}
+	retries := map[string]*xdsmatcherv3.Matcher_OnMatch{}
+	for n := 2; n <= p.Retry.Attempts; n++ {
+		m, err := byBackend(n)
+		if err != nil {
+			return nil, err
+		}
+		retries[strconv.Itoa(n-1)] = &xdsmatcherv3.Matcher_OnMatch{OnMatch: &xdsmatcherv3.Matcher_OnMatch_Matcher{Matcher: m}}
+	}
+	count, err := pack(&matcherv3.HttpRequestHeaderMatchInput{HeaderName: attemptCountHdr})
+	if err != nil {
+		return nil, err
+	}
+	tree := &xdsmatcherv3.Matcher{
+		MatcherType: &xdsmatcherv3.Matcher_MatcherTree_{MatcherTree: &xdsmatcherv3.Matcher_MatcherTree{
+			Input:    &xdscorev3.TypedExtensionConfig{Name: "attempt", TypedConfig: count},
+			TreeType: &xdsmatcherv3.Matcher_MatcherTree_ExactMatchMap{ExactMatchMap: &xdsmatcherv3.Matcher_MatcherTree_MatchMap{Map: retries}},
+		}},
+		OnNoMatch: &xdsmatcherv3.Matcher_OnMatch{OnMatch: &xdsmatcherv3.Matcher_OnMatch_Matcher{Matcher: first}},
+	}
+	spec, err := pack(&clusterspecmatcherv3.MatcherClusterSpecifier{ClusterMatcher: tree})
+	if err != nil {
+		return nil, err
+	}
+	return &routev3.ClusterSpecifierPlugin{Extension: &corev3.TypedExtensionConfig{
+		Name: "envoy.router.cluster_specifier_plugin.matcher", TypedConfig: spec,
+	}}, nil
+}
+
+// upstreamWasmFilter is the per-attempt plugin instance of backend b.
+func upstreamWasmFilter(p *policy.Policy, o Options, b *policy.Backend) (*hcmv3.HttpFilter, error) {
+	if _, routing := wasmOn(p, o.Wasm); !routing {
+		return nil, nil
+	}
+	return wasmFilter(p, o.Wasm, o, "detour_upstream_"+b.Name, &plugin.Config{Role: plugin.RoleUpstream, Backend: b.Name, Model: b.Model})
+}
+
+// upstreamExtProcFilter is the per-attempt ext_proc filter; with wasm
+// routing it runs only for requests the ext_proc service decided (they
+// carry x-detour-model) or for a backend with credentials, which only the
+// ext_proc service holds.
+func upstreamExtProcFilter(p *policy.Policy, o Options, b *policy.Backend, up *anypb.Any) (*hcmv3.HttpFilter, error) {
+	plain := &hcmv3.HttpFilter{Name: ExtProcFilter, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: up}}
+	if _, routing := wasmOn(p, o.Wasm); !routing || b.Credentials != nil {
+		return plain, nil
+	}
+	skip, err := pack(&skipv3.SkipFilter{})
+	if err != nil {
+		return nil, err
+	}
+	input, err := pack(&matcherv3.HttpRequestHeaderMatchInput{HeaderName: extproc.HeaderModel})
+	if err != nil {
+		return nil, err
+	}
+	// No x-detour-model: not decided by the ext_proc service.
+	present := &xdsmatcherv3.Matcher_MatcherList_Predicate{MatchType: &xdsmatcherv3.Matcher_MatcherList_Predicate_SinglePredicate_{
+		SinglePredicate: &xdsmatcherv3.Matcher_MatcherList_Predicate_SinglePredicate{
+			Input: &xdscorev3.TypedExtensionConfig{Name: "model", TypedConfig: input},
+			Matcher: &xdsmatcherv3.Matcher_MatcherList_Predicate_SinglePredicate_ValueMatch{ValueMatch: nonEmpty()},
+		},
+	}}
+	m := &xdsmatcherv3.Matcher{MatcherType: &xdsmatcherv3.Matcher_MatcherList_{MatcherList: &xdsmatcherv3.Matcher_MatcherList{
+		Matchers: []*xdsmatcherv3.Matcher_MatcherList_FieldMatcher{{
+			Predicate: &xdsmatcherv3.Matcher_MatcherList_Predicate{MatchType: &xdsmatcherv3.Matcher_MatcherList_Predicate_NotMatcher{NotMatcher: present}},
+			OnMatch:   &xdsmatcherv3.Matcher_OnMatch{OnMatch: &xdsmatcherv3.Matcher_OnMatch_Action{Action: &xdscorev3.TypedExtensionConfig{Name: "skip", TypedConfig: skip}}},
+		}},
+	}}}
+	wrapped, err := pack(&matchingv3.ExtensionWithMatcher{
+		XdsMatcher:      m,
+		ExtensionConfig: &corev3.TypedExtensionConfig{Name: ExtProcFilter, TypedConfig: up},
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &hcmv3.HttpFilter{Name: "envoy.filters.http.match_delegate", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: wrapped}}, nil
+}
+
+// nonEmpty matches any value: the input is present.
+func nonEmpty() *xdsmatcherv3.StringMatcher {
+	return &xdsmatcherv3.StringMatcher{MatchPattern: &xdsmatcherv3.StringMatcher_SafeRegex{SafeRegex: &xdsmatcherv3.RegexMatcher{
+		Regex:      ".+",
+		EngineType: &xdsmatcherv3.RegexMatcher_GoogleRe2{GoogleRe2: &xdsmatcherv3.RegexMatcher_GoogleRE2{}},
+	}}}
+}

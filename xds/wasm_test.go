@@ -1,0 +1,88 @@
+package xds
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/detourhq/detour/envoy"
+	"github.com/detourhq/detour/examples"
+	"github.com/detourhq/detour/policy"
+	"github.com/detourhq/detour/wasm/wasmtest"
+)
+
+// Every shape of the wasm configuration passes ValidateAll and Envoy's own
+// validation, with the real module.
+func TestWasmBootstrapEnvoyValidates(t *testing.T) {
+	bin, err := envoy.Locate("")
+	if err != nil {
+		t.Fatalf("cannot validate without Envoy: %v", err)
+	}
+	m, err := LoadWasmModule(wasmtest.Module(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	off := false
+	for _, tt := range []struct {
+		name   string
+		mutate func(p *policy.Policy)
+	}{
+		{"measure only", func(*policy.Policy) {}},
+		{"wasm routing", func(p *policy.Policy) { p.Routing.Mode = policy.ModeWasm }},
+		{"one route in wasm mode", func(p *policy.Policy) { p.Routes[0].Mode = policy.ModeWasm }},
+		{"plugin off", func(p *policy.Policy) { p.Wasm.Measure = &off }},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			p := parsePolicy(t, string(examples.QuickstartPolicy))
+			tt.mutate(p)
+			b, err := StaticBootstrapFor(p, Options{Wasm: m})
+			if err != nil {
+				t.Fatal(err)
+			}
+			out, err := MarshalBootstrap(b)
+			if err != nil {
+				t.Fatal(err)
+			}
+			hasWasm := strings.Contains(string(out), WasmFilter)
+			if want := tt.name != "plugin off"; hasWasm != want {
+				t.Errorf("wasm filter present %v, want %v", hasWasm, want)
+			}
+			path := filepath.Join(t.TempDir(), "envoy.json")
+			if err := os.WriteFile(path, out, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+			defer cancel()
+			if err := envoy.Validate(ctx, bin, path); err != nil {
+				t.Fatalf("Envoy rejects the bootstrap: %v", err)
+			}
+		})
+	}
+}
+
+func TestWasmRoutingNeedsModule(t *testing.T) {
+	p := parsePolicy(t, string(examples.QuickstartPolicy))
+	p.Routing.Mode = policy.ModeWasm
+	if _, err := BuildFor(p, Options{}); err == nil || !strings.Contains(err.Error(), "wasm module") {
+		t.Errorf("BuildFor without a module: %v", err)
+	}
+}
+
+func TestLoadWasmModule(t *testing.T) {
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "x.wasm")
+	os.WriteFile(bad, []byte("not wasm at all"), 0o600)
+	if _, err := LoadWasmModule(bad); err == nil {
+		t.Error("accepted a file that is not WebAssembly")
+	}
+	if _, err := LoadWasmModule(filepath.Join(dir, "missing.wasm")); err == nil {
+		t.Error("accepted a missing file")
+	}
+	m, err := LoadWasmModule(wasmtest.Module(t))
+	if err != nil || len(m.SHA256) != 64 || !strings.HasPrefix(m.WasmURLPath(), "/wasm/") {
+		t.Fatalf("%+v %v", m, err)
+	}
+}
