@@ -4,16 +4,22 @@
 SHELL := /bin/bash
 GO ?= go
 BIN := bin/detour
+WASM := bin/detour.wasm
 ENVOY = $(shell scripts/get-envoy.sh --path)
 UNIT_PKGS = $(shell $(GO) list ./... | grep -v /e2e)
 FUZZTIME ?= 30s
 
-.PHONY: all build run test unit e2e bench bench-micro envoy lint fuzz schema clean
+.PHONY: all build wasm run test unit e2e bench bench-micro envoy lint fuzz schema clean
 
 all: build
 
-build:
+# detour.wasm sits beside the detour binary, where detour looks for it.
+build: wasm
 	$(GO) build -o $(BIN) ./cmd/detour
+
+# The proxy-wasm plugin, with the standard Go toolchain (see wasm/main.go).
+wasm:
+	GOOS=wasip1 GOARCH=wasm $(GO) build -buildmode=c-shared -trimpath -ldflags="-s -w" -o $(WASM) ./wasm
 
 envoy:
 	@scripts/get-envoy.sh
@@ -24,19 +30,20 @@ run: build
 test: lint unit e2e
 
 # Unit tests include a check of the generated bootstrap by the real Envoy.
-unit:
+unit: wasm
 	@scripts/get-envoy.sh
-	ENVOY_BIN="$(ENVOY)" $(GO) test -race -count=1 $(UNIT_PKGS)
+	ENVOY_BIN="$(ENVOY)" DETOUR_WASM="$(CURDIR)/$(WASM)" $(GO) test -race -count=1 $(UNIT_PKGS)
 	$(GO) test -count=1 -run 'Allocs$$' ./route/   # exact allocation counts: not under -race
 
 e2e: build
 	@scripts/get-envoy.sh
-	ENVOY_BIN="$(ENVOY)" DETOUR_BIN="$(CURDIR)/$(BIN)" $(GO) test -count=1 -timeout 20m -v ./e2e/ 2>&1 | scripts/testsummary.sh
+	ENVOY_BIN="$(ENVOY)" DETOUR_BIN="$(CURDIR)/$(BIN)" DETOUR_WASM="$(CURDIR)/$(WASM)" $(GO) test -count=1 -timeout 20m -v ./e2e/ 2>&1 | scripts/testsummary.sh
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "not gofmt'ed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	GOOS=wasip1 GOARCH=wasm $(GO) build ./route/
+	GOOS=wasip1 GOARCH=wasm $(GO) vet ./wasm/...
 
 bench-micro:
 	$(GO) test -run '^$$' -bench . -benchmem -count=5 ./route/ ./extproc/
@@ -49,6 +56,8 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParseRequest$$' -fuzztime $(FUZZTIME) ./route/
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./policy/
 	$(GO) test -run '^$$' -fuzz '^FuzzProcess$$' -fuzztime $(FUZZTIME) ./extproc/
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodePairs$$' -fuzztime $(FUZZTIME) ./wasm/proxywasm/
+	$(GO) test -run '^$$' -fuzz '^FuzzUsageScanner$$' -fuzztime $(FUZZTIME) ./wasm/plugin/
 
 schema: build
 	./$(BIN) schema > policy/detour-policy.schema.json

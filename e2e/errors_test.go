@@ -7,8 +7,9 @@ import (
 )
 
 // Bad requests get a clear OpenAI-shaped error and disturb nothing else.
-func TestErrors(t *testing.T) {
-	s := startStack(t, stackOptions{MaxBodyBytes: 2 << 20})
+func TestErrors(t *testing.T) { inBothModes(t, stackOptions{MaxBodyBytes: 2 << 20}, testErrors) }
+
+func testErrors(t *testing.T, s *stack) {
 	big := func(n int) []byte { // a chat body of about n bytes
 		return chat("auto", nil, user(strings.Repeat("a", n)))
 	}

@@ -10,8 +10,9 @@ import (
 )
 
 // The routing scenarios of the quickstart policy, through the real Envoy.
-func TestRouting(t *testing.T) {
-	s := startStack(t, stackOptions{})
+func TestRouting(t *testing.T) { inBothModes(t, stackOptions{}, testRouting) }
+
+func testRouting(t *testing.T, s *stack) {
 	image := []any{
 		map[string]any{"type": "text", "text": "What is in this picture?"},
 		map[string]any{"type": "image_url", "image_url": map[string]any{"url": "data:image/png;base64,iVBORw0KGgo="}},
@@ -57,12 +58,15 @@ func TestRouting(t *testing.T) {
 		})
 	}
 	t.Run("metrics count the decisions", func(t *testing.T) {
-		m := s.Metrics()
-		for _, want := range []string{
+		m, wants := s.Metrics(), []string{
 			`detour_extproc_decisions_total{backend="fast",reason="cheapest",route="auto"}`,
 			`detour_extproc_decisions_total{backend="long",reason="only_candidate",route="long-200k"}`,
 			`detour_extproc_decision_duration_seconds_count`,
-		} {
+		}
+		if s.opts.Wasm == "route" { // the plugin's count, in Envoy's stats
+			m, wants = s.EnvoyPrometheus(), []string{`detour_wasm_decisions_total{backend="fast"}`, `detour_wasm_decisions_total{backend="long"}`}
+		}
+		for _, want := range wants {
 			if !strings.Contains(m, want) {
 				t.Errorf("metrics lack %s", want)
 			}
@@ -97,8 +101,9 @@ func TestRouting(t *testing.T) {
 }
 
 // A streamed answer reaches the client chunk by chunk, not at the end.
-func TestStreamingPassesThrough(t *testing.T) {
-	s := startStack(t, stackOptions{})
+func TestStreamingPassesThrough(t *testing.T) { inBothModes(t, stackOptions{}, testStreamingPassesThrough) }
+
+func testStreamingPassesThrough(t *testing.T, s *stack) {
 	body := chat("auto", map[string]any{"stream": true, "stream_options": map[string]any{"include_usage": true}}, user("count"))
 	req, _ := http.NewRequest(http.MethodPost, s.URL("/v1/chat/completions"), strings.NewReader(string(body)))
 	req.Header.Set("content-type", "application/json")

@@ -27,8 +27,9 @@ import (
 
 // Binaries the suite runs, found once in TestMain.
 var (
-	detourBin string
-	envoyBin  string
+	detourBin  string
+	envoyBin   string
+	wasmModule string
 )
 
 func TestMain(m *testing.M) {
@@ -61,7 +62,27 @@ func setup() (int, error) {
 			return 0, fmt.Errorf("build detour: %v\n%s", err, out)
 		}
 	}
+	// detour.wasm: $DETOUR_WASM (make builds it), else beside DETOUR_BIN,
+	// else built here.
+	wasmModule = os.Getenv("DETOUR_WASM")
+	if wasmModule == "" {
+		if beside := filepath.Join(filepath.Dir(detourBin), "detour.wasm"); fileExists(beside) {
+			wasmModule = beside
+		} else {
+			wasmModule = filepath.Join(filepath.Dir(detourBin), "detour.wasm")
+			cmd := exec.Command("go", "build", "-buildmode=c-shared", "-trimpath", "-ldflags=-s -w", "-o", wasmModule, "../wasm")
+			cmd.Env = append(os.Environ(), "GOOS=wasip1", "GOARCH=wasm")
+			if out, err := cmd.CombinedOutput(); err != nil {
+				return 0, fmt.Errorf("build detour.wasm: %v\n%s", err, out)
+			}
+		}
+	}
 	return -1, nil
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
 }
 
 // backendSpec is one simulated backend of a test stack.
@@ -104,6 +125,11 @@ type stackOptions struct {
 	// NoEnvoy starts detour's processes and the providers only (for a test
 	// that brings its own Envoy config).
 	NoEnvoy bool
+	// Wasm loads detour's proxy-wasm plugin: "measure" (measurement only,
+	// what `make run` does) or "route" (routing.mode wasm). Empty: no
+	// plugin, which keeps Envoy's start fast for the tests that are not
+	// about it.
+	Wasm string
 }
 
 // stack is one running detour deployment: simulated providers (in this
@@ -162,6 +188,13 @@ extproc:
 xds:
   listen: "{{.XDS}}"
   metrics: "{{.XDSMetrics}}"
+wasm:
+  module: "{{.WasmModule}}"
+  measure: {{if .Wasm}}true{{else}}false{{end}}
+{{- if eq .Wasm "route"}}
+routing:
+  mode: wasm
+{{- end}}
 `))
 
 // startStack starts everything and registers its shutdown with t.Cleanup.
@@ -236,6 +269,7 @@ func (s *stack) PolicyText(o stackOptions) string {
 		"Backends": o.Backends, "MaxBody": o.MaxBodyBytes, "FMA": o.FailureModeAllow,
 		"Envoy": s.EnvoyAddr, "Admin": s.AdminAddr, "ExtProc": s.ExtProcAddr, "Metrics": s.MetricsAddr,
 		"XDS": s.XDSAddr, "XDSMetrics": s.XDSMetricsAddr,
+		"Wasm": o.Wasm, "WasmModule": wasmModule,
 	}); err != nil {
 		s.t.Fatal(err)
 	}
@@ -390,7 +424,12 @@ func (s *stack) ResetSims() {
 
 // EnvoyStat reads one counter or gauge from Envoy's admin /stats.
 func (s *stack) EnvoyStats(filter string) string {
-	resp, err := http.Get("http://" + s.AdminAddr + "/stats?filter=" + filter)
+	return s.EnvoyStatsPath("/stats?filter=" + filter)
+}
+
+// EnvoyStatsPath reads an admin page of Envoy.
+func (s *stack) EnvoyStatsPath(path string) string {
+	resp, err := http.Get("http://" + s.AdminAddr + path)
 	if err != nil {
 		s.t.Fatal(err)
 	}

@@ -76,6 +76,8 @@ type Options struct {
 	// Wasm is detour's proxy-wasm module; nil leaves the plugin out
 	// (no in-Envoy measurement, and no route can be in wasm mode).
 	Wasm *WasmModule
+	// localWasm loads the module from Wasm.Path even in dynamic mode.
+	localWasm bool
 }
 
 // Build generates every resource for p with all endpoints at priority 0,
@@ -381,7 +383,11 @@ func listener(p *policy.Policy, rc *routev3.RouteConfiguration, o Options) (*lis
 	if err != nil {
 		return nil, err
 	}
-	router, err := pack(&routerv3.Router{})
+	ups, err := routerUpstreamFilters(p, o)
+	if err != nil {
+		return nil, err
+	}
+	router, err := pack(&routerv3.Router{UpstreamHttpFilters: ups})
 	if err != nil {
 		return nil, err
 	}
@@ -481,15 +487,26 @@ func localReplyConfig(p *policy.Policy) (*hcmv3.LocalReplyConfig, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The wasm plugin cannot set metadata; its replies carry response code
+	// details detour_<kind>.
+	wasmReply, err := pack(&celv3.ExpressionFilter{Expression: "response.code_details.startsWith('detour_')"})
+	if err != nil {
+		return nil, err
+	}
 	return &hcmv3.LocalReplyConfig{Mappers: []*hcmv3.ResponseMapper{
-		{Filter: &accesslogv3.AccessLogFilter{FilterSpecifier: &accesslogv3.AccessLogFilter_MetadataFilter{MetadataFilter: &accesslogv3.MetadataFilter{
-			Matcher: &matcherv3.MetadataMatcher{
-				Filter: extproc.MetadataNamespace,
-				Path:   []*matcherv3.MetadataMatcher_PathSegment{{Segment: &matcherv3.MetadataMatcher_PathSegment_Key{Key: "reply"}}},
-				Value:  &matcherv3.ValueMatcher{MatchPattern: &matcherv3.ValueMatcher_BoolMatch{BoolMatch: true}},
-			},
-			MatchIfKeyNotFound: wrapperspb.Bool(false),
-		}}}},
+		{Filter: &accesslogv3.AccessLogFilter{FilterSpecifier: &accesslogv3.AccessLogFilter_OrFilter{OrFilter: &accesslogv3.OrFilter{Filters: []*accesslogv3.AccessLogFilter{
+			{FilterSpecifier: &accesslogv3.AccessLogFilter_MetadataFilter{MetadataFilter: &accesslogv3.MetadataFilter{
+				Matcher: &matcherv3.MetadataMatcher{
+					Filter: extproc.MetadataNamespace,
+					Path:   []*matcherv3.MetadataMatcher_PathSegment{{Segment: &matcherv3.MetadataMatcher_PathSegment_Key{Key: "reply"}}},
+					Value:  &matcherv3.ValueMatcher{MatchPattern: &matcherv3.ValueMatcher_BoolMatch{BoolMatch: true}},
+				},
+				MatchIfKeyNotFound: wrapperspb.Bool(false),
+			}}},
+			{FilterSpecifier: &accesslogv3.AccessLogFilter_ExtensionFilter{ExtensionFilter: &accesslogv3.ExtensionFilter{
+				Name: "envoy.access_loggers.extension_filters.cel", ConfigType: &accesslogv3.ExtensionFilter_TypedConfig{TypedConfig: wasmReply},
+			}}},
+		}}}}},
 		{
 			Filter: &accesslogv3.AccessLogFilter{FilterSpecifier: &accesslogv3.AccessLogFilter_ExtensionFilter{ExtensionFilter: &accesslogv3.ExtensionFilter{
 				Name: "envoy.access_loggers.extension_filters.cel", ConfigType: &accesslogv3.ExtensionFilter_TypedConfig{TypedConfig: cel},
@@ -561,17 +578,9 @@ func backendProtocolOptions(p *policy.Policy, o Options, b *policy.Backend, tls 
 	if err != nil {
 		return nil, err
 	}
-	ep, err := upstreamExtProcFilter(p, o, b, up)
-	if err != nil {
-		return nil, err
-	}
-	filters := []*hcmv3.HttpFilter{ep}
-	w, err := upstreamWasmFilter(p, o, b)
-	if err != nil {
-		return nil, err
-	}
-	if w != nil {
-		filters = append(filters, w)
+	var filters []*hcmv3.HttpFilter
+	if clusterHasOwnFilters(p, o, b) {
+		filters = append(filters, &hcmv3.HttpFilter{Name: ExtProcFilter, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: up}})
 	}
 	codec, err := pack(&upstreamcodecv3.UpstreamCodec{})
 	if err != nil {
@@ -581,8 +590,10 @@ func backendProtocolOptions(p *policy.Policy, o Options, b *policy.Backend, tls 
 		UpstreamProtocolOptions: &upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig_{ExplicitHttpConfig: &upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig{
 			ProtocolConfig: &upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig_HttpProtocolOptions{HttpProtocolOptions: &corev3.Http1ProtocolOptions{}},
 		}},
-		HttpFilters: append(filters,
-			&hcmv3.HttpFilter{Name: "envoy.filters.http.upstream_codec", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: codec}}),
+	}
+	if filters != nil {
+		opts.HttpFilters = append(filters,
+			&hcmv3.HttpFilter{Name: "envoy.filters.http.upstream_codec", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: codec}})
 	}
 	if tls {
 		opts.UpstreamProtocolOptions = &upstreamhttpv3.HttpProtocolOptions_AutoConfig{AutoConfig: &upstreamhttpv3.HttpProtocolOptions_AutoHttpConfig{

@@ -36,6 +36,7 @@ type Server struct {
 
 	mu     sync.Mutex
 	policy *policy.Policy
+	wasm   *WasmModule
 	nodes  map[nodeKey]string // node → region, for every client seen
 }
 
@@ -128,6 +129,14 @@ func NewServer(ctx context.Context, p *policy.Policy, log *slog.Logger, m *Metri
 	return s
 }
 
+// SetWasmModule gives Envoys detour's proxy-wasm plugin (nil: none). Call
+// it before serving: snapshots already built keep what they had.
+func (s *Server) SetWasmModule(m *WasmModule) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.wasm = m
+}
+
 // XDS is the go-control-plane server to register on a gRPC server.
 func (s *Server) XDS() serverv3.Server { return s.xds }
 
@@ -199,7 +208,7 @@ func (s *Server) build(p *policy.Policy, node nodeKey, region string) (*cachev3.
 	if node.kind == ClientGRPC {
 		res, err = BuildGRPC(p, region)
 	} else {
-		res, err = BuildFor(p, Options{Dynamic: true, Region: region})
+		res, err = BuildFor(p, Options{Dynamic: true, Region: region, Wasm: s.wasm})
 	}
 	if err != nil {
 		return nil, fmt.Errorf("build resources for %s (%s): %w", node.id, node.kind, err)

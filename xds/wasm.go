@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"sort"
 	"strconv"
@@ -29,6 +30,8 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	upstreamcodecv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/upstream_codec/v3"
 
 	"github.com/detourhq/detour/extproc"
 	"github.com/detourhq/detour/policy"
@@ -103,7 +106,7 @@ func wasmOn(p *policy.Policy, m *WasmModule) (measure, route bool) {
 // wasmCode is where Envoy gets the module: fetched from the control plane
 // (pinned by sha256) when Envoy is fed over xDS, else read from disk.
 func wasmCode(p *policy.Policy, m *WasmModule, o Options) (*corev3.AsyncDataSource, error) {
-	if !o.Dynamic {
+	if !o.Dynamic || o.localWasm {
 		return &corev3.AsyncDataSource{Specifier: &corev3.AsyncDataSource_Local{Local: &corev3.DataSource{
 			Specifier: &corev3.DataSource_Filename{Filename: m.Path},
 		}}}, nil
@@ -265,7 +268,7 @@ func skipWhenWasmDecided(extProc *anypb.Any) (*hcmv3.HttpFilter, error) {
 		Matchers: []*xdsmatcherv3.Matcher_MatcherList_FieldMatcher{{
 			Predicate: &xdsmatcherv3.Matcher_MatcherList_Predicate{MatchType: &xdsmatcherv3.Matcher_MatcherList_Predicate_SinglePredicate_{
 				SinglePredicate: &xdsmatcherv3.Matcher_MatcherList_Predicate_SinglePredicate{
-					Input: &xdscorev3.TypedExtensionConfig{Name: "decided", TypedConfig: input},
+					Input:   &xdscorev3.TypedExtensionConfig{Name: "decided", TypedConfig: input},
 					Matcher: &xdsmatcherv3.Matcher_MatcherList_Predicate_SinglePredicate_ValueMatch{ValueMatch: nonEmpty()},
 				},
 			}},
@@ -374,23 +377,57 @@ func attemptMatcher(p *policy.Policy) (*routev3.ClusterSpecifierPlugin, error) {
 	}}, nil
 }
 
-// upstreamWasmFilter is the per-attempt plugin instance of backend b.
-func upstreamWasmFilter(p *policy.Policy, o Options, b *policy.Backend) (*hcmv3.HttpFilter, error) {
+// RouterUpstreamFilters are the per-attempt filters every backend cluster
+// without filters of its own runs, set on the router: in wasm routing mode,
+// detour's ext_proc for requests it decided (skipped for the others) and
+// the plugin's upstream role, which learns each attempt's backend from
+// Envoy (xds.cluster_name). They sit in the listener rather than in each
+// cluster because Envoy 1.40 fetches remote wasm code for listeners but not
+// for clusters ("failed to load (in progress)"); from the router's
+// upstream filters it failed the same way, so those read the module from
+// disk. Backends with credentials
+// keep cluster filters: only the ext_proc service holds keys.
+func routerUpstreamFilters(p *policy.Policy, o Options) ([]*hcmv3.HttpFilter, error) {
 	if _, routing := wasmOn(p, o.Wasm); !routing {
 		return nil, nil
 	}
-	return wasmFilter(p, o.Wasm, o, "detour_upstream_"+b.Name, &plugin.Config{Role: plugin.RoleUpstream, Backend: b.Name, Model: b.Model})
+	up, err := pack(UpstreamExtProcConfig(p))
+	if err != nil {
+		return nil, err
+	}
+	ep, err := skipUnlessExtProcDecided(up)
+	if err != nil {
+		return nil, err
+	}
+	models := map[string]string{}
+	for _, b := range p.Backends {
+		models[b.Name] = b.Model
+	}
+	// Read from disk: Envoy 1.40 does not wait for a remote fetch before
+	// building upstream filters ("failed to load (in progress)").
+	local := o
+	local.localWasm = true
+	w, err := wasmFilter(p, o.Wasm, local, "detour_upstream", &plugin.Config{Role: plugin.RoleUpstream, Models: models})
+	if err != nil {
+		return nil, err
+	}
+	codec, err := pack(&upstreamcodecv3.UpstreamCodec{})
+	if err != nil {
+		return nil, err
+	}
+	return []*hcmv3.HttpFilter{ep, w, {Name: "envoy.filters.http.upstream_codec", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: codec}}}, nil
 }
 
-// upstreamExtProcFilter is the per-attempt ext_proc filter; with wasm
-// routing it runs only for requests the ext_proc service decided (they
-// carry x-detour-model) or for a backend with credentials, which only the
-// ext_proc service holds.
-func upstreamExtProcFilter(p *policy.Policy, o Options, b *policy.Backend, up *anypb.Any) (*hcmv3.HttpFilter, error) {
-	plain := &hcmv3.HttpFilter{Name: ExtProcFilter, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: up}}
-	if _, routing := wasmOn(p, o.Wasm); !routing || b.Credentials != nil {
-		return plain, nil
-	}
+// clusterHasOwnFilters: in wasm routing mode only backends with credentials
+// keep per-cluster filters (which override the router's).
+func clusterHasOwnFilters(p *policy.Policy, o Options, b *policy.Backend) bool {
+	_, routing := wasmOn(p, o.Wasm)
+	return !routing || b.Credentials != nil
+}
+
+// skipUnlessExtProcDecided wraps the per-attempt ext_proc filter so it runs
+// only for requests the ext_proc service decided: they carry x-detour-model.
+func skipUnlessExtProcDecided(up *anypb.Any) (*hcmv3.HttpFilter, error) {
 	skip, err := pack(&skipv3.SkipFilter{})
 	if err != nil {
 		return nil, err
@@ -402,7 +439,7 @@ func upstreamExtProcFilter(p *policy.Policy, o Options, b *policy.Backend, up *a
 	// No x-detour-model: not decided by the ext_proc service.
 	present := &xdsmatcherv3.Matcher_MatcherList_Predicate{MatchType: &xdsmatcherv3.Matcher_MatcherList_Predicate_SinglePredicate_{
 		SinglePredicate: &xdsmatcherv3.Matcher_MatcherList_Predicate_SinglePredicate{
-			Input: &xdscorev3.TypedExtensionConfig{Name: "model", TypedConfig: input},
+			Input:   &xdscorev3.TypedExtensionConfig{Name: "model", TypedConfig: input},
 			Matcher: &xdsmatcherv3.Matcher_MatcherList_Predicate_SinglePredicate_ValueMatch{ValueMatch: nonEmpty()},
 		},
 	}}
@@ -428,4 +465,13 @@ func nonEmpty() *xdsmatcherv3.StringMatcher {
 		Regex:      ".+",
 		EngineType: &xdsmatcherv3.RegexMatcher_GoogleRe2{GoogleRe2: &xdsmatcherv3.RegexMatcher_GoogleRE2{}},
 	}}}
+}
+
+// WasmHandler serves the module to Envoy.
+func WasmHandler(m *WasmModule) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("content-type", "application/wasm")
+		w.Header().Set("content-length", strconv.Itoa(len(m.Bytes)))
+		w.Write(m.Bytes)
+	})
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"io"
+	"log/slog"
 	"os"
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
@@ -41,7 +42,12 @@ func runBootstrap(_ context.Context, args []string, stdout, stderr io.Writer) er
 	}
 	var b *bootstrapv3.Bootstrap
 	if *static {
-		b, err = xds.StaticBootstrap(p)
+		// The plugin is read from disk (no control plane serves it).
+		wm, werr := findWasmModule(p, slog.New(slog.DiscardHandler))
+		if werr != nil {
+			return werr
+		}
+		b, err = xds.StaticBootstrapFor(p, xds.Options{Wasm: wm})
 	} else {
 		b, err = xds.DynamicBootstrap(p, xds.DynamicOptions{NodeID: *nodeID, Region: *region, Delta: *delta})
 	}

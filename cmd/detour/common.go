@@ -71,6 +71,12 @@ func newRegistry() *prometheus.Registry {
 	return reg
 }
 
+// handler is one more route on a service's HTTP endpoint.
+type handler struct {
+	pattern string
+	h       http.Handler
+}
+
 // metricsEndpoint serves a registry's /metrics (and /healthz) over HTTP.
 type metricsEndpoint struct {
 	srv  *http.Server
@@ -79,7 +85,7 @@ type metricsEndpoint struct {
 
 // serveMetrics listens on addr and serves reg until stop; a serving error
 // goes to done.
-func serveMetrics(ctx context.Context, addr string, reg *prometheus.Registry, done chan<- error) (*metricsEndpoint, error) {
+func serveMetrics(ctx context.Context, addr string, reg *prometheus.Registry, done chan<- error, extra ...handler) (*metricsEndpoint, error) {
 	var lc net.ListenConfig
 	ln, err := lc.Listen(ctx, "tcp", addr)
 	if err != nil {
@@ -88,6 +94,9 @@ func serveMetrics(ctx context.Context, addr string, reg *prometheus.Registry, do
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
+	for _, h := range extra {
+		mux.Handle(h.pattern, h.h)
+	}
 	m := &metricsEndpoint{srv: &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}, addr: ln.Addr().String()}
 	go func() {
 		err := m.srv.Serve(ln)

@@ -75,11 +75,15 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	defer ep.stop()
 
+	wm, err := findWasmModule(p, log)
+	if err != nil {
+		return err
+	}
 	var b *bootstrapv3.Bootstrap
 	if *static {
-		b, err = xds.StaticBootstrap(p)
+		b, err = xds.StaticBootstrapFor(p, xds.Options{Wasm: wm})
 	} else {
-		xs, err := startXDS(ctx, p, pf.path, log)
+		xs, err := startXDS(ctx, p, pf.path, wm, log)
 		if err != nil {
 			return err
 		}

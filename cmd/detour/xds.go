@@ -6,6 +6,8 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
+	"path/filepath"
 	"time"
 
 	clusterservice "github.com/envoyproxy/go-control-plane/envoy/service/cluster/v3"
@@ -32,7 +34,11 @@ func runXDS(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
-	svc, err := startXDS(ctx, p, sf.policy.path, log)
+	wm, err := findWasmModule(p, log)
+	if err != nil {
+		return err
+	}
+	svc, err := startXDS(ctx, p, sf.policy.path, wm, log)
 	if err != nil {
 		return err
 	}
@@ -52,11 +58,17 @@ type xdsService struct {
 }
 
 // startXDS serves p over ADS and, when policyPath is set, follows the file.
-func startXDS(ctx context.Context, p *policy.Policy, policyPath string, log *slog.Logger) (*xdsService, error) {
+func startXDS(ctx context.Context, p *policy.Policy, policyPath string, wm *xds.WasmModule, log *slog.Logger) (*xdsService, error) {
 	log = log.With("component", "xds")
 	reg := newRegistry()
 	m := xds.NewMetrics(reg)
 	srv := xds.NewServer(ctx, p, log, m)
+	var extra []handler
+	if wm != nil {
+		srv.SetWasmModule(wm)
+		// Envoy fetches the plugin from here, pinned by its sha256.
+		extra = append(extra, handler{"GET " + wm.WasmURLPath(), xds.WasmHandler(wm)})
+	}
 	g := grpc.NewServer(extproc.GRPCOptions(16 << 20)...)
 	x := srv.XDS()
 	discoveryv3.RegisterAggregatedDiscoveryServiceServer(g, x)
@@ -71,7 +83,7 @@ func startXDS(ctx context.Context, p *policy.Policy, policyPath string, log *slo
 		return nil, fmt.Errorf("xds listen: %w", err)
 	}
 	s := &xdsService{server: srv, grpc: g, addr: gl.Addr().String(), log: log, done: make(chan error, 2)}
-	if s.endpoint, err = serveMetrics(ctx, p.XDS.Metrics, reg, s.done); err != nil {
+	if s.endpoint, err = serveMetrics(ctx, p.XDS.Metrics, reg, s.done, extra...); err != nil {
 		gl.Close()
 		return nil, err
 	}
@@ -94,4 +106,30 @@ func (s *xdsService) stop() error {
 		s.grpc.Stop()
 	}
 	return s.endpoint.stop()
+}
+
+// findWasmModule loads detour's proxy-wasm module: wasm.module of the
+// policy, else detour.wasm beside this executable. Without one Envoy runs
+// without the plugin, which only a policy with wasm routing cannot do.
+func findWasmModule(p *policy.Policy, log *slog.Logger) (*xds.WasmModule, error) {
+	path := p.Wasm.Module
+	if path == "" {
+		exe, err := os.Executable()
+		if err == nil {
+			path = filepath.Join(filepath.Dir(exe), "detour.wasm")
+		}
+		if _, err := os.Stat(path); err != nil {
+			if p.UsesWasmRouting() {
+				return nil, fmt.Errorf("routing mode wasm needs detour's wasm module: none at %s (build it with `make wasm`, or set wasm.module)", path)
+			}
+			log.Info("no wasm plugin found: Envoy runs without in-Envoy measurement", "looked_at", path)
+			return nil, nil
+		}
+	}
+	m, err := xds.LoadWasmModule(path)
+	if err != nil {
+		return nil, err
+	}
+	log.Info("wasm plugin", "path", m.Path, "sha256", m.SHA256, "bytes", len(m.Bytes))
+	return m, nil
 }

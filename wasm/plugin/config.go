@@ -70,11 +70,13 @@ type Config struct {
 	WasmTargets      []string `json:"wasm_targets,omitempty"`
 	ExtProcByDefault bool     `json:"extproc_by_default,omitempty"`
 
-	// Upstream and measure roles: the backend this filter instance serves
-	// (an upstream filter belongs to one cluster). Measure without a
-	// backend reads x-detour-backend from the request.
-	Backend string `json:"backend,omitempty"`
-	Model   string `json:"model,omitempty"`
+	// Upstream role: the backend this instance serves (set in a cluster's
+	// own filters), or, for the router's upstream filters shared by every
+	// cluster, each backend's model id by name: the attempt's backend is
+	// its cluster (xds.cluster_name).
+	Backend string            `json:"backend,omitempty"`
+	Model   string            `json:"model,omitempty"`
+	Models  map[string]string `json:"models,omitempty"`
 }
 
 // ParseConfig decodes and checks a plugin configuration.
@@ -95,8 +97,8 @@ func ParseConfig(b []byte) (*Config, error) {
 			c.Attempts = 1
 		}
 	case RoleUpstream:
-		if c.Backend == "" || c.Model == "" {
-			return nil, errors.New("plugin configuration: role upstream needs backend and model")
+		if (c.Backend == "" || c.Model == "") && len(c.Models) == 0 {
+			return nil, errors.New("plugin configuration: role upstream needs backend and model, or models")
 		}
 	case RoleMeasure:
 	default:

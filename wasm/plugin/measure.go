@@ -128,6 +128,7 @@ type measure struct {
 	started    int64 // request seen, ns
 	firstByte  int64
 	status     int
+	stream     bool // an event stream: tokens arrive over time
 	backend    string
 	usage      usageScanner
 	measuring  bool
@@ -146,6 +147,8 @@ func (m *measure) responseHeaders(now int64, endOfStream bool) {
 	s, _ := proxywasm.GetHttpResponseHeader(":status")
 	m.status = atoiDefault(s, 0)
 	m.backend, _ = proxywasm.GetHttpResponseHeader(HeaderBackend)
+	ct, _ := proxywasm.GetHttpResponseHeader("content-type")
+	m.stream = isEventStream(ct)
 	if endOfStream {
 		m.firstByte = now
 	}
@@ -196,7 +199,13 @@ func (m *measure) done(now int64) {
 	b.duration.Record(uint64((now - m.started) / 1e6))
 	if n := m.usage.completionTokens; n > 0 {
 		b.tokens.Increment(uint64(n))
-		if gen := now - m.firstByte; gen > 0 {
+		// A stream's rate counts from its first token; a whole answer
+		// arrives at once, so its rate is over the whole response.
+		gen := now - m.started
+		if m.stream {
+			gen = now - m.firstByte
+		}
+		if gen > 0 {
 			b.rate.Record(uint64(int64(n) * 1e9 / gen))
 		}
 	}
@@ -259,4 +268,9 @@ func (m *metricSet) attempt(backend, outcome string) {
 		m.attempts[key] = c
 	}
 	c.Increment(1)
+}
+
+func isEventStream(ct string) bool {
+	const want = "text/event-stream"
+	return len(ct) >= len(want) && ct[:len(want)] == want
 }

@@ -163,7 +163,13 @@ func (s *routerStream) reply(status uint32, body []byte, kind string) types.Acti
 	if kind != "" {
 		h = append(h, [2]string{HeaderError, kind})
 	}
-	if err := proxywasm.SendHttpResponse(status, h, body, -1); err != nil {
+	// The details mark the reply as detour's, so Envoy's local reply
+	// mappers leave its OpenAI-shaped body alone.
+	details := "detour_answer"
+	if kind != "" {
+		details = "detour_" + kind
+	}
+	if err := proxywasm.SendHttpResponseDetails(status, details, h, body, -1); err != nil {
 		proxywasm.LogError("detour: send local response: " + err.Error())
 	}
 	return types.ActionPause

@@ -18,8 +18,9 @@ import (
 // the model (route.RewriteModelPadded), keeping content-length true.
 type upstreamStream struct {
 	types.DefaultHttpContext
-	p   *Plugin
-	req route.Request
+	p              *Plugin
+	req            route.Request
+	backend, model string // this attempt's
 }
 
 func (s *upstreamStream) OnHttpRequestHeaders(int, bool) (a types.Action) {
@@ -29,11 +30,21 @@ func (s *upstreamStream) OnHttpRequestHeaders(int, bool) (a types.Action) {
 	for _, h := range s.p.strip {
 		_ = proxywasm.RemoveHttpRequestHeader(h)
 	}
+	s.backend, s.model = s.p.cfg.Backend, s.p.cfg.Model
+	if s.backend == "" {
+		if c, err := proxywasm.GetProperty([]string{"xds", "cluster_name"}); err == nil {
+			s.backend = string(c)
+			s.model = s.p.cfg.Models[s.backend]
+		}
+	}
 	return types.ActionContinue
 }
 
 func (s *upstreamStream) OnHttpRequestBody(size int, endOfStream bool) (a types.Action) {
 	defer s.p.guard("upstream request body")
+	if s.model == "" {
+		return types.ActionContinue // not a backend of the policy
+	}
 	if !endOfStream {
 		return types.ActionPause // buffer: the model may sit anywhere
 	}
@@ -42,16 +53,16 @@ func (s *upstreamStream) OnHttpRequestBody(size int, endOfStream bool) (a types.
 	switch {
 	case err != nil || route.ParseRequest(route.KindUnknown, body, &s.req) != nil:
 		outcome = outcomeUnreadable
-	case s.req.Model == s.p.cfg.Model:
-	case !route.RewriteModelInPlace(body, &s.req, s.p.cfg.Model):
+	case s.req.Model == s.model:
+	case !route.RewriteModelInPlace(body, &s.req, s.model):
 		outcome = outcomeNoRoom
-		proxywasm.LogWarn("detour: backend " + s.p.cfg.Backend + ": model id " + s.p.cfg.Model + " does not fit the request's padding; sent unchanged")
+		proxywasm.LogWarn("detour: backend " + s.backend + ": model id " + s.model + " does not fit the request's padding; sent unchanged")
 	case proxywasm.ReplaceHttpRequestBody(body) != nil:
 		outcome = outcomeUnreadable
 	default:
 		outcome = outcomeRewritten
 	}
-	s.p.vm.metrics.attempt(s.p.cfg.Backend, outcome)
+	s.p.vm.metrics.attempt(s.backend, outcome)
 	return types.ActionContinue
 }
 

@@ -130,8 +130,15 @@ func ResumeHttpResponse() error { return statusErr(hostContinueStream(streamResp
 // SendHttpResponse answers the client from the plugin; return
 // types.ActionPause afterwards. gRPCStatus -1 means not gRPC.
 func SendHttpResponse(status uint32, headers [][2]string, body []byte, gRPCStatus int32) error {
+	return SendHttpResponseDetails(status, "", headers, body, gRPCStatus)
+}
+
+// SendHttpResponseDetails is SendHttpResponse with Envoy's response code
+// details (%RESPONSE_CODE_DETAILS%, response.code_details), which tell a
+// local reply mapper who answered.
+func SendHttpResponseDetails(status uint32, details string, headers [][2]string, body []byte, gRPCStatus int32) error {
 	h := encodePairs(headers)
-	return statusErr(hostSendLocalResponse(status, nil, 0, ptr(body), uint32(len(body)), ptr(h), uint32(len(h)), gRPCStatus))
+	return statusErr(hostSendLocalResponse(status, strPtr(details), uint32(len(details)), ptr(body), uint32(len(body)), ptr(h), uint32(len(h)), gRPCStatus))
 }
 
 // GetProperty reads a host attribute, e.g. {"xds", "cluster_name"}.

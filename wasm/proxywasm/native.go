@@ -45,6 +45,9 @@ func ResumeHttpResponse() error { return sdk.ResumeHttpResponse() }
 func SendHttpResponse(status uint32, headers [][2]string, body []byte, gRPCStatus int32) error {
 	return sdk.SendHttpResponse(status, headers, body, gRPCStatus)
 }
+func SendHttpResponseDetails(status uint32, _ string, headers [][2]string, body []byte, gRPCStatus int32) error {
+	return sdk.SendHttpResponse(status, headers, body, gRPCStatus)
+}
 func GetProperty(path []string) ([]byte, error) { return sdk.GetProperty(path) }
 
 func LogTrace(msg string)    { sdk.LogTrace(msg) }
