@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -120,11 +121,16 @@ func TestAllBackendsDown(t *testing.T) {
 }
 
 // A stream that has started is never retried: the client sees one answer.
+// (The first-token stage holds a stream's headers until its first token:
+// one that dies within that hold has shown the client nothing and is
+// retried like any failed attempt; the tokens are paced here so the drop
+// comes well after the client got the first.)
 func TestStartedStreamIsNotRetried(t *testing.T) {
 	s := startStack(t, stackOptions{})
 	req, _ := http.NewRequest(http.MethodPost, s.URL("/v1/chat/completions"),
 		strings.NewReader(string(chat("auto", map[string]any{"stream": true}, user("hello")))))
 	req.Header.Set("x-sim-drop-after-tokens", "3")
+	req.Header.Set("x-sim-tokens-per-second", "20")
 	resp, err := client.Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -143,6 +149,10 @@ func TestStartedStreamIsNotRetried(t *testing.T) {
 	}
 	if attempts != 1 {
 		t.Errorf("%d upstream attempts for a stream that had started, want 1", attempts)
+	}
+	// The role chunk and three tokens.
+	if chunks != 4 {
+		t.Errorf("%d chunks before the drop, want 4", chunks)
 	}
 	t.Logf("%d chunks before the drop", chunks)
 }
@@ -200,4 +210,173 @@ func TestFailoverUnderLoad(t *testing.T) {
 	if st := s.EnvoyStats("retry_overflow"); strings.Contains(st, "overflow: ") && !strings.Contains(st, "overflow: 0") {
 		t.Logf("retry overflow counters:\n%s", st)
 	}
+}
+
+// firstTokenStack is a stack whose deadlines are short enough to test:
+// retry.first_token_timeout and retry.per_try_timeout of 1s, applied as a
+// policy edit once the stack runs.
+func firstTokenStack(t *testing.T) *stack {
+	t.Helper()
+	s := startStack(t, stackOptions{})
+	s.WritePolicy(s.PolicyText(s.edit()) + "retry:\n  first_token_timeout: 1s\n  per_try_timeout: 1s\n")
+	waitFor(t, 5*time.Second, "Envoy has the 1s deadlines", func() bool {
+		dump := s.EnvoyStatsPath("/config_dump?resource=dynamic_route_configs")
+		return strings.Count(dump, `"per_try_timeout": "1s"`) == 2
+	})
+	return s
+}
+
+// streamed is one streaming answer as the client saw it.
+type streamed struct {
+	status     int
+	header     http.Header
+	firstToken time.Duration // to the first content chunk; 0 if none came
+	total      time.Duration
+	body       string
+}
+
+// stream posts a streaming chat and reads the answer to its end.
+func stream(t *testing.T, url string, body []byte, headers ...string) streamed {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPost, url, bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i+1 < len(headers); i += 2 {
+		req.Header.Set(headers[i], headers[i+1])
+	}
+	start := time.Now()
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	out := streamed{status: resp.StatusCode, header: resp.Header}
+	var b strings.Builder
+	br := bufio.NewReader(resp.Body)
+	for {
+		line, err := br.ReadString('\n')
+		b.WriteString(line)
+		if out.firstToken == 0 && strings.Contains(line, `"content":"tok0"`) {
+			out.firstToken = time.Since(start)
+		}
+		if err != nil {
+			break
+		}
+	}
+	out.total, out.body = time.Since(start), b.String()
+	return out
+}
+
+// A backend that accepts a request and then stalls is abandoned at the
+// deadline, and the client gets its answer from the next backend: streams
+// at retry.first_token_timeout (even though the provider had sent its
+// headers and role chunk), whole answers at retry.per_try_timeout.
+func TestFirstTokenDeadline(t *testing.T) {
+	s := firstTokenStack(t)
+	const deadline = time.Second
+	faults := []struct {
+		name  string
+		fault sim.Fault
+	}{
+		// Headers and the role chunk at once, then nothing (a whole answer:
+		// nothing at all).
+		{"accepts, then stalls before the first token", sim.Fault{TTFTMS: 60_000}},
+		// Not even response headers.
+		{"accepts, then sends nothing", sim.Fault{LatencyMS: 60_000}},
+	}
+	for _, f := range faults {
+		for _, isStream := range []bool{true, false} {
+			name := f.name
+			if isStream {
+				name += "/stream"
+			}
+			t.Run(name, func(t *testing.T) {
+				s.ResetSims()
+				s.Sim("fast").SetFault(f.fault)
+				defer s.Sim("fast").ClearFault()
+				timeouts := func() float64 {
+					v, _ := seriesValue(s.EnvoyPrometheus(), `envoy_cluster_upstream_rq_per_try_timeout{envoy_cluster_name="fast"}`)
+					return v
+				}
+				abandoned := func() float64 {
+					v, _ := seriesValue(s.Metrics(), `detour_extproc_first_token_holds_total{backend="fast",outcome="abandoned"}`)
+					return v
+				}
+				timeoutsBefore, abandonedBefore := timeouts(), abandoned()
+
+				body := chat("auto", map[string]any{"stream": isStream}, user("hello"))
+				var first time.Duration
+				var answeredBy string
+				if isStream {
+					r := stream(t, s.URL("/v1/chat/completions"), body)
+					if r.status != 200 || !strings.Contains(r.body, "data: [DONE]") {
+						t.Fatalf("status %d, body %q", r.status, r.body)
+					}
+					if n := strings.Count(r.body, `"role":"assistant"`); n != 1 {
+						t.Errorf("%d role chunks: the client saw more than one answer", n)
+					}
+					first, answeredBy = r.firstToken, r.header.Get("x-sim-name")
+				} else {
+					start := time.Now()
+					r := post(t, s.URL("/v1/chat/completions"), body)
+					if r.Status != 200 {
+						t.Fatalf("status %d: %s", r.Status, r.Body)
+					}
+					first, answeredBy = time.Since(start), r.Header.Get("x-sim-name")
+				}
+				if answeredBy != "fast-b" {
+					t.Fatalf("answered by %q, want the next backend fast-b", answeredBy)
+				}
+				// The deadline, then a jittered back-off of at most 100 ms.
+				if first < deadline || first > deadline+600*time.Millisecond {
+					t.Errorf("first token after %s, want within [%s, %s]", first, deadline, deadline+600*time.Millisecond)
+				}
+				// Exactly one attempt abandoned, on fast; one answered, on fast-b.
+				waitFor(t, 2*time.Second, "fast records its abandoned attempt", func() bool { return s.Sim("fast").Stats().Requests == 1 })
+				for name, want := range map[string]int64{"fast": 1, "fast-b": 1, "long": 0, "vision": 0} {
+					if got := s.Sim(name).Stats().Requests; got != want {
+						t.Errorf("%s had %d attempts, want %d", name, got, want)
+					}
+				}
+				if got := timeouts() - timeoutsBefore; got != 1 {
+					t.Errorf("Envoy counted %v per-try timeouts on fast, want 1", got)
+				}
+				// The hold is what made the stalled stream retriable.
+				wantHeld := 0.0
+				if isStream && f.fault.TTFTMS > 0 {
+					wantHeld = 1
+				}
+				if got := abandoned() - abandonedBefore; got != wantHeld {
+					t.Errorf("first_token_holds_total{fast,abandoned} grew by %v, want %v", got, wantHeld)
+				}
+				t.Logf("first token from fast-b after %s", first.Round(time.Millisecond))
+			})
+		}
+	}
+
+	// A stream that has started is never cut by the deadline nor retried,
+	// even when it then pauses longer than the deadline.
+	t.Run("started stream that pauses", func(t *testing.T) {
+		s.ResetSims()
+		r := stream(t, s.URL("/v1/chat/completions"), chat("auto", map[string]any{"stream": true}, user("hello")),
+			"x-sim-tokens", "2", "x-sim-tokens-per-second", "0.5")
+		if r.status != 200 || !strings.Contains(r.body, "data: [DONE]") || r.header.Get("x-sim-name") != "fast" {
+			t.Fatalf("status %d from %q: %q", r.status, r.header.Get("x-sim-name"), r.body)
+		}
+		if r.total < 3*deadline/2 {
+			t.Errorf("the stream took %s, want a pause past the deadline", r.total)
+		}
+		if r.firstToken > 500*time.Millisecond {
+			t.Errorf("first token after %s: held past its arrival", r.firstToken)
+		}
+		var attempts int64
+		for _, srv := range s.sims {
+			attempts += srv.Stats().Requests
+		}
+		if attempts != 1 {
+			t.Errorf("%d upstream attempts, want 1", attempts)
+		}
+		t.Logf("first token after %s, whole stream %s, one attempt", r.firstToken.Round(time.Millisecond), r.total.Round(time.Millisecond))
+	})
 }

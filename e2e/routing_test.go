@@ -101,7 +101,9 @@ func testRouting(t *testing.T, s *stack) {
 }
 
 // A streamed answer reaches the client chunk by chunk, not at the end.
-func TestStreamingPassesThrough(t *testing.T) { inBothModes(t, stackOptions{}, testStreamingPassesThrough) }
+func TestStreamingPassesThrough(t *testing.T) {
+	inBothModes(t, stackOptions{}, testStreamingPassesThrough)
+}
 
 func testStreamingPassesThrough(t *testing.T, s *stack) {
 	body := chat("auto", map[string]any{"stream": true, "stream_options": map[string]any{"include_usage": true}}, user("count"))

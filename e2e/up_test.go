@@ -22,16 +22,10 @@ func TestUpQuickstart(t *testing.T) {
 	}
 	s.EnvoyAddr, s.AdminAddr, s.ExtProcAddr, s.MetricsAddr = freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
 	s.XDSAddr, s.XDSMetricsAddr = freeAddr(t), freeAddr(t)
-	var buf bytes.Buffer
-	if err := policyTmpl.Execute(&buf, map[string]any{
-		"Backends": backends, "MaxBody": 8 << 20, "FMA": false,
-		"Envoy": s.EnvoyAddr, "Admin": s.AdminAddr, "ExtProc": s.ExtProcAddr, "Metrics": s.MetricsAddr,
-		"XDS": s.XDSAddr, "XDSMetrics": s.XDSMetricsAddr,
-	}); err != nil {
-		t.Fatal(err)
-	}
+	// As `make run`: the plugin measures.
+	text := s.PolicyText(stackOptions{Backends: backends, MaxBodyBytes: 8 << 20, Wasm: "measure"})
 	path := filepath.Join(t.TempDir(), "policy.yaml")
-	if err := os.WriteFile(path, buf.Bytes(), 0o644); err != nil {
+	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(detourBin, "up", "--policy", path)
@@ -78,6 +72,10 @@ func TestUpQuickstart(t *testing.T) {
 	r := post(t, "http://"+s.EnvoyAddr+"/v1/chat/completions", chat("auto", nil, user("hello")))
 	if r.Status != 200 || r.Header.Get("x-detour-backend") != "fast" {
 		t.Fatalf("status %d backend %q: %s", r.Status, r.Header.Get("x-detour-backend"), r.Body)
+	}
+	// The plugin measured it, in Envoy's own stats.
+	if v, _ := seriesValue(s.EnvoyPrometheus(), `detour_responses_total{backend="fast",class="2xx"}`); v != 1 {
+		t.Errorf("Envoy's stats count %v responses from fast, want 1", v)
 	}
 	start := time.Now()
 	cmd.Process.Signal(syscall.SIGTERM)

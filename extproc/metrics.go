@@ -16,6 +16,9 @@ type Metrics struct {
 	BodyBytes     prometheus.Histogram
 	Panics        prometheus.Counter
 	Attempts      *prometheus.CounterVec
+	// FirstTokenHolds and FirstTokenWait describe the first-token stage.
+	FirstTokenHolds *prometheus.CounterVec
+	FirstTokenWait  *prometheus.HistogramVec
 }
 
 // NewMetrics creates the series and registers them on reg.
@@ -68,7 +71,16 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Name: "detour_extproc_upstream_attempts_total",
 		Help: "Attempts prepared for a backend by the per-attempt (upstream) stage, by whether the body had to be rewritten for it (rewritten: a fallback with another model id).",
 	}, []string{"backend", "body"})
-	reg.MustRegister(m.Attempts, m.Panics, m.Decisions, m.DecisionTime, m.Errors, m.Rejections, m.TokenCounts,
+	m.FirstTokenHolds = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "detour_extproc_first_token_holds_total",
+		Help: "Streaming attempts whose response headers the first-token stage held, by backend and outcome: token (released on the first token), ended (the body ended first), limit (64 KiB without a token), not_a_stream (an error or a whole answer: not held), abandoned (Envoy ended the attempt first: retry.first_token_timeout, retried on the next backend, or the client left).",
+	}, []string{"backend", "outcome"})
+	m.FirstTokenWait = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "detour_extproc_first_token_hold_seconds",
+		Help:    "How long a streaming attempt's response headers were held, from their arrival to the first token: the provider's silence after accepting the stream.",
+		Buckets: []float64{1e-3, 5e-3, 25e-3, 100e-3, 250e-3, 500e-3, 1, 2.5, 5, 10, 30, 60},
+	}, []string{"backend"})
+	reg.MustRegister(m.FirstTokenHolds, m.FirstTokenWait, m.Attempts, m.Panics, m.Decisions, m.DecisionTime, m.Errors, m.Rejections, m.TokenCounts,
 		m.StreamsActive, m.PolicyVersion, m.PolicyReloads, m.BodyBytes)
 	return m
 }

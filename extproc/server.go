@@ -32,6 +32,9 @@ const (
 	HeaderModel   = "x-detour-model"
 	HeaderRoute   = "x-detour-route"
 	HeaderError   = "x-detour-error"
+	// HeaderStream marks a streaming request, so Envoy routes it by the
+	// route with the first-token deadline (see firsttoken.go).
+	HeaderStream = "x-detour-stream"
 
 	// MetadataNamespace carries the decision as dynamic metadata so Envoy
 	// can log it and add it to responses.
@@ -122,7 +125,7 @@ func (s *Server) SetPolicy(p *policy.Policy) error {
 	if err != nil {
 		return fmt.Errorf("extproc: %w", err)
 	}
-	strip := append([]string{HeaderBackend, HeaderModel, HeaderRoute}, credHeaders...)
+	strip := append([]string{HeaderBackend, HeaderModel, HeaderRoute, HeaderStream}, credHeaders...)
 	stripLists(creds, strip)
 	s.state.Store(&state{
 		router:        r,
@@ -153,6 +156,13 @@ func (s *Server) Process(stream extprocv3.ExternalProcessor_ProcessServer) error
 				return nil
 			}
 			return fmt.Errorf("extproc: receive: %w", err)
+		}
+		if h := msg.GetResponseHeaders(); h != nil {
+			if cluster, ok := upstreamCluster(msg); ok {
+				// Only the first-token filter sends response headers with
+				// the cluster's name; it answers at its own pace.
+				return s.holdFirstToken(stream, st, w, cluster, h)
+			}
 		}
 		resp := s.handleSafely(ctx, st, w, msg)
 		if err := stream.Send(resp); err != nil {
@@ -332,15 +342,19 @@ func (s *Server) route(ctx context.Context, st *state, w *work) *extprocv3.Proce
 	}
 	// The body is copied into the response: w.out is reused after Send.
 	body := append([]byte(nil), w.out...)
+	set := []*corev3.HeaderValueOption{
+		setHeader(HeaderBackend, b.Name),
+		setHeader(HeaderModel, w.dec.UpstreamModel),
+		setHeader(HeaderRoute, w.dec.Target),
+		setHeader("content-length", strconv.Itoa(len(body))),
+	}
+	if w.req.Stream {
+		set = append(set, setHeader(HeaderStream, "1"))
+	}
 	return &extprocv3.ProcessingResponse{
 		Response: &extprocv3.ProcessingResponse_RequestBody{RequestBody: &extprocv3.BodyResponse{
 			Response: &extprocv3.CommonResponse{
-				HeaderMutation: &extprocv3.HeaderMutation{SetHeaders: []*corev3.HeaderValueOption{
-					setHeader(HeaderBackend, b.Name),
-					setHeader(HeaderModel, w.dec.UpstreamModel),
-					setHeader(HeaderRoute, w.dec.Target),
-					setHeader("content-length", strconv.Itoa(len(body))),
-				}},
+				HeaderMutation:  &extprocv3.HeaderMutation{SetHeaders: set},
 				BodyMutation:    &extprocv3.BodyMutation{Mutation: &extprocv3.BodyMutation_Body{Body: body}},
 				ClearRouteCache: true,
 			},

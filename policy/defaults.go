@@ -45,6 +45,12 @@ const (
 	// of 4,000 requests fail on retry overflow during a provider outage.
 	// Attempts per request stay capped by retry.attempts.
 	DefaultMinRetryConc = 1000
+	// DefaultFirstTokenTimeout: a stream without its first token by then
+	// goes to the next backend. Far above a healthy time to first token
+	// (DefaultTTFT, 500 ms) and the prefill of a long prompt (a few
+	// seconds), so only a stalled provider hits it; far below the request
+	// timeout, so the client still gets its answer from another backend.
+	DefaultFirstTokenTimeout = 10 * time.Second
 
 	// Outlier detection: fast sweeps, since a provider that fails five
 	// times in a row is not coming back within a second.
@@ -113,6 +119,7 @@ func (p *Policy) ApplyDefaults() {
 	setFloat(&p.Retry.Jitter, DefaultRetryJitter)
 	setFloat(&p.Retry.BudgetPercent, DefaultRetryBudget)
 	setInt(&p.Retry.MinRetryConcurrency, DefaultMinRetryConc)
+	setDur(&p.Retry.FirstTokenTimeout, DefaultFirstTokenTimeout)
 	setInt(&p.OutlierDetection.ConsecutiveErrors, DefaultConsecutiveErrors)
 	setDur(&p.OutlierDetection.Interval, DefaultOutlierInterval)
 	setDur(&p.OutlierDetection.BaseEjectionTime, DefaultBaseEjection)

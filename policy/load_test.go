@@ -58,6 +58,8 @@ func TestParseQuickstart(t *testing.T) {
 		{"retry.base_delay", p.Retry.BaseDelay.D(), 100 * time.Millisecond},
 		{"retry.max_delay", p.Retry.MaxDelay.D(), 1200 * time.Millisecond},
 		{"retry.jitter", p.Retry.Jitter, 0.5},
+		{"retry.per_try_timeout", p.Retry.PerTryTimeout.D(), time.Duration(0)},
+		{"retry.first_token_timeout", p.Retry.FirstTokenTimeout.D(), 10 * time.Second},
 		{"circuit_breaker.error_rate", p.CircuitBreaker.ErrorRate, 0.25},
 		{"circuit_breaker.window", p.CircuitBreaker.Window.D(), 30 * time.Second},
 		{"circuit_breaker.min_requests", p.CircuitBreaker.MinRequests, 20},
@@ -114,14 +116,14 @@ func TestQuickstartPointsAtSchema(t *testing.T) {
 
 func TestApplyDefaultsIdempotentAndKeepsValues(t *testing.T) {
 	p, err := Parse("f.yaml", []byte(oneBackend+`routes: [{name: r, objective: ordered}]
-retry: {attempts: 2, base_delay: 50ms, max_delay: 3s, jitter: 0.1}
+retry: {attempts: 2, base_delay: 50ms, max_delay: 3s, jitter: 0.1, first_token_timeout: 3s}
 limits: {max_body_bytes: 1MiB}
 `))
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := Retry{Attempts: 2, BaseDelay: Duration(50 * time.Millisecond), MaxDelay: Duration(3 * time.Second), Jitter: 0.1,
-		BudgetPercent: DefaultRetryBudget, MinRetryConcurrency: DefaultMinRetryConc}
+		FirstTokenTimeout: Duration(3 * time.Second), BudgetPercent: DefaultRetryBudget, MinRetryConcurrency: DefaultMinRetryConc}
 	if p.Retry != want {
 		t.Errorf("retry = %+v, want %+v", p.Retry, want)
 	}
@@ -515,6 +517,16 @@ func TestParseProblems(t *testing.T) {
 			name: "jitter negative",
 			src:  oneBackend + "retry:\n  jitter: -0.1\n",
 			want: []string{`f.yaml:12:11: retry.jitter: jitter is a share between 0 and 1 (hint: 0.5 means ±50 %)`},
+		},
+		{
+			name: "first_token_timeout under a healthy time to first token",
+			src:  oneBackend + "retry:\n  first_token_timeout: 200ms\n",
+			want: []string{`f.yaml:12:24: retry.first_token_timeout: 200ms is shorter than health.ttft (500ms), the time to first token of a healthy backend (hint: e.g. 10s: well above a normal time to first token)`},
+		},
+		{
+			name: "first_token_timeout past the request timeout",
+			src:  oneBackend + "retry:\n  first_token_timeout: 5m\n",
+			want: []string{`f.yaml:12:24: retry.first_token_timeout: 5m0s is not shorter than envoy.request_timeout (5m0s), so it could never fire (hint: e.g. 10s: well above a normal time to first token)`},
 		},
 		{
 			name: "health error rate above 1",

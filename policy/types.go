@@ -205,10 +205,18 @@ type Retry struct {
 	// Jitter is the ± share of each delay. Default 0.5. (Envoy's own
 	// back-off is fully jittered: each wait is drawn from [0, delay).)
 	Jitter float64 `yaml:"jitter,omitempty" jsonschema:"minimum=0,maximum=1"`
-	// PerTryTimeout abandons an attempt that has not started its response
-	// by then and tries the next backend. For a non-streaming request it
-	// bounds the whole generation. Default 0: no per-attempt bound.
+	// PerTryTimeout abandons an attempt of a non-streaming request that has
+	// not answered by then and tries the next backend; it bounds the whole
+	// generation, so it must exceed the longest answer expected. Default 0:
+	// no per-attempt bound.
 	PerTryTimeout Duration `yaml:"per_try_timeout,omitempty"`
+	// FirstTokenTimeout abandons an attempt of a streaming request that has
+	// not sent its first token by then (response headers and empty preamble
+	// chunks do not count) and tries the next backend. A stream that has
+	// started is never cut by it. Default 10s: twenty times the 500 ms time
+	// to first token a healthy backend shows, above the prefill of a long
+	// prompt; raise it for models that think silently before answering.
+	FirstTokenTimeout Duration `yaml:"first_token_timeout,omitempty"`
 	// BudgetPercent bounds concurrent retries to this share of a backend's
 	// active requests, so retries cannot snowball. Default 100: one retry
 	// in flight per request, enough to move a whole backend's traffic.

@@ -171,6 +171,16 @@ func (p *Policy) Validate() []Problem {
 	if !(p.Retry.Jitter >= 0 && p.Retry.Jitter <= 1) { // NaN too
 		v.add("retry.jitter", "jitter is a share between 0 and 1", "0.5 means ±50 %")
 	}
+	// A first-token deadline under a healthy time to first token would
+	// abandon healthy streams; one past the request timeout never fires.
+	switch ft := p.Retry.FirstTokenTimeout; {
+	case ft < p.Health.TTFT:
+		v.add("retry.first_token_timeout", fmt.Sprintf("%s is shorter than health.ttft (%s), the time to first token of a healthy backend", ft.D(), p.Health.TTFT.D()),
+			"e.g. 10s: well above a normal time to first token")
+	case ft >= p.Envoy.RequestTimeout:
+		v.add("retry.first_token_timeout", fmt.Sprintf("%s is not shorter than envoy.request_timeout (%s), so it could never fire", ft.D(), p.Envoy.RequestTimeout.D()),
+			"e.g. 10s: well above a normal time to first token")
+	}
 	for _, a := range [...]struct{ path, addr string }{
 		{"envoy.listen", p.Envoy.Listen}, {"envoy.admin", p.Envoy.Admin},
 		{"extproc.listen", p.ExtProc.Listen}, {"extproc.metrics", p.ExtProc.Metrics},

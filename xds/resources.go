@@ -254,6 +254,13 @@ func routeConfig(p *policy.Policy, o Options) (*routev3.RouteConfiguration, erro
 		},
 		Action: &routev3.Route_Route{Route: routed},
 	}}
+	// Streams the processor routed come first: the same route with the
+	// first-token deadline (firsttoken.go).
+	stream, err := streamRoute(p, routes[0])
+	if err != nil {
+		return nil, err
+	}
+	routes = append([]*routev3.Route{stream}, routes...)
 	// Without the header the processor did not route the request: only
 	// possible when failure_mode_allow let it past a dead processor.
 	fallback := &routev3.Route{
@@ -447,7 +454,7 @@ func EarlyHeaderMutation() (*corev3.TypedExtensionConfig, error) {
 	var muts []*mutationrulesv3.HeaderMutation
 	// x-envoy-attempt-count picks a wasm-routed request's backend per
 	// attempt: a client's copy would skip the first choice.
-	for _, h := range []string{extproc.HeaderBackend, extproc.HeaderModel, extproc.HeaderRoute, attemptCountHdr} {
+	for _, h := range []string{extproc.HeaderBackend, extproc.HeaderModel, extproc.HeaderRoute, extproc.HeaderStream, attemptCountHdr} {
 		muts = append(muts, &mutationrulesv3.HeaderMutation{Action: &mutationrulesv3.HeaderMutation_Remove{Remove: h}})
 	}
 	a, err := pack(&earlyhmv3.HeaderMutation{Mutations: muts})
@@ -580,7 +587,13 @@ func backendProtocolOptions(p *policy.Policy, o Options, b *policy.Backend, tls 
 	}
 	var filters []*hcmv3.HttpFilter
 	if clusterHasOwnFilters(p, o, b) {
-		filters = append(filters, &hcmv3.HttpFilter{Name: ExtProcFilter, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: up}})
+		// The first-token filter does nothing unless the stream route
+		// enables it (firsttoken.go).
+		ft, err := firstTokenFilter(p)
+		if err != nil {
+			return nil, err
+		}
+		filters = append(filters, ft, &hcmv3.HttpFilter{Name: ExtProcFilter, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: up}})
 	}
 	codec, err := pack(&upstreamcodecv3.UpstreamCodec{})
 	if err != nil {

@@ -2,6 +2,7 @@ package xds
 
 import (
 	"bytes"
+	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
 	"strings"
 	"testing"
 	"time"
@@ -220,7 +221,7 @@ func TestListener(t *testing.T) {
 	for _, m := range ehm.Mutations {
 		removed[m.GetRemove()] = true
 	}
-	for _, h := range []string{extproc.HeaderBackend, extproc.HeaderModel, extproc.HeaderRoute} {
+	for _, h := range []string{extproc.HeaderBackend, extproc.HeaderModel, extproc.HeaderRoute, extproc.HeaderStream} {
 		if !removed[h] {
 			t.Errorf("early header mutation does not remove %s (removes %v)", h, removed)
 		}
@@ -232,7 +233,16 @@ func TestListener(t *testing.T) {
 	if len(lrc.GetMappers()) == 0 {
 		t.Fatal("no local reply mappers")
 	}
-	mf := lrc.Mappers[0].GetFilter().GetMetadataFilter()
+	// Either detour.reply metadata (the ext_proc service) or response code
+	// details detour_* (the wasm plugin).
+	or := lrc.Mappers[0].GetFilter().GetOrFilter().GetFilters()
+	if len(or) != 2 || !strings.Contains(or[1].GetExtensionFilter().GetTypedConfig().String(), "startsWith('detour_')") {
+		t.Errorf("first mapper does not pass the wasm plugin's replies through: %v", lrc.Mappers[0])
+	}
+	var mf *accesslogv3.MetadataFilter
+	if len(or) > 0 {
+		mf = or[0].GetMetadataFilter()
+	}
 	if mf.GetMatcher().GetFilter() != extproc.MetadataNamespace || mf.GetMatcher().GetPath()[0].GetKey() != "reply" ||
 		!mf.GetMatcher().GetValue().GetBoolMatch() || lrc.Mappers[0].BodyFormatOverride != nil {
 		t.Errorf("first mapper does not pass detour.reply through untouched: %v", lrc.Mappers[0])
@@ -342,10 +352,10 @@ func TestRouteConfig(t *testing.T) {
 				}
 			}
 
-			if len(vh.Routes) != 2 {
-				t.Fatalf("%d routes, want routed + fallback", len(vh.Routes))
+			if len(vh.Routes) != 3 || vh.Routes[0].Name != streamRouteName {
+				t.Fatalf("%d routes, want stream (checked in firsttoken_test.go), routed + fallback", len(vh.Routes))
 			}
-			routed, fallback := vh.Routes[0], vh.Routes[1]
+			routed, fallback := vh.Routes[1], vh.Routes[2]
 			hm := routed.GetMatch().GetHeaders()
 			if routed.GetMatch().GetPrefix() != "/" || len(hm) != 1 || hm[0].Name != extproc.HeaderBackend || !hm[0].GetPresentMatch() {
 				t.Errorf("routed match %v, want prefix / with %s present", routed.GetMatch(), extproc.HeaderBackend)
@@ -562,10 +572,10 @@ func checkFailoverSettings(t *testing.T, p *policy.Policy, b *policy.Backend, c 
 	for _, f := range opts.HttpFilters {
 		names = append(names, f.Name)
 	}
-	if strings.Join(names, ",") != ExtProcFilter+",envoy.filters.http.upstream_codec" {
-		t.Fatalf("%s: upstream filters %v, want ext_proc then upstream_codec", c.Name, names)
+	if strings.Join(names, ",") != FirstTokenFilter+","+ExtProcFilter+",envoy.filters.http.upstream_codec" {
+		t.Fatalf("%s: upstream filters %v, want first-token, ext_proc then upstream_codec", c.Name, names)
 	}
-	up := unpack(t, opts.HttpFilters[0].GetTypedConfig(), &extprocfilterv3.ExternalProcessor{})
+	up := unpack(t, opts.HttpFilters[1].GetTypedConfig(), &extprocfilterv3.ExternalProcessor{})
 	if attrs := up.RequestAttributes; len(attrs) != 1 || attrs[0] != extproc.AttrClusterName {
 		t.Errorf("%s: upstream ext_proc attributes %v, want [%s]", c.Name, attrs, extproc.AttrClusterName)
 	}

@@ -20,6 +20,8 @@ type VM struct {
 	// returns the same stat for the same name, and defining one per
 	// instance would repeat the host calls.
 	metrics *metricSet
+	// panicIn makes the named callback panic: tests of the recovery.
+	panicIn string
 }
 
 // NewVM returns the VM context to register with proxywasm.SetVMContext.
@@ -115,6 +117,13 @@ func (p *Plugin) streamDone() {
 func (p *Plugin) recovered(r any, where string) {
 	p.vm.metrics.panics.Increment(1)
 	proxywasm.LogError(fmt.Sprintf("detour: panic in %s: %v", where, r))
+}
+
+// injected panics where a test asked for one.
+func (v *VM) injected(where string) {
+	if v.panicIn == where {
+		panic("injected panic in " + where)
+	}
 }
 
 // guard recovers a panic in a callback that has no better answer than to

@@ -51,6 +51,7 @@ func (s *routerStream) OnHttpRequestHeaders(_ int, endOfStream bool) (a types.Ac
 
 func (s *routerStream) OnHttpRequestBody(size int, endOfStream bool) (a types.Action) {
 	defer s.guard(&a, "request body")
+	s.p.vm.injected("request body")
 	if !s.routing {
 		return types.ActionContinue
 	}
@@ -131,6 +132,7 @@ func (s *routerStream) OnHttpRequestBody(size int, endOfStream bool) (a types.Ac
 
 func (s *routerStream) OnHttpResponseHeaders(_ int, endOfStream bool) (a types.Action) {
 	defer s.guard(&a, "response headers")
+	s.p.vm.injected("response headers")
 	s.measure.responseHeaders(s.p.vm.clock(), endOfStream)
 	return types.ActionContinue
 }
