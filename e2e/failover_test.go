@@ -18,8 +18,9 @@ import (
 
 // One client request survives a failing provider: Envoy retries it on the
 // next backend of the request's own order, rewritten for that backend.
-func TestFailover(t *testing.T) {
-	s := startStack(t, stackOptions{})
+func TestFailover(t *testing.T) { inBothModes(t, stackOptions{}, testFailover) }
+
+func testFailover(t *testing.T, s *stack) {
 	faults := []struct {
 		name  string
 		fault sim.Fault
@@ -67,8 +68,9 @@ func TestFailover(t *testing.T) {
 
 // The fallback serves another model: the retried request carries that
 // backend's model id, and its response says so.
-func TestFailoverRewritesModel(t *testing.T) {
-	s := startStack(t, stackOptions{})
+func TestFailoverRewritesModel(t *testing.T) { inBothModes(t, stackOptions{}, testFailoverRewritesModel) }
+
+func testFailoverRewritesModel(t *testing.T, s *stack) {
 	s.Sim("fast").SetFault(sim.Fault{Status: 503})
 	s.Sim("fast-b").SetFault(sim.Fault{Status: 500})
 	r := post(t, s.URL("/v1/chat/completions"), chat("auto", nil, user("hello")))
@@ -98,8 +100,9 @@ func TestFailoverRewritesModel(t *testing.T) {
 
 // Every backend down: one clear 503 in the OpenAI error shape, quickly, and
 // no more upstream attempts than the policy allows.
-func TestAllBackendsDown(t *testing.T) {
-	s := startStack(t, stackOptions{})
+func TestAllBackendsDown(t *testing.T) { inBothModes(t, stackOptions{}, testAllBackendsDown) }
+
+func testAllBackendsDown(t *testing.T, s *stack) {
 	for _, srv := range s.sims {
 		srv.SetFault(sim.Fault{Status: 503})
 	}
@@ -125,8 +128,9 @@ func TestAllBackendsDown(t *testing.T) {
 // one that dies within that hold has shown the client nothing and is
 // retried like any failed attempt; the tokens are paced here so the drop
 // comes well after the client got the first.)
-func TestStartedStreamIsNotRetried(t *testing.T) {
-	s := startStack(t, stackOptions{})
+func TestStartedStreamIsNotRetried(t *testing.T) { inBothModes(t, stackOptions{}, testStartedStreamIsNotRetried) }
+
+func testStartedStreamIsNotRetried(t *testing.T, s *stack) {
 	req, _ := http.NewRequest(http.MethodPost, s.URL("/v1/chat/completions"),
 		strings.NewReader(string(chat("auto", map[string]any{"stream": true}, user("hello")))))
 	req.Header.Set("x-sim-drop-after-tokens", "3")
@@ -215,13 +219,18 @@ func TestFailoverUnderLoad(t *testing.T) {
 // firstTokenStack is a stack whose deadlines are short enough to test:
 // retry.first_token_timeout and retry.per_try_timeout of 1s, applied as a
 // policy edit once the stack runs.
-func firstTokenStack(t *testing.T) *stack {
+func firstTokenStack(t *testing.T, s *stack) *stack {
 	t.Helper()
-	s := startStack(t, stackOptions{})
+	o := s.opts
 	s.WritePolicy(s.PolicyText(s.edit()) + "retry:\n  first_token_timeout: 1s\n  per_try_timeout: 1s\n")
+	// Two routed routes (stream and not), twice more in wasm mode.
+	want := 2
+	if o.Wasm == "route" {
+		want = 4
+	}
 	waitFor(t, 5*time.Second, "Envoy has the 1s deadlines", func() bool {
 		dump := s.EnvoyStatsPath("/config_dump?resource=dynamic_route_configs")
-		return strings.Count(dump, `"per_try_timeout": "1s"`) == 2
+		return strings.Count(dump, `"per_try_timeout": "1s"`) == want
 	})
 	return s
 }
@@ -273,7 +282,11 @@ func stream(t *testing.T, url string, body []byte, headers ...string) streamed {
 // at retry.first_token_timeout (even though the provider had sent its
 // headers and role chunk), whole answers at retry.per_try_timeout.
 func TestFirstTokenDeadline(t *testing.T) {
-	s := firstTokenStack(t)
+	inBothModes(t, stackOptions{}, testFirstTokenDeadline)
+}
+
+func testFirstTokenDeadline(t *testing.T, s *stack) {
+	s = firstTokenStack(t, s)
 	const deadline = time.Second
 	faults := []struct {
 		name  string

@@ -324,7 +324,17 @@ func (s *Server) route(ctx context.Context, st *state, w *work) *extprocv3.Proce
 		return s.rejectDecision(w, err)
 	}
 	b := r.Backend(w.dec.Backend)
-	w.out = route.RewriteModel(w.out[:0], w.body, &w.req, w.dec.UpstreamModel)
+	// Padded to the widest model of the request's order: where detour's
+	// wasm plugin makes the per-attempt rewrite (routing.mode wasm beside
+	// ext_proc routes), it rewrites in place, content-length being gone.
+	width := route.ModelWidth(w.dec.UpstreamModel)
+	for i, f := range w.dec.Fallbacks {
+		if i+1 >= st.attempts {
+			break
+		}
+		width = max(width, route.ModelWidth(r.Backend(f).Model))
+	}
+	w.out = route.RewriteModelPadded(w.out[:0], w.body, &w.req, w.dec.UpstreamModel, width)
 	s.metrics.Decisions.WithLabelValues(w.dec.Target, b.Name, w.dec.Reason.String()).Inc()
 	elapsed := time.Since(start)
 	s.metrics.DecisionTime.Observe(elapsed.Seconds())

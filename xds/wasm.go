@@ -33,7 +33,6 @@ import (
 
 	upstreamcodecv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/upstream_codec/v3"
 
-	"github.com/detourhq/detour/extproc"
 	"github.com/detourhq/detour/policy"
 	"github.com/detourhq/detour/wasm/plugin"
 )
@@ -313,7 +312,13 @@ func wasmRoutes(p *policy.Policy, bodyLimit uint64) ([]*routev3.Route, error) {
 			MatchPattern: &matcherv3.StringMatcher_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{Regex: ".+"}},
 		}}}
 	}
-	return []*routev3.Route{mk(wasmRoutedRoute, present(plugin.StateBackend), retryPolicy(p))}, nil
+	stream := mk(wasmStreamRoute, present(plugin.StateStream), streamRetryPolicy(p))
+	cfg, err := firstTokenPerRoute()
+	if err != nil {
+		return nil, err
+	}
+	stream.TypedPerFilterConfig = cfg
+	return []*routev3.Route{stream, mk(wasmRoutedRoute, present(plugin.StateBackend), retryPolicy(p))}, nil
 }
 
 // attemptMatcher picks attempt N's cluster from the filter state
@@ -379,9 +384,11 @@ func attemptMatcher(p *policy.Policy) (*routev3.ClusterSpecifierPlugin, error) {
 
 // RouterUpstreamFilters are the per-attempt filters every backend cluster
 // without filters of its own runs, set on the router: in wasm routing mode,
-// detour's ext_proc for requests it decided (skipped for the others) and
-// the plugin's upstream role, which learns each attempt's backend from
-// Envoy (xds.cluster_name). They sit in the listener rather than in each
+// the first-token hold (stream routes only) and the plugin's upstream role,
+// which learns each attempt's backend from Envoy (xds.cluster_name) and
+// rewrites the model in place for requests either router decided (both
+// pad the model). No per-attempt ext_proc: its header-based skip would not
+// survive retries (the first attempt strips the header). They sit in the listener rather than in each
 // cluster because Envoy 1.40 fetches remote wasm code for listeners but not
 // for clusters ("failed to load (in progress)"); from the router's
 // upstream filters it failed the same way, so those read the module from
@@ -391,11 +398,9 @@ func routerUpstreamFilters(p *policy.Policy, o Options) ([]*hcmv3.HttpFilter, er
 	if _, routing := wasmOn(p, o.Wasm); !routing {
 		return nil, nil
 	}
-	up, err := pack(UpstreamExtProcConfig(p))
-	if err != nil {
-		return nil, err
-	}
-	ep, err := skipUnlessExtProcDecided(up)
+	// Streams hold their headers until the first token (first-token
+	// deadline; on only on the stream routes).
+	ft, err := firstTokenFilter(p)
 	if err != nil {
 		return nil, err
 	}
@@ -415,7 +420,7 @@ func routerUpstreamFilters(p *policy.Policy, o Options) ([]*hcmv3.HttpFilter, er
 	if err != nil {
 		return nil, err
 	}
-	return []*hcmv3.HttpFilter{ep, w, {Name: "envoy.filters.http.upstream_codec", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: codec}}}, nil
+	return []*hcmv3.HttpFilter{ft, w, {Name: "envoy.filters.http.upstream_codec", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: codec}}}, nil
 }
 
 // clusterHasOwnFilters: in wasm routing mode only backends with credentials
@@ -423,40 +428,6 @@ func routerUpstreamFilters(p *policy.Policy, o Options) ([]*hcmv3.HttpFilter, er
 func clusterHasOwnFilters(p *policy.Policy, o Options, b *policy.Backend) bool {
 	_, routing := wasmOn(p, o.Wasm)
 	return !routing || b.Credentials != nil
-}
-
-// skipUnlessExtProcDecided wraps the per-attempt ext_proc filter so it runs
-// only for requests the ext_proc service decided: they carry x-detour-model.
-func skipUnlessExtProcDecided(up *anypb.Any) (*hcmv3.HttpFilter, error) {
-	skip, err := pack(&skipv3.SkipFilter{})
-	if err != nil {
-		return nil, err
-	}
-	input, err := pack(&matcherv3.HttpRequestHeaderMatchInput{HeaderName: extproc.HeaderModel})
-	if err != nil {
-		return nil, err
-	}
-	// No x-detour-model: not decided by the ext_proc service.
-	present := &xdsmatcherv3.Matcher_MatcherList_Predicate{MatchType: &xdsmatcherv3.Matcher_MatcherList_Predicate_SinglePredicate_{
-		SinglePredicate: &xdsmatcherv3.Matcher_MatcherList_Predicate_SinglePredicate{
-			Input:   &xdscorev3.TypedExtensionConfig{Name: "model", TypedConfig: input},
-			Matcher: &xdsmatcherv3.Matcher_MatcherList_Predicate_SinglePredicate_ValueMatch{ValueMatch: nonEmpty()},
-		},
-	}}
-	m := &xdsmatcherv3.Matcher{MatcherType: &xdsmatcherv3.Matcher_MatcherList_{MatcherList: &xdsmatcherv3.Matcher_MatcherList{
-		Matchers: []*xdsmatcherv3.Matcher_MatcherList_FieldMatcher{{
-			Predicate: &xdsmatcherv3.Matcher_MatcherList_Predicate{MatchType: &xdsmatcherv3.Matcher_MatcherList_Predicate_NotMatcher{NotMatcher: present}},
-			OnMatch:   &xdsmatcherv3.Matcher_OnMatch{OnMatch: &xdsmatcherv3.Matcher_OnMatch_Action{Action: &xdscorev3.TypedExtensionConfig{Name: "skip", TypedConfig: skip}}},
-		}},
-	}}}
-	wrapped, err := pack(&matchingv3.ExtensionWithMatcher{
-		XdsMatcher:      m,
-		ExtensionConfig: &corev3.TypedExtensionConfig{Name: ExtProcFilter, TypedConfig: up},
-	})
-	if err != nil {
-		return nil, err
-	}
-	return &hcmv3.HttpFilter{Name: "envoy.filters.http.match_delegate", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: wrapped}}, nil
 }
 
 // nonEmpty matches any value: the input is present.

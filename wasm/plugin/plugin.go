@@ -80,7 +80,7 @@ func (p *Plugin) OnPluginStart(int) types.OnPluginStartStatus {
 			p.extproc[t] = false
 		}
 	}
-	p.strip = []string{HeaderBackend, HeaderModel, HeaderRoute}
+	p.strip = []string{HeaderBackend, HeaderModel, HeaderRoute, "x-detour-stream"}
 	proxywasm.LogInfo(fmt.Sprintf("detour: plugin started: role %s", cfg.Role))
 	return types.OnPluginStartStatusOK
 }
