@@ -418,14 +418,18 @@ func TestParseFlagsParts(t *testing.T) {
 	if err != nil || o.skipE2E || o.skipMicro || !o.skipFailover {
 		t.Errorf("-only latency,micro: %+v, %v", o, err)
 	}
+	o, err = parseFlags([]string{"-only", "wasm"}, io.Discard)
+	if err != nil || !o.skipE2E || !o.skipMicro || !o.skipFailover || o.skipWasm {
+		t.Errorf("-only wasm: %+v, %v", o, err)
+	}
 	o, err = parseFlags(nil, io.Discard)
-	if err != nil || o.skipE2E || o.skipMicro || o.skipFailover {
+	if err != nil || o.skipE2E || o.skipMicro || o.skipFailover || o.skipWasm {
 		t.Errorf("default run must include every part: %+v, %v", o, err)
 	}
 	for _, bad := range [][]string{
 		{"-only", "speed"},
 		{"-failover-fault-at", "30s"},
-		{"-skip-e2e", "-skip-micro", "-skip-failover"},
+		{"-skip-e2e", "-skip-micro", "-skip-failover", "-skip-wasm"},
 		{"-reload-edits", "-1"},
 	} {
 		if _, err := parseFlags(bad, io.Discard); err == nil {

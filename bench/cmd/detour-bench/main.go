@@ -10,6 +10,8 @@
 //     from a policy edit to the new config in force in Envoy (see
 //     failover.go);
 //   - the Go micro benchmarks of the routing core (see micro.go);
+//   - the proxy-wasm plugin against Envoy alone and the ext_proc path:
+//     latency, throughput, time to ready, memory (see wasm.go);
 //
 // and writes the figures into BENCHMARKS.md between the markers
 // <!-- bench:begin --> and <!-- bench:end --> (see report.go).
@@ -47,6 +49,8 @@ type options struct {
 	skipMicro      bool
 	skipE2E        bool
 	skipFailover   bool
+	skipWasm       bool
+	wasm           string
 	only           string
 	verbose        bool
 
@@ -61,6 +65,7 @@ const (
 	partLatency  = "latency"
 	partFailover = "failover"
 	partMicro    = "micro"
+	partWasm     = "wasm"
 )
 
 func parseFlags(args []string, stderr io.Writer) (options, error) {
@@ -79,7 +84,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.BoolVar(&o.skipMicro, "skip-micro", false, "skip the Go micro benchmarks")
 	fs.BoolVar(&o.skipE2E, "skip-e2e", false, "skip the added-latency and throughput measurements (report sections 1-3)")
 	fs.BoolVar(&o.skipFailover, "skip-failover", false, "skip the failover and policy-edit measurements (report sections 4-5)")
-	fs.StringVar(&o.only, "only", "", "run only these parts, comma-separated: latency (sections 1-3), failover (4-5), micro (6)")
+	fs.BoolVar(&o.skipWasm, "skip-wasm", false, "skip the proxy-wasm plugin comparison (report section 7)")
+	fs.StringVar(&o.wasm, "wasm", "", "path of detour.wasm (default: $DETOUR_WASM, else detour.wasm beside the detour binary, else build ./wasm)")
+	fs.StringVar(&o.only, "only", "", "run only these parts, comma-separated: latency (sections 1-3), failover (4-5), micro (6), wasm (7)")
 	fs.Float64Var(&o.failoverRate, "failover-rate", 200, "failover: fixed-rate (open loop) requests per second")
 	fs.DurationVar(&o.failoverDuration, "failover-duration", 20*time.Second, "failover: duration of each side's run")
 	fs.DurationVar(&o.failoverFaultAt, "failover-fault-at", 5*time.Second, "failover: when the primary provider starts answering 503, from the start of the run")
@@ -92,7 +99,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		return o, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
 	}
 	if o.only != "" {
-		o.skipE2E, o.skipFailover, o.skipMicro = true, true, true
+		o.skipE2E, o.skipFailover, o.skipMicro, o.skipWasm = true, true, true, true
 		for part := range strings.SplitSeq(o.only, ",") {
 			switch strings.TrimSpace(part) {
 			case partLatency:
@@ -101,8 +108,10 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 				o.skipFailover = false
 			case partMicro:
 				o.skipMicro = false
+			case partWasm:
+				o.skipWasm = false
 			default:
-				return o, fmt.Errorf("-only: unknown part %q (want %s, %s or %s)", part, partLatency, partFailover, partMicro)
+				return o, fmt.Errorf("-only: unknown part %q (want %s, %s, %s or %s)", part, partLatency, partFailover, partMicro, partWasm)
 			}
 		}
 	}
@@ -121,8 +130,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		return o, errors.New("-failover-fault-at must lie within -failover-duration")
 	case o.reloadEdits < 0:
 		return o, errors.New("-reload-edits must be >= 0")
-	case o.skipE2E && o.skipMicro && o.skipFailover:
-		return o, errors.New("nothing left to measure (-skip-e2e, -skip-failover and -skip-micro all set)")
+	case o.skipE2E && o.skipMicro && o.skipFailover && o.skipWasm:
+		return o, errors.New("nothing left to measure (-skip-e2e, -skip-failover, -skip-micro and -skip-wasm all set)")
 	}
 	return o, nil
 }
@@ -179,7 +188,7 @@ func bench(ctx context.Context, o options, args []string, stdout, stderr io.Writ
 	rep.LoadBefore = loadAverage()
 
 	var failures []error
-	if !o.skipE2E || !o.skipFailover {
+	if !o.skipE2E || !o.skipFailover || !o.skipWasm {
 		envoyBin, envoyVer, err := findEnvoy(ctx, root)
 		if err != nil {
 			return err
@@ -216,6 +225,24 @@ func bench(ctx context.Context, o options, args []string, stdout, stderr io.Writ
 				}
 			}
 		}
+		if !o.skipWasm && ctx.Err() == nil {
+			module := o.wasm
+			if module == "" {
+				module, err = locateWasm(ctx, root, detourBin, work, log)
+			}
+			var wr *wasmResult
+			if err == nil {
+				wr, err = runWasm(ctx, cfg, module)
+			}
+			switch {
+			case ctx.Err() != nil:
+			case err != nil:
+				rep.WasmErr = err.Error()
+				failures = append(failures, fmt.Errorf("wasm comparison: %w", err))
+			default:
+				rep.Wasm = wr
+			}
+		}
 	}
 	if !o.skipMicro && ctx.Err() == nil {
 		micro, err := runMicro(ctx, root, log)
@@ -231,11 +258,24 @@ func bench(ctx context.Context, o options, args []string, stdout, stderr io.Writ
 	rep.LoadAfter = loadAverage()
 	rep.Elapsed = time.Since(start)
 
-	section := rep.markdown()
+	// The main section holds parts 1-6; the wasm comparison has its own
+	// markers, so `-only wasm` leaves the other figures in place (and a run
+	// without wasm leaves the wasm figures in place).
+	onlyWasm := o.skipE2E && o.skipFailover && o.skipMicro
 	if o.out == "-" {
-		_, err = stdout.Write(section)
+		if !onlyWasm {
+			_, err = stdout.Write(rep.markdown())
+		}
+		if err == nil && !o.skipWasm {
+			_, err = stdout.Write(rep.wasmMarkdown())
+		}
 	} else {
-		err = updateFile(o.out, section)
+		if !onlyWasm {
+			err = updateFile(o.out, rep.markdown())
+		}
+		if err == nil && !o.skipWasm {
+			err = updateFileBetween(o.out, rep.wasmMarkdown(), wasmBeginMarker, wasmEndMarker)
+		}
 		if err == nil {
 			log.Info("report written", "file", o.out, "elapsed", rep.Elapsed.Round(time.Second))
 		}

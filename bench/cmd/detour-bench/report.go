@@ -46,6 +46,9 @@ type report struct {
 	FailoverErr string
 	Micro       []benchStat
 	MicroErr    string
+	// Wasm is nil when not run or failed (WasmErr says why).
+	Wasm    *wasmResult
+	WasmErr string
 }
 
 // markdown renders the generated section (without the markers).
@@ -464,6 +467,11 @@ const defaultDoc = "# Benchmarks\n\nRun `make bench` to measure; the section bel
 // with a begin marker but no end marker after it, everything after the
 // begin marker is replaced.
 func replaceGenerated(doc, section []byte) []byte {
+	return replaceBetween(doc, section, beginMarker, endMarker)
+}
+
+// replaceBetween is replaceGenerated for any pair of markers.
+func replaceBetween(doc, section []byte, beginMarker, endMarker string) []byte {
 	block := func() []byte {
 		var b bytes.Buffer
 		b.WriteString(beginMarker + "\n")
@@ -494,6 +502,11 @@ func replaceGenerated(doc, section []byte) []byte {
 // updateFile replaces the generated section of the file at path (creating
 // it if needed), atomically.
 func updateFile(path string, section []byte) error {
+	return updateFileBetween(path, section, beginMarker, endMarker)
+}
+
+// updateFileBetween is updateFile for any pair of markers.
+func updateFileBetween(path string, section []byte, beginMarker, endMarker string) error {
 	doc, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
 		doc, err = []byte(defaultDoc), nil
@@ -501,7 +514,7 @@ func updateFile(path string, section []byte) error {
 	if err != nil {
 		return fmt.Errorf("read %s: %w", path, err)
 	}
-	out := replaceGenerated(doc, section)
+	out := replaceBetween(doc, section, beginMarker, endMarker)
 	tmp, err := os.CreateTemp(filepath.Dir(path), ".bench-*.md")
 	if err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
