@@ -68,7 +68,9 @@ func testFailover(t *testing.T, s *stack) {
 
 // The fallback serves another model: the retried request carries that
 // backend's model id, and its response says so.
-func TestFailoverRewritesModel(t *testing.T) { inBothModes(t, stackOptions{}, testFailoverRewritesModel) }
+func TestFailoverRewritesModel(t *testing.T) {
+	inBothModes(t, stackOptions{}, testFailoverRewritesModel)
+}
 
 func testFailoverRewritesModel(t *testing.T, s *stack) {
 	s.Sim("fast").SetFault(sim.Fault{Status: 503})
@@ -128,7 +130,9 @@ func testAllBackendsDown(t *testing.T, s *stack) {
 // one that dies within that hold has shown the client nothing and is
 // retried like any failed attempt; the tokens are paced here so the drop
 // comes well after the client got the first.)
-func TestStartedStreamIsNotRetried(t *testing.T) { inBothModes(t, stackOptions{}, testStartedStreamIsNotRetried) }
+func TestStartedStreamIsNotRetried(t *testing.T) {
+	inBothModes(t, stackOptions{}, testStartedStreamIsNotRetried)
+}
 
 func testStartedStreamIsNotRetried(t *testing.T, s *stack) {
 	req, _ := http.NewRequest(http.MethodPost, s.URL("/v1/chat/completions"),

@@ -23,6 +23,7 @@ import (
 
 	"github.com/detourhq/detour/envoy"
 	"github.com/detourhq/detour/sim"
+	"github.com/detourhq/detour/wasm/wasmtest"
 )
 
 // Binaries the suite runs, found once in TestMain.
@@ -69,11 +70,9 @@ func setup() (int, error) {
 		if beside := filepath.Join(filepath.Dir(detourBin), "detour.wasm"); fileExists(beside) {
 			wasmModule = beside
 		} else {
-			wasmModule = filepath.Join(filepath.Dir(detourBin), "detour.wasm")
-			cmd := exec.Command("go", "build", "-buildmode=c-shared", "-trimpath", "-ldflags=-s -w", "-o", wasmModule, "../wasm")
-			cmd.Env = append(os.Environ(), "GOOS=wasip1", "GOARCH=wasm")
-			if out, err := cmd.CombinedOutput(); err != nil {
-				return 0, fmt.Errorf("build detour.wasm: %v\n%s", err, out)
+			wasmModule = beside
+			if err := wasmtest.Build(wasmModule); err != nil {
+				return 0, err
 			}
 		}
 	}

@@ -31,27 +31,30 @@ func Module(t testing.TB) string {
 		}
 		return p
 	}
-	once.Do(func() { built, err = build() })
+	once.Do(func() {
+		dir, derr := os.MkdirTemp("", "detour-wasm-")
+		if derr != nil {
+			err = derr
+			return
+		}
+		built = filepath.Join(dir, "detour.wasm")
+		err = Build(built)
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return built
 }
 
-// build compiles ./wasm of this module for wasip1.
-func build() (string, error) {
+// Build compiles ./wasm of this module for wasip1 into out.
+func Build(out string) error {
 	_, file, _, _ := runtime.Caller(0)
 	root := filepath.Join(filepath.Dir(file), "..", "..")
-	dir, err := os.MkdirTemp("", "detour-wasm-")
-	if err != nil {
-		return "", err
-	}
-	out := filepath.Join(dir, "detour.wasm")
 	cmd := exec.Command("go", "build", "-buildmode=c-shared", "-trimpath", "-ldflags=-s -w", "-o", out, "./wasm")
 	cmd.Dir = root
 	cmd.Env = append(os.Environ(), "GOOS=wasip1", "GOARCH=wasm")
 	if b, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("build detour.wasm: %v\n%s", err, b)
+		return fmt.Errorf("build detour.wasm: %v\n%s", err, b)
 	}
-	return out, nil
+	return nil
 }
