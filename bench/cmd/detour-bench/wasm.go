@@ -129,8 +129,8 @@ func fileExists(p string) bool {
 	return err == nil && st.Mode().IsRegular()
 }
 
-// wasmAddrs: provider, provider admin, ext_proc, metrics, then listener and
-// admin per side.
+// writeWasmConfigs writes the shared policy (provider, ext_proc) and one
+// Envoy bootstrap per side, each with its own listener and admin port.
 func writeWasmConfigs(ctx context.Context, dir, module string) (*wasmStack, string, error) {
 	a, err := freeAddrs(ctx, 4+2*len(wasmSides))
 	if err != nil {
@@ -164,14 +164,13 @@ func writeWasmConfigs(ctx context.Context, dir, module string) (*wasmStack, stri
 		case sideMeasure:
 			o.Wasm = wm
 		}
-		var path = filepath.Join(dir, "envoy-"+side+".json")
+		path := filepath.Join(dir, "envoy-"+side+".json")
 		if side == sideA {
 			b, err := baselineBootstrap(p)
 			if err != nil {
 				return nil, "", fmt.Errorf("side A bootstrap: %w", err)
 			}
-			err = writeBootstrap(path, b)
-			if err != nil {
+			if err := writeBootstrap(path, b); err != nil {
 				return nil, "", err
 			}
 		} else {
