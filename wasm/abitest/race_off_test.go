@@ -1,0 +1,5 @@
+//go:build !race
+
+package abitest
+
+const raceEnabled = false

@@ -1,0 +1,6 @@
+//go:build race
+
+package abitest
+
+// raceEnabled: see TestMain.
+const raceEnabled = true
