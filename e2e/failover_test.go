@@ -313,11 +313,11 @@ func testFirstTokenDeadline(t *testing.T, s *stack) {
 				s.Sim("fast").SetFault(f.fault)
 				defer s.Sim("fast").ClearFault()
 				timeouts := func() float64 {
-					v, _ := seriesValue(s.EnvoyPrometheus(), `envoy_cluster_upstream_rq_per_try_timeout{envoy_cluster_name="fast"}`)
+					v := metricValue(s.EnvoyPrometheus(), `envoy_cluster_upstream_rq_per_try_timeout{envoy_cluster_name="fast"}`)
 					return v
 				}
 				abandoned := func() float64 {
-					v, _ := seriesValue(s.Metrics(), `detour_extproc_first_token_holds_total{backend="fast",outcome="abandoned"}`)
+					v := metricValue(s.Metrics(), `detour_extproc_first_token_holds_total{backend="fast",outcome="abandoned"}`)
 					return v
 				}
 				timeoutsBefore, abandonedBefore := timeouts(), abandoned()

@@ -74,7 +74,7 @@ func TestUpQuickstart(t *testing.T) {
 		t.Fatalf("status %d backend %q: %s", r.Status, r.Header.Get("x-detour-backend"), r.Body)
 	}
 	// The plugin measured it, in Envoy's own stats.
-	if v, _ := seriesValue(s.EnvoyPrometheus(), `detour_responses_total{backend="fast",class="2xx"}`); v != 1 {
+	if v := metricValue(s.EnvoyPrometheus(), `detour_responses_total{backend="fast",class="2xx"}`); v != 1 {
 		t.Errorf("Envoy's stats count %v responses from fast, want 1", v)
 	}
 	start := time.Now()

@@ -3,7 +3,6 @@ package e2e
 import (
 	"regexp"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 )
@@ -52,17 +51,6 @@ func sumSeries(text, name string) float64 {
 	return sum
 }
 
-// seriesValue reads one sample, labels given exactly as Envoy prints them.
-func seriesValue(text, series string) (float64, bool) {
-	for _, l := range strings.Split(text, "\n") {
-		if v, ok := strings.CutPrefix(l, series+" "); ok {
-			f, err := strconv.ParseFloat(v, 64)
-			return f, err == nil
-		}
-	}
-	return 0, false
-}
-
 // The plugin's measurements appear in Envoy's own /stats/prometheus, per
 // backend that answered, with `make run`'s setup (measurement only, the
 // ext_proc service routing).
@@ -82,7 +70,7 @@ func TestWasmMeasurement(t *testing.T) {
 	deadline := time.Now().Add(12 * time.Second)
 	for {
 		text = s.EnvoyPrometheus()
-		if v, _ := seriesValue(text, `detour_ttft_milliseconds_count{backend="fast"}`); v >= 4 || time.Now().After(deadline) {
+		if v := metricValue(text, `detour_ttft_milliseconds_count{backend="fast"}`); v >= 4 || time.Now().After(deadline) {
 			break
 		}
 		time.Sleep(500 * time.Millisecond)
@@ -97,13 +85,13 @@ func TestWasmMeasurement(t *testing.T) {
 		{`detour_output_tokens_per_second_count{backend="fast"}`, 4},
 		{`detour_output_tokens_total{backend="fast"}`, 3*16 + 10},
 	} {
-		if v, ok := seriesValue(text, want.series); !ok || v < want.min {
-			t.Errorf("%s = %v (present %v), want at least %v", want.series, v, ok, want.min)
+		if v := metricValue(text, want.series); v < want.min {
+			t.Errorf("%s = %v, want at least %v", want.series, v, want.min)
 		}
 	}
 	// The stream's rate: 10 tokens at 50/s is about 50 tokens/s; the whole
 	// answers' rates are far higher. The sum is at least the stream's.
-	if v, _ := seriesValue(text, `detour_output_tokens_per_second_sum{backend="fast"}`); v < 20 {
+	if v := metricValue(text, `detour_output_tokens_per_second_sum{backend="fast"}`); v < 20 {
 		t.Errorf("tokens per second sum %v", v)
 	}
 	if n := sumSeries(text, "detour_wasm_panics_total"); n != 0 {

@@ -38,6 +38,8 @@ const (
 	HeaderModel   = "x-detour-model"
 	HeaderRoute   = "x-detour-route"
 	HeaderError   = "x-detour-error"
+	// HeaderStream marks a streaming request the ext_proc service routed.
+	HeaderStream = "x-detour-stream"
 )
 
 // Filter state the router role sets (Envoy stores it as "wasm." + name).

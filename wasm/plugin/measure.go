@@ -1,6 +1,8 @@
 package plugin
 
 import (
+	"strconv"
+
 	"github.com/tetratelabs/proxy-wasm-go-sdk/proxywasm/types"
 
 	"github.com/detourhq/detour/wasm/proxywasm"
@@ -97,7 +99,7 @@ func (b *backendStats) response(status int) {
 	b.byClass[c].Increment(1)
 }
 
-func (m *metricSet) decided(_, backend string) {
+func (m *metricSet) decided(backend string) {
 	c, ok := m.decisions[backend]
 	if !ok {
 		if len(m.decisions) >= maxSeries {
@@ -145,7 +147,7 @@ func (m *measure) responseHeaders(now int64, endOfStream bool) {
 		return
 	}
 	s, _ := proxywasm.GetHttpResponseHeader(":status")
-	m.status = atoiDefault(s, 0)
+	m.status, _ = strconv.Atoi(s)
 	m.backend, _ = proxywasm.GetHttpResponseHeader(HeaderBackend)
 	ct, _ := proxywasm.GetHttpResponseHeader("content-type")
 	m.stream = isEventStream(ct)
@@ -239,21 +241,6 @@ func (s *measureStream) OnHttpStreamDone() {
 	defer s.p.guard("stream done")
 	s.done(s.p.vm.clock())
 	s.p.streamDone()
-}
-
-func atoiDefault(s string, d int) int {
-	n := 0
-	if s == "" {
-		return d
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c < '0' || c > '9' || n > 1e8 {
-			return d
-		}
-		n = n*10 + int(c-'0')
-	}
-	return n
 }
 
 // attempt counts one upstream attempt by what happened to its body.

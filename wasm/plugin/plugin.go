@@ -80,7 +80,7 @@ func (p *Plugin) OnPluginStart(int) types.OnPluginStartStatus {
 			p.extproc[t] = false
 		}
 	}
-	p.strip = []string{HeaderBackend, HeaderModel, HeaderRoute, "x-detour-stream"}
+	p.strip = []string{HeaderBackend, HeaderModel, HeaderRoute, HeaderStream}
 	proxywasm.LogInfo(fmt.Sprintf("detour: plugin started: role %s", cfg.Role))
 	return types.OnPluginStartStatusOK
 }

@@ -126,7 +126,7 @@ func (s *routerStream) OnHttpRequestBody(size int, endOfStream bool) (a types.Ac
 	if _, err := proxywasm.CallForeignFunction("clear_route_cache", nil); err != nil {
 		return s.fail("clear route cache: " + err.Error())
 	}
-	s.p.vm.metrics.decided(s.dec.Target, b.Name)
+	s.p.vm.metrics.decided(b.Name)
 	return types.ActionContinue
 }
 
