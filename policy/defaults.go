@@ -133,6 +133,8 @@ func (p *Policy) ApplyDefaults() {
 	setStr(&p.XDS.Listen, DefaultXDSListen)
 	setStr(&p.XDS.Metrics, DefaultXDSMetrics)
 	setDur(&p.ExtProc.MessageTimeout, DefaultMessageTimeout)
+	p.applyControllerDefaults()
+	p.applyProbeDefaults()
 }
 
 func setInt(v *int, d int) {

@@ -33,6 +33,10 @@ type Policy struct {
 	XDS XDSSettings `yaml:"xds,omitempty"`
 	// Wasm locates detour's proxy-wasm plugin.
 	Wasm WasmSettings `yaml:"wasm,omitempty"`
+	// Controller tunes the live-metrics controller.
+	Controller Controller `yaml:"controller,omitempty"`
+	// Probes are the contextual health probes the controller sends.
+	Probes Probes `yaml:"probes,omitempty"`
 }
 
 // XDSSettings configure the control plane Envoy takes its config from.
@@ -130,6 +134,12 @@ type Route struct {
 	Objective string `yaml:"objective,omitempty" jsonschema:"enum=cheapest,enum=ordered,default=cheapest"`
 	// Mode overrides routing.mode for requests that name this route.
 	Mode string `yaml:"mode,omitempty" jsonschema:"enum=extproc,enum=wasm"`
+	// Priority of requests naming this route when they carry no
+	// x-detour-priority header: when healthy capacity runs short,
+	// sheddable requests are refused first (429), then standard ones;
+	// critical ones flow while any backend can serve them. Default
+	// standard.
+	Priority string `yaml:"priority,omitempty" jsonschema:"enum=critical,enum=standard,enum=sheddable,default=standard"`
 }
 
 // Routing tunes the estimate of what a request needs.

@@ -195,6 +195,8 @@ func (p *Policy) Validate() []Problem {
 			}
 		}
 	}
+	p.validateController(&v)
+	p.validateProbes(&v)
 	return v.problems
 }
 
