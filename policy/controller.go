@@ -157,12 +157,14 @@ func (p *Policy) applyControllerDefaults() {
 	setInt(&c.HalfOpenSuccesses, DefaultHalfOpenSuccesses)
 	setFloat(&c.TrialShare, DefaultTrialShare)
 	b := &c.Bounds
-	setInt(&b.OutlierConsecutiveErrors.Min, min(2, p.OutlierDetection.ConsecutiveErrors))
-	setInt(&b.OutlierConsecutiveErrors.Max, p.OutlierDetection.ConsecutiveErrors)
-	setFloat(&b.RetryBudgetPercent.Min, min(20, p.Retry.BudgetPercent))
-	setFloat(&b.RetryBudgetPercent.Max, p.Retry.BudgetPercent)
-	setInt(&b.MinRetryConcurrency.Min, min(10, p.Retry.MinRetryConcurrency))
-	setInt(&b.MinRetryConcurrency.Max, p.Retry.MinRetryConcurrency)
+	// Derived from settings that may themselves be invalid (reported
+	// there): kept in range so one mistake gives one problem.
+	setInt(&b.OutlierConsecutiveErrors.Max, max(1, p.OutlierDetection.ConsecutiveErrors))
+	setInt(&b.OutlierConsecutiveErrors.Min, min(2, b.OutlierConsecutiveErrors.Max))
+	setFloat(&b.RetryBudgetPercent.Max, min(max(p.Retry.BudgetPercent, 1), 100))
+	setFloat(&b.RetryBudgetPercent.Min, min(20, b.RetryBudgetPercent.Max))
+	setInt(&b.MinRetryConcurrency.Max, max(0, p.Retry.MinRetryConcurrency))
+	setInt(&b.MinRetryConcurrency.Min, min(10, b.MinRetryConcurrency.Max))
 	setInt(&b.MaxRequests.Min, 100)
 	setInt(&b.MaxRequests.Max, 100000)
 	setDur(&b.FirstTokenTimeout.Min, min(time.Second, p.Retry.FirstTokenTimeout.D()))
