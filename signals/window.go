@@ -69,6 +69,20 @@ type Stats struct {
 	// number of responses it comes from (0: P95 means nothing).
 	P95            time.Duration
 	LatencySamples uint64
+	// MeanLatency is the mean upstream request time over Span (the
+	// histogram's sum over its count): with the request rate it gives the
+	// backend's concurrency by Little's law.
+	MeanLatency time.Duration
+	// detour's own measurements over Span (the wasm measure plugin's
+	// detour_* stats in Envoy): time to first token p95, total response
+	// time p95, median output tokens per second, and the number of
+	// responses each comes from. Zero: not measured.
+	TTFT            time.Duration
+	TTFTSamples     uint64
+	TotalTime       time.Duration
+	TotalSamples    uint64
+	TokensPerSecond float64
+	RateSamples     uint64
 	// Retries, RetrySuccesses and RetryOverflows over Span.
 	Retries, RetrySuccesses, RetryOverflows uint64
 	// Gauges at the newest scrape.
