@@ -15,6 +15,8 @@ const (
 	ReasonCheapest Reason = iota // lowest estimated cost among those that qualify
 	ReasonOrdered                // first qualifying backend in the route's order
 	ReasonOnly                   // the only backend that qualifies
+	ReasonHealth                 // the objective's choice is unhealthy: the next best by health
+	ReasonTrial                  // a trial request for a recovering (HALF_OPEN) backend
 )
 
 func (r Reason) String() string {
@@ -23,6 +25,10 @@ func (r Reason) String() string {
 		return "cheapest"
 	case ReasonOrdered:
 		return "ordered"
+	case ReasonHealth:
+		return "health"
+	case ReasonTrial:
+		return "trial"
 	default:
 		return "only_candidate"
 	}
@@ -44,6 +50,34 @@ type Decision struct {
 	NeedTokens int
 
 	scores []float64
+}
+
+// Health is what the controller knows of the backends, for one decision.
+// The zero value (or nil) is "every backend healthy".
+type Health struct {
+	// Rank by backend index, lower preferred (0 healthy, 1 degraded,
+	// 2 recovering, 3 open); missing entries rank 0. Rank beats a backend's
+	// priority tier and the objective: a healthy backup before a degraded
+	// primary. No rank removes a backend: the worst are only last.
+	Rank []uint8
+	// Trial puts backends of TrialRank first: the request is one of the
+	// few sent to a recovering backend to see whether it is well again
+	// (a failure is retried on the next backend).
+	Trial bool
+}
+
+// TrialRank is the rank of a recovering (HALF_OPEN) backend.
+const TrialRank = 2
+
+func (h *Health) rank(i int) int {
+	if h == nil || i >= len(h.Rank) {
+		return 0
+	}
+	r := int(h.Rank[i])
+	if h.Trial && r == TrialRank {
+		return -1
+	}
+	return r
 }
 
 // Router decides. It is immutable after New and safe for concurrent use.
@@ -179,6 +213,12 @@ func (r *Router) check(req *Request, b *Backend) Requirement {
 // ordered fallbacks. It returns *UnknownModelError or *UnsatisfiableError.
 // It does not allocate once d's slices have grown.
 func (r *Router) Decide(req *Request, d *Decision) error {
+	return r.DecideHealth(req, d, nil)
+}
+
+// DecideHealth is Decide with the backends ordered by health first (see
+// Health); h may be nil.
+func (r *Router) DecideHealth(req *Request, d *Decision, h *Health) error {
 	tg, ok := r.targets[req.Model]
 	if !ok {
 		return &UnknownModelError{Model: req.Model, Known: r.known}
@@ -201,7 +241,7 @@ func (r *Router) Decide(req *Request, d *Decision) error {
 		// scores in list order.
 		d.Fallbacks = append(d.Fallbacks, i)
 		d.scores = append(d.scores, score)
-		for j := len(d.Fallbacks) - 1; j > 0 && r.less(d, j, j-1); j-- {
+		for j := len(d.Fallbacks) - 1; j > 0 && r.less(d, h, j, j-1); j-- {
 			d.Fallbacks[j], d.Fallbacks[j-1] = d.Fallbacks[j-1], d.Fallbacks[j]
 			d.scores[j], d.scores[j-1] = d.scores[j-1], d.scores[j]
 		}
@@ -209,6 +249,16 @@ func (r *Router) Decide(req *Request, d *Decision) error {
 	if len(d.Fallbacks) == 0 {
 		return r.unsatisfiable(req, tg)
 	}
+	// Did health overrule the objective? Some other candidate would
+	// have won on tier and score alone.
+	overruled := false
+	for j := 1; j < len(d.Fallbacks) && h != nil; j++ {
+		if r.less(d, nil, j, 0) {
+			overruled = true
+			break
+		}
+	}
+	trial := h != nil && h.Trial && h.rank(d.Fallbacks[0]) < 0
 	d.Backend = d.Fallbacks[0]
 	d.Fallbacks = d.Fallbacks[:copy(d.Fallbacks, d.Fallbacks[1:])]
 	d.scores = d.scores[:0]
@@ -218,6 +268,10 @@ func (r *Router) Decide(req *Request, d *Decision) error {
 	switch {
 	case len(d.Fallbacks) == 0:
 		d.Reason = ReasonOnly
+	case trial:
+		d.Reason = ReasonTrial
+	case overruled:
+		d.Reason = ReasonHealth
 	case tg.objective == Ordered:
 		d.Reason = ReasonOrdered
 	default:
@@ -226,7 +280,10 @@ func (r *Router) Decide(req *Request, d *Decision) error {
 	return nil
 }
 
-func (r *Router) less(d *Decision, a, b int) bool {
+func (r *Router) less(d *Decision, h *Health, a, b int) bool {
+	if ra, rb := h.rank(d.Fallbacks[a]), h.rank(d.Fallbacks[b]); ra != rb {
+		return ra < rb
+	}
 	pa, pb := r.backends[d.Fallbacks[a]].Priority, r.backends[d.Fallbacks[b]].Priority
 	if pa != pb {
 		return pa < pb

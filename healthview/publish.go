@@ -1,0 +1,102 @@
+package healthview
+
+import (
+	"encoding/json"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// Path is where the control plane serves the view.
+const Path = "/v1/status"
+
+// MaxWait bounds a long poll: a reader asking for the version after its
+// own gets an answer when the view changes or after this long.
+const MaxWait = 25 * time.Second
+
+// Publisher holds the current Snapshot and serves it. Readers may long-poll
+// with ?wait=<version they have>: the answer comes as soon as the view has
+// a newer version (or after MaxWait with the current one).
+type Publisher struct {
+	mu      sync.Mutex
+	current *Snapshot
+	changed chan struct{} // closed and replaced on every Publish
+}
+
+// NewPublisher starts with an empty view. Versions start from the clock
+// (milliseconds), so a restarted control plane's views are newer than
+// the ones its readers had, and they take them at once.
+func NewPublisher() *Publisher {
+	return &Publisher{
+		current: &Snapshot{Version: uint64(time.Now().UnixMilli()), Backends: map[string]Backend{}, Routes: map[string]Route{}},
+		changed: make(chan struct{}),
+	}
+}
+
+// Publish replaces the view; s.Version is set to the next version. s must
+// not be modified afterwards.
+func (p *Publisher) Publish(s *Snapshot) {
+	p.mu.Lock()
+	s.Version = p.current.Version + 1
+	p.current = s
+	close(p.changed)
+	p.changed = make(chan struct{})
+	p.mu.Unlock()
+}
+
+// Current is the view now.
+func (p *Publisher) Current() *Snapshot {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.current
+}
+
+func (p *Publisher) wait(after uint64) (*Snapshot, <-chan struct{}) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.current.Version > after {
+		return p.current, nil
+	}
+	return nil, p.changed
+}
+
+// ServeHTTP answers GET /v1/status[?wait=N] with the view as JSON.
+func (p *Publisher) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet {
+		w.Header().Set("Allow", "GET")
+		http.Error(w, "GET only", http.StatusMethodNotAllowed)
+		return
+	}
+	snap := p.Current()
+	if q := r.URL.Query().Get("wait"); q != "" {
+		after, err := strconv.ParseUint(q, 10, 64)
+		if err != nil {
+			http.Error(w, "wait: want the version you have, a whole number", http.StatusBadRequest)
+			return
+		}
+		timer := time.NewTimer(MaxWait)
+		defer timer.Stop()
+		for {
+			s, changed := p.wait(after)
+			if s != nil {
+				snap = s
+				break
+			}
+			select {
+			case <-changed:
+				continue
+			case <-timer.C:
+			case <-r.Context().Done():
+				return
+			}
+			snap = p.Current()
+			break
+		}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(snap)
+}

@@ -1,0 +1,162 @@
+// Package healthview is the controller's published view of the backends:
+// each backend's state and why, the settings pushed to Envoy, and which
+// routes shed which priorities. The control plane serves it as JSON on
+// /v1/status; the ext_proc service (and `detour status`) read it. It uses
+// the standard library only.
+package healthview
+
+import "time"
+
+// States, as the health package names them.
+const (
+	Healthy  = "HEALTHY"
+	Degraded = "DEGRADED"
+	Open     = "OPEN"
+	HalfOpen = "HALF_OPEN"
+)
+
+// Priorities, highest first; a route's Shed names the highest priority it
+// refuses (and every lower one).
+const (
+	Critical  = "critical"
+	Standard  = "standard"
+	Sheddable = "sheddable"
+)
+
+// Snapshot is the whole view at one moment. Version grows with every
+// change, so a reader can wait for the next one.
+type Snapshot struct {
+	Version uint64    `json:"version"`
+	At      time.Time `json:"at"`
+	// Source says where the signals came from and whether they are
+	// current: "envoy", "prometheus" or "disabled".
+	Source      string `json:"source"`
+	SignalError string `json:"signal_error,omitempty"`
+	// Backends by name.
+	Backends map[string]Backend `json:"backends"`
+	// Routes by target (an alias or a model id clients send).
+	Routes map[string]Route `json:"routes"`
+	// FirstTokenTimeout is the stream deadline currently pushed.
+	FirstTokenTimeout Duration `json:"first_token_timeout,omitempty"`
+	FirstTokenWhy     string   `json:"first_token_why,omitempty"`
+}
+
+// Backend is one backend's standing.
+type Backend struct {
+	State  string    `json:"state"`
+	Since  time.Time `json:"since"`
+	Reason string    `json:"reason"`
+	// RetryAt is when an OPEN backend goes HALF_OPEN.
+	RetryAt *time.Time `json:"retry_at,omitempty"`
+	// Opens counts openings in a row not yet forgiven (drives the
+	// cool-down and the outlier tightening).
+	Opens int `json:"opens"`
+	// Signals are what the last decision was made on.
+	Signals Signals `json:"signals"`
+	// Settings are the values pushed to Envoy for this backend, each with
+	// why.
+	Settings []Setting `json:"settings,omitempty"`
+	// Transitions are the latest changes of state, newest last.
+	Transitions []Transition `json:"transitions,omitempty"`
+	// Probes are the latest probe results, newest last.
+	Probes []Probe `json:"probes,omitempty"`
+}
+
+// Signals are a backend's windowed measurements.
+type Signals struct {
+	Stale           bool     `json:"stale"`
+	Age             Duration `json:"age"`
+	Window          Duration `json:"window"`
+	Requests        uint64   `json:"requests"`
+	Errors          uint64   `json:"errors"`
+	ErrorRate       float64  `json:"error_rate"`
+	TooManyRequests uint64   `json:"too_many_requests"`
+	FailuresPerMin  uint64   `json:"failures_per_minute"`
+	P95             Duration `json:"p95,omitempty"`
+	TTFT            Duration `json:"ttft,omitempty"`
+	TokensPerSecond float64  `json:"tokens_per_second,omitempty"`
+	TotalTime       Duration `json:"total_time,omitempty"`
+	Concurrency     float64  `json:"concurrency"`
+	Retries         uint64   `json:"retries"`
+	RetryOverflows  uint64   `json:"retry_overflows"`
+	Ejected         uint64   `json:"ejected"`
+}
+
+// Setting is one pushed value and its explanation.
+type Setting struct {
+	Name  string `json:"name"`
+	Value string `json:"value"`
+	Why   string `json:"why"`
+}
+
+// Transition is one change of state.
+type Transition struct {
+	From   string    `json:"from"`
+	To     string    `json:"to"`
+	Reason string    `json:"reason"`
+	At     time.Time `json:"at"`
+}
+
+// Probe is one probe's outcome.
+type Probe struct {
+	Name   string    `json:"name"`
+	OK     bool      `json:"ok"`
+	Reason string    `json:"reason,omitempty"`
+	At     time.Time `json:"at"`
+}
+
+// Route is what a route (target) admits.
+type Route struct {
+	// Shed is the highest priority refused ("", sheddable or standard):
+	// "standard" refuses standard and sheddable requests.
+	Shed   string `json:"shed,omitempty"`
+	Reason string `json:"reason,omitempty"`
+	// RetryAfter is what refused clients are told to wait, in seconds.
+	RetryAfter int `json:"retry_after,omitempty"`
+	// HealthyShare is the route's healthy capacity share (HEALTHY 1,
+	// DEGRADED ½, HALF_OPEN ¼, OPEN 0, averaged over its backends).
+	HealthyShare float64 `json:"healthy_share"`
+}
+
+// Refuses reports whether a request of priority prio is shed. Unknown
+// priorities count as standard.
+func (r Route) Refuses(prio string) bool {
+	switch r.Shed {
+	case Sheddable:
+		return prio == Sheddable
+	case Standard:
+		return prio != Critical
+	}
+	return false
+}
+
+// Rank orders states for routing: lower is preferred. HALF_OPEN ranks
+// after DEGRADED (its trial traffic is chosen apart) and OPEN last: it is
+// kept as the last resort, never dropped.
+func Rank(state string) uint8 {
+	switch state {
+	case Degraded:
+		return 1
+	case HalfOpen:
+		return 2
+	case Open:
+		return 3
+	}
+	return 0
+}
+
+// Duration is a time.Duration written as text ("1.5s") in JSON.
+type Duration time.Duration
+
+// MarshalText writes the duration as Go's String form.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
+
+// UnmarshalText reads Go's duration syntax.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return err
+	}
+	*d = Duration(v)
+	return nil
+}
