@@ -15,6 +15,11 @@ type Metrics struct {
 	PolicyReloads *prometheus.CounterVec
 	BodyBytes     prometheus.Histogram
 	Panics        prometheus.Counter
+	// Shed counts requests refused by priority while capacity is short.
+	Shed *prometheus.CounterVec
+	// HealthView and HealthViewErrors follow the controller's view.
+	HealthView       prometheus.Gauge
+	HealthViewErrors prometheus.Counter
 	Attempts      *prometheus.CounterVec
 	// FirstTokenHolds and FirstTokenWait describe the first-token stage.
 	FirstTokenHolds *prometheus.CounterVec
@@ -67,6 +72,18 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Panics recovered while handling a request (each answered with a 500); any is a bug worth reporting.",
 		}),
 	}
+	m.Shed = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "detour_extproc_shed_total",
+		Help: "Requests refused with 429 because their route's healthy capacity is short, by route and priority.",
+	}, []string{"route", "priority"})
+	m.HealthView = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "detour_extproc_health_view_version",
+		Help: "Version of the controller's health view in use (0: none received; every backend taken as healthy).",
+	})
+	m.HealthViewErrors = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "detour_extproc_health_view_errors_total",
+		Help: "Failed reads of the controller's health view; the last view received stays in use.",
+	})
 	m.Attempts = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "detour_extproc_upstream_attempts_total",
 		Help: "Attempts prepared for a backend by the per-attempt (upstream) stage, by whether the body had to be rewritten for it (rewritten: a fallback with another model id).",
@@ -80,7 +97,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Help:    "How long a streaming attempt's response headers were held, from their arrival to the first token: the provider's silence after accepting the stream.",
 		Buckets: []float64{1e-3, 5e-3, 25e-3, 100e-3, 250e-3, 500e-3, 1, 2.5, 5, 10, 30, 60},
 	}, []string{"backend"})
-	reg.MustRegister(m.FirstTokenHolds, m.FirstTokenWait, m.Attempts, m.Panics, m.Decisions, m.DecisionTime, m.Errors, m.Rejections, m.TokenCounts,
+	reg.MustRegister(m.Shed, m.HealthView, m.HealthViewErrors, m.FirstTokenHolds, m.FirstTokenWait, m.Attempts, m.Panics, m.Decisions, m.DecisionTime, m.Errors, m.Rejections, m.TokenCounts,
 		m.StreamsActive, m.PolicyVersion, m.PolicyReloads, m.BodyBytes)
 	return m
 }

@@ -49,6 +49,9 @@ type Config struct {
 	// Tokenizer counts prompts exactly when the estimate could change the
 	// decision; nil uses the estimate only.
 	Tokenizer TokenCounter
+	// Health is the controller's view of the backends (a
+	// *healthview.Watcher); nil routes as if every backend were healthy.
+	Health HealthSource
 }
 
 // Server implements envoy.service.ext_proc.v3.ExternalProcessor.
@@ -60,6 +63,7 @@ type Server struct {
 	log     *slog.Logger
 	tokens  TokenCounter
 	work    sync.Pool
+	health  *healthState
 }
 
 // state is everything a policy decides; swapped whole on reload so one
@@ -76,6 +80,8 @@ type state struct {
 	// (Envoy keeps one attempt's headers on the next).
 	creds         map[string]credential
 	stripUpstream []string
+	// priorities are the routes' default priorities by name.
+	priorities map[string]string
 }
 
 // work is the per-request scratch reused across requests.
@@ -86,6 +92,8 @@ type work struct {
 	out      []byte
 	scratch  []byte
 	kind     route.Kind
+	priority string // from the request's header; "" for the route's default
+	health   route.Health
 	path     string
 	method   string
 	gotBody  bool
@@ -101,7 +109,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Metrics == nil {
 		return nil, errors.New("extproc: Config.Metrics is required")
 	}
-	s := &Server{metrics: cfg.Metrics, log: cfg.Logger, tokens: cfg.Tokenizer}
+	s := &Server{metrics: cfg.Metrics, log: cfg.Logger, tokens: cfg.Tokenizer, health: &healthState{src: cfg.Health}}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -125,8 +133,12 @@ func (s *Server) SetPolicy(p *policy.Policy) error {
 	if err != nil {
 		return fmt.Errorf("extproc: %w", err)
 	}
-	strip := append([]string{HeaderBackend, HeaderModel, HeaderRoute, HeaderStream}, credHeaders...)
+	strip := append([]string{HeaderBackend, HeaderModel, HeaderRoute, HeaderStream, HeaderPriority}, credHeaders...)
 	stripLists(creds, strip)
+	priorities := make(map[string]string, len(p.Routes))
+	for _, rt := range p.Routes {
+		priorities[rt.Name] = rt.Priority
+	}
 	s.state.Store(&state{
 		router:        r,
 		maxBody:       int64(p.Limits.MaxBodyBytes),
@@ -135,6 +147,7 @@ func (s *Server) SetPolicy(p *policy.Policy) error {
 		attempts:      p.Retry.Attempts,
 		creds:         creds,
 		stripUpstream: strip,
+		priorities:    priorities,
 	})
 	s.metrics.PolicyVersion.SetToCurrentTime()
 	return nil
@@ -177,7 +190,7 @@ func (s *Server) Process(stream extprocv3.ExternalProcessor_ProcessServer) error
 func (w *work) reset() {
 	w.req.Reset()
 	w.body = w.body[:0]
-	w.kind, w.path, w.method, w.gotBody = route.KindUnknown, "", "", false
+	w.kind, w.path, w.method, w.gotBody, w.priority = route.KindUnknown, "", "", false, ""
 	w.upstream, w.cluster, w.backend = false, "", nil
 	// Very large bodies are not kept for the next request.
 	if cap(w.body) > 1<<20 {
@@ -255,6 +268,8 @@ func (s *Server) onRequestHeaders(st *state, w *work, h *extprocv3.HttpHeaders) 
 			w.path = headerValue(hv)
 		case ":method":
 			w.method = headerValue(hv)
+		case HeaderPriority:
+			w.priority = headerValue(hv)
 		}
 	}
 	w.kind = route.KindFromPath(w.path)
@@ -263,6 +278,9 @@ func (s *Server) onRequestHeaders(st *state, w *work, h *extprocv3.HttpHeaders) 
 	}
 	if w.kind == route.KindUnknown {
 		return s.reject(w, route.ErrUnsupportedPath(w.path))
+	}
+	if _, ok := priorityOf(w.priority); !ok {
+		return s.reject(w, route.ErrBadPriority(w.priority))
 	}
 	if h.EndOfStream {
 		return s.reject(w, route.ErrEmptyBody())
@@ -320,8 +338,24 @@ func (s *Server) route(ctx context.Context, st *state, w *work) *extprocv3.Proce
 		}
 	}
 	s.metrics.TokenCounts.WithLabelValues(method).Inc()
-	if err := r.Decide(&w.req, &w.dec); err != nil {
+	h, view := s.health.forRequest(r, &w.health)
+	if err := r.DecideHealth(&w.req, &w.dec, h); err != nil {
 		return s.rejectDecision(w, err)
+	}
+	if view != nil {
+		if rt, ok := view.Routes[w.dec.Target]; ok && rt.Shed != "" {
+			prio := w.priority
+			if prio == "" {
+				prio = st.priorities[w.dec.Target]
+			}
+			if prio == "" {
+				prio = policy.PriorityStandard
+			}
+			if rt.Refuses(prio) {
+				s.metrics.Shed.WithLabelValues(w.dec.Target, prio).Inc()
+				return s.shed(w, route.ErrShed(w.dec.Target, prio, rt.Reason), rt.RetryAfter)
+			}
+		}
 	}
 	b := r.Backend(w.dec.Backend)
 	// Padded to the widest model of the request's order: where detour's
@@ -387,6 +421,16 @@ func (s *Server) reject(w *work, e *route.APIError) *extprocv3.ProcessingRespons
 	s.metrics.Errors.WithLabelValues(e.Kind).Inc()
 	s.log.Info("request rejected", "status", e.Status, "kind", e.Kind, "code", e.Code, "path", w.path)
 	return immediate(e.Status, e.JSON(), e.Kind)
+}
+
+// shed refuses a request with 429 and a Retry-After.
+func (s *Server) shed(w *work, e *route.APIError, retryAfter int) *extprocv3.ProcessingResponse {
+	s.metrics.Errors.WithLabelValues(e.Kind).Inc()
+	s.log.Info("request shed", "route", w.dec.Target, "priority", w.priority, "retry_after", retryAfter)
+	resp := immediate(e.Status, e.JSON(), e.Kind)
+	ir := resp.GetImmediateResponse()
+	ir.Headers.SetHeaders = append(ir.Headers.SetHeaders, setHeader("retry-after", strconv.Itoa(max(1, retryAfter))))
+	return resp
 }
 
 func immediate(code int, body []byte, errKind string) *extprocv3.ProcessingResponse {

@@ -133,10 +133,18 @@ type harness struct {
 
 func newHarness(t testing.TB, p *policy.Policy, tc TokenCounter) *harness {
 	t.Helper()
+	return newHarnessConfig(t, Config{Policy: p, Tokenizer: tc})
+}
+
+// newHarnessConfig serves cfg with fresh metrics and a debug logger.
+func newHarnessConfig(t testing.TB, cfg Config) *harness {
+	t.Helper()
+	p := cfg.Policy
 	m := NewMetrics(prometheus.NewRegistry())
 	// Debug logging on, to a discard sink: the "routed" log line is built.
 	log := slog.New(slog.NewTextHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	srv, err := New(Config{Policy: p, Metrics: m, Logger: log, Tokenizer: tc})
+	cfg.Metrics, cfg.Logger = m, log
+	srv, err := New(cfg)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
@@ -163,6 +171,7 @@ type call struct {
 	path, method string // method defaults to POST
 	headersEOS   bool   // the request has no body
 	chunks       [][]byte
+	headers      map[string]string // extra request headers
 }
 
 func post(path string, body []byte) call { return call{path: path, chunks: [][]byte{body}} }
@@ -184,13 +193,17 @@ func headerMap(c call) *extprocv3.HttpHeaders {
 		method = "POST"
 	}
 	// Envoy sends values in raw_value.
-	return &extprocv3.HttpHeaders{Headers: &corev3.HeaderMap{Headers: []*corev3.HeaderValue{
+	hs := []*corev3.HeaderValue{
 		{Key: ":authority", RawValue: []byte("localhost:10000")},
 		{Key: ":path", RawValue: []byte(c.path)},
 		{Key: ":method", RawValue: []byte(method)},
 		{Key: ":scheme", RawValue: []byte("http")},
 		{Key: "content-type", RawValue: []byte("application/json")},
-	}}, EndOfStream: c.headersEOS}
+	}
+	for k, v := range c.headers {
+		hs = append(hs, &corev3.HeaderValue{Key: k, RawValue: []byte(v)})
+	}
+	return &extprocv3.HttpHeaders{Headers: &corev3.HeaderMap{Headers: hs}, EndOfStream: c.headersEOS}
 }
 
 func headersMsg(c call) *extprocv3.ProcessingRequest {

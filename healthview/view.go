@@ -36,6 +36,9 @@ type Snapshot struct {
 	Backends map[string]Backend `json:"backends"`
 	// Routes by target (an alias or a model id clients send).
 	Routes map[string]Route `json:"routes"`
+	// TrialShare is the share of requests sent first to a HALF_OPEN
+	// backend.
+	TrialShare float64 `json:"trial_share,omitempty"`
 	// FirstTokenTimeout is the stream deadline currently pushed.
 	FirstTokenTimeout Duration `json:"first_token_timeout,omitempty"`
 	FirstTokenWhy     string   `json:"first_token_why,omitempty"`

@@ -179,3 +179,19 @@ func DecodeAPIError(b []byte) (WireError, error) {
 	}
 	return e, nil
 }
+
+// ErrShed refuses a request its route cannot take now: healthy capacity
+// is short and the request's priority is among those shed first.
+func ErrShed(target, priority, why string) *APIError {
+	return &APIError{Status: 429, Type: "rate_limit_error", Code: "capacity_shed", Kind: "shed",
+		Message: fmt.Sprintf("%s requests to %q are shed while its healthy capacity is short (%s); retry later or send a higher priority", priority, target, why)}
+}
+
+// HeaderPriorityName is the request header that carries a priority.
+const HeaderPriorityName = "x-detour-priority"
+
+// ErrBadPriority refuses a request whose priority header is unknown.
+func ErrBadPriority(v string) *APIError {
+	return &APIError{Status: 400, Type: "invalid_request_error", Code: "invalid_priority", Kind: "invalid_priority",
+		Message: fmt.Sprintf("x-detour-priority %q is not a priority: use critical, standard or sheddable", v)}
+}
