@@ -20,7 +20,7 @@ type Metrics struct {
 	// HealthView and HealthViewErrors follow the controller's view.
 	HealthView       prometheus.Gauge
 	HealthViewErrors prometheus.Counter
-	Attempts      *prometheus.CounterVec
+	Attempts         *prometheus.CounterVec
 	// FirstTokenHolds and FirstTokenWait describe the first-token stage.
 	FirstTokenHolds *prometheus.CounterVec
 	FirstTokenWait  *prometheus.HistogramVec
