@@ -78,6 +78,8 @@ type Options struct {
 	Wasm *WasmModule
 	// localWasm loads the module from Wasm.Path even in dynamic mode.
 	localWasm bool
+	// Control lays the controller's computed settings over the policy's.
+	Control *Control
 }
 
 // Build generates every resource for p with all endpoints at priority 0,
@@ -231,6 +233,7 @@ func RouteConfig(p *policy.Policy) (*routev3.RouteConfiguration, error) {
 }
 
 func routeConfig(p *policy.Policy, o Options) (*routev3.RouteConfiguration, error) {
+	p = o.Control.withFirstToken(p)
 	action := func() *routev3.RouteAction {
 		return &routev3.RouteAction{
 			Timeout: durationpb.New(p.Envoy.RequestTimeout.D()),
@@ -694,6 +697,9 @@ func backendCluster(p *policy.Policy, b *policy.Backend, o Options) (*clusterv3.
 		CircuitBreakers:               circuitBreakers(p),
 		LoadAssignment:                cla,
 	}
+	bc := o.Control.backend(b.Name)
+	bc.applyCluster(c)
+	bc.applyEndpoints(cla)
 	var served *endpointv3.ClusterLoadAssignment
 	if o.Dynamic && !dns {
 		// Over EDS, health and priority changes keep the hosts' outlier

@@ -34,9 +34,10 @@ type Server struct {
 	log     *slog.Logger
 	metrics *Metrics
 
-	mu     sync.Mutex
-	policy *policy.Policy
-	wasm   *WasmModule
+	mu      sync.Mutex
+	policy  *policy.Policy
+	control *Control
+	wasm    *WasmModule
 	nodes  map[nodeKey]string // node → region, for every client seen
 }
 
@@ -173,6 +174,25 @@ func (s *Server) SetPolicy(ctx context.Context, p *policy.Policy) error {
 	return nil
 }
 
+// SetControl lays the controller's computed settings over the policy for
+// every Envoy (nil: none) and pushes what changed. Each resource type
+// has its own version, so a change of endpoint health alone is pushed as
+// EDS only: clusters, and the outlier state Envoy keeps in them, stay.
+func (s *Server) SetControl(ctx context.Context, c *Control) error {
+	s.mu.Lock()
+	old := s.control
+	s.control = c
+	p := s.policy
+	s.mu.Unlock()
+	if err := s.SetPolicy(ctx, p); err != nil {
+		s.mu.Lock()
+		s.control = old
+		s.mu.Unlock()
+		return err
+	}
+	return nil
+}
+
 // ensureNode gives a node its snapshot on its first request.
 func (s *Server) ensureNode(ctx context.Context, node *corev3.Node) error {
 	if node == nil || node.GetId() == "" {
@@ -213,6 +233,14 @@ func (s *Server) build(p *policy.Policy, node nodeKey, region string) (*cachev3.
 	if err != nil {
 		return nil, fmt.Errorf("build resources for %s (%s): %w", node.id, node.kind, err)
 	}
+	// The controller's settings: built apart, so each type's version says
+	// whether the controller changed it.
+	var controlled *Resources
+	if s.control != nil && node.kind == ClientEnvoy {
+		if controlled, err = BuildFor(p, Options{Dynamic: true, Region: region, Wasm: s.wasm, Control: s.control}); err != nil {
+			return nil, fmt.Errorf("build controlled resources for %s: %w", node.id, err)
+		}
+	}
 	s.metrics.BuildTime.Observe(time.Since(start).Seconds())
 	items := map[resourcev3.Type][]cachetypes.Resource{}
 	for _, l := range res.Listeners {
@@ -231,9 +259,17 @@ func (s *Server) build(p *policy.Policy, node nodeKey, region string) (*cachev3.
 	if err != nil {
 		return nil, err
 	}
+	if controlled != nil {
+		items = controlledItems(controlled)
+	}
 	snap, err := cachev3.NewSnapshot(version, items)
 	if err != nil {
 		return nil, fmt.Errorf("snapshot for %s: %w", node.id, err)
+	}
+	if controlled != nil {
+		if err := versionByType(snap, res, controlled, version); err != nil {
+			return nil, fmt.Errorf("snapshot for %s: %w", node.id, err)
+		}
 	}
 	// gRPC's resources are checked by BuildGRPC: Consistent does not
 	// follow an API listener to its route configuration.
