@@ -38,7 +38,7 @@ type Server struct {
 	policy  *policy.Policy
 	control *Control
 	wasm    *WasmModule
-	nodes  map[nodeKey]string // node → region, for every client seen
+	nodes   map[nodeKey]string // node → region, for every client seen
 }
 
 // nodeKey names a client: an Envoy and a gRPC client given the same node
