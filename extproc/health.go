@@ -76,6 +76,9 @@ func buildRanks(v *healthview.Snapshot, r *route.Router) *healthRanks {
 			continue
 		}
 		c.ranks[i] = healthview.Rank(b.State)
+		if b.Throttled && c.ranks[i] == 0 {
+			c.ranks[i] = 1 // full: after the backends with room
+		}
 		if c.ranks[i] != 0 {
 			c.any = true
 		}

@@ -45,6 +45,15 @@ func (p *Publisher) Publish(s *Snapshot) {
 	p.mu.Unlock()
 }
 
+// Refresh replaces the view's details (signals, ages) without a new
+// version: readers waiting for a change that matters are not woken.
+func (p *Publisher) Refresh(s *Snapshot) {
+	p.mu.Lock()
+	s.Version = p.current.Version
+	p.current = s
+	p.mu.Unlock()
+}
+
 // Current is the view now.
 func (p *Publisher) Current() *Snapshot {
 	p.mu.Lock()

@@ -49,6 +49,10 @@ type Backend struct {
 	State  string    `json:"state"`
 	Since  time.Time `json:"since"`
 	Reason string    `json:"reason"`
+	// Throttled: the backend answers many requests with 429; it keeps its
+	// state but ranks with the DEGRADED ones until it stops.
+	Throttled    bool   `json:"throttled,omitempty"`
+	ThrottledWhy string `json:"throttled_why,omitempty"`
 	// RetryAt is when an OPEN backend goes HALF_OPEN.
 	RetryAt *time.Time `json:"retry_at,omitempty"`
 	// Opens counts openings in a row not yet forgiven (drives the

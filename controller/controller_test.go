@@ -1,0 +1,423 @@
+package controller
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/detourhq/detour/examples"
+	"github.com/detourhq/detour/health"
+	"github.com/detourhq/detour/healthview"
+	"github.com/detourhq/detour/policy"
+	"github.com/detourhq/detour/signals"
+	"github.com/detourhq/detour/xds"
+)
+
+// fakeSource serves the Stats a test scripts, per backend.
+type fakeSource struct {
+	stats map[string]signals.Stats
+	err   error
+}
+
+func (f *fakeSource) Collect(context.Context, time.Time) (map[string]signals.Stats, error) {
+	out := map[string]signals.Stats{}
+	for k, v := range f.stats {
+		out[k] = v
+	}
+	return out, f.err
+}
+
+// traffic keeps monotonic totals per backend and renders windowed Stats.
+type traffic struct {
+	totalReq, totalErr uint64
+}
+
+func (t *traffic) window(name string, req, errs uint64) signals.Stats {
+	t.totalReq += req / 30 // one second's worth of the window
+	t.totalErr += errs / 30
+	s := signals.Stats{Backend: name, Span: 30 * time.Second, Requests: req, Errors: errs,
+		Failures: errs * 2, TotalRequests: t.totalReq, TotalErrors: t.totalErr}
+	if req > 0 {
+		s.ErrorRate = float64(errs) / float64(req)
+	}
+	return s
+}
+
+type fakePusher struct {
+	mu    sync.Mutex
+	last  *xds.Control
+	count int
+	err   error
+}
+
+func (f *fakePusher) SetControl(_ context.Context, c *xds.Control) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.err != nil {
+		return f.err
+	}
+	f.last, f.count = c, f.count+1
+	return nil
+}
+
+type harness struct {
+	t      *testing.T
+	now    time.Time
+	src    *fakeSource
+	push   *fakePusher
+	pub    *healthview.Publisher
+	m      *Metrics
+	c      *Controller
+	p      *policy.Policy
+	prober *fakeProber
+}
+
+func quickstart(t testing.TB) *policy.Policy {
+	t.Helper()
+	p, err := policy.Parse("quickstart", examples.QuickstartPolicy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func newHarness(t *testing.T, p *policy.Policy, prober *fakeProber) *harness {
+	t.Helper()
+	h := &harness{t: t, now: time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC), src: &fakeSource{stats: map[string]signals.Stats{}},
+		push: &fakePusher{}, pub: healthview.NewPublisher(), m: NewMetrics(prometheus.NewRegistry()), p: p, prober: prober}
+	cfg := Config{Policy: p, NewSource: func(*policy.Policy) (signals.Source, error) { return h.src, nil },
+		Pusher: h.push, Publisher: h.pub, Metrics: h.m, Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Clock: func() time.Time { return h.now }}
+	if prober != nil {
+		prober.now = func() time.Time { return h.now }
+		cfg.Prober = prober
+	}
+	c, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.c = c
+	return h
+}
+
+// step advances the clock by d and evaluates.
+func (h *harness) step(d time.Duration) *healthview.Snapshot {
+	h.t.Helper()
+	h.now = h.now.Add(d)
+	if err := h.c.Step(context.Background()); err != nil {
+		h.t.Fatal(err)
+	}
+	return h.pub.Current()
+}
+
+func (h *harness) state(b string) string { return h.pub.Current().Backends[b].State }
+
+func TestBrownoutOpensAndRecovers(t *testing.T) {
+	h := newHarness(t, quickstart(t), nil)
+	var fast traffic
+	// Healthy first.
+	h.src.stats["fast"] = fast.window("fast", 300, 0)
+	v := h.step(time.Second)
+	if h.state("fast") != healthview.Healthy {
+		t.Fatalf("fast = %s, want HEALTHY", h.state("fast"))
+	}
+	if got := h.push.last.Backends["fast"].Health; got != corev3.HealthStatus_HEALTHY {
+		t.Errorf("pushed health %v", got)
+	}
+	before := v.Version
+	// 30 % of requests fail.
+	h.src.stats["fast"] = fast.window("fast", 300, 90)
+	v = h.step(time.Second)
+	b := v.Backends["fast"]
+	if b.State != healthview.Open {
+		t.Fatalf("fast = %s (%s), want OPEN", b.State, b.Reason)
+	}
+	if v.Version == before {
+		t.Error("an opening did not publish a new view version")
+	}
+	if b.RetryAt == nil || b.RetryAt.Sub(h.now) != 10*time.Second {
+		t.Errorf("retry_at = %v, want now + 10s", b.RetryAt)
+	}
+	if len(b.Transitions) != 1 || b.Transitions[0].To != healthview.Open {
+		t.Errorf("transitions = %+v", b.Transitions)
+	}
+	if got := h.push.last.Backends["fast"].Health; got != corev3.HealthStatus_UNHEALTHY {
+		t.Errorf("pushed health %v, want UNHEALTHY", got)
+	}
+	if n := testutil.ToFloat64(h.m.Transitions.WithLabelValues("fast", "HEALTHY", "OPEN")); n != 1 {
+		t.Errorf("transitions metric = %v", n)
+	}
+	// fast-8k still has fast-b: nothing shed.
+	if r := v.Routes["fast-8k"]; r.Shed != "" || r.HealthyShare != 0.5 {
+		t.Errorf("fast-8k route = %+v", r)
+	}
+	// While OPEN no traffic reaches it; after the cool-down it is tried.
+	h.src.stats["fast"] = fast.window("fast", 0, 0)
+	for range 10 {
+		h.step(time.Second)
+	}
+	if h.state("fast") != healthview.HalfOpen {
+		t.Fatalf("after the cool-down fast = %s, want HALF_OPEN", h.state("fast"))
+	}
+	// Trial requests succeed (totals grow, none failed).
+	for range 12 {
+		fast.totalReq++
+		h.src.stats["fast"] = signals.Stats{Backend: "fast", Span: 30 * time.Second, Requests: 1, TotalRequests: fast.totalReq, TotalErrors: fast.totalErr}
+		h.step(time.Second)
+	}
+	if h.state("fast") != healthview.Healthy {
+		t.Fatalf("after good trials fast = %s (%s), want HEALTHY", h.state("fast"), h.pub.Current().Backends["fast"].Reason)
+	}
+	// A backend that opened once gets tighter outlier detection.
+	if got := h.push.last.Backends["fast"].ConsecutiveErrors; got != uint32(h.p.OutlierDetection.ConsecutiveErrors-1) {
+		t.Errorf("consecutive_errors after one opening = %d", got)
+	}
+}
+
+func TestAllOpenShedsAllButCritical(t *testing.T) {
+	h := newHarness(t, quickstart(t), nil)
+	var a, b traffic
+	h.src.stats["fast"] = a.window("fast", 100, 60)
+	h.src.stats["fast-b"] = b.window("fast-b", 100, 60)
+	v := h.step(time.Second)
+	r := v.Routes["fast-8k"]
+	if r.Shed != healthview.Standard || r.RetryAfter != 10 {
+		t.Errorf("fast-8k = %+v, want shed standard, retry after 10", r)
+	}
+	if !r.Refuses(healthview.Standard) || r.Refuses(healthview.Critical) {
+		t.Errorf("refusals wrong: %+v", r)
+	}
+	// "auto" still has long and vision.
+	if r := v.Routes["auto"]; r.Shed != "" || r.HealthyShare != 0.5 {
+		t.Errorf("auto = %+v", r)
+	}
+	// Two of two busy backends unwell: retries shrink to the bounds' minimum.
+	bc := h.push.last.Backends["long"]
+	if bc.RetryBudgetPercent != h.p.Controller.Bounds.RetryBudgetPercent.Min || bc.MinRetryConcurrency != uint32(h.p.Controller.Bounds.MinRetryConcurrency.Min) {
+		t.Errorf("retry budget while errors are widespread = %v / %v", bc.RetryBudgetPercent, bc.MinRetryConcurrency)
+	}
+}
+
+func TestStaleSignalsDegradeNeverOpen(t *testing.T) {
+	h := newHarness(t, quickstart(t), nil)
+	h.src.err = errors.New("envoy admin unreachable")
+	for range 60 {
+		h.step(time.Second)
+	}
+	for _, b := range []string{"fast", "fast-b", "long", "vision"} {
+		if s := h.state(b); s == healthview.Open {
+			t.Errorf("%s opened on stale signals", b)
+		}
+	}
+	if s := h.state("fast"); s != healthview.Degraded {
+		t.Errorf("fast = %s, want DEGRADED (signals stale)", s)
+	}
+	if h.pub.Current().SignalError == "" {
+		t.Error("the view does not say the signals failed")
+	}
+}
+
+// TestFlappingBoundsPushes: a backend failing for 5 s then fine for 5 s,
+// for 5 minutes, at 10 requests/s. The pushes the controller makes stay
+// bounded by the state machine's growing cool-down.
+func TestFlappingBoundsPushes(t *testing.T) {
+	h := newHarness(t, quickstart(t), nil)
+	type ev struct {
+		at  time.Duration
+		bad bool
+	}
+	var events []ev // per-second outcomes, to keep a 30 s window
+	var total, totalErr uint64
+	for sec := 0; sec < 300; sec++ {
+		bad := (sec/5)%2 == 0
+		st := h.state("fast")
+		n := uint64(10)
+		switch st {
+		case healthview.Open:
+			n = 0
+		case healthview.HalfOpen:
+			n = 1
+		}
+		for range n {
+			events = append(events, ev{time.Duration(sec) * time.Second, bad})
+			total++
+			if bad {
+				totalErr++
+			}
+		}
+		var req, errs, fails uint64
+		for _, e := range events {
+			age := time.Duration(sec)*time.Second - e.at
+			if age < 30*time.Second {
+				req++
+				if e.bad {
+					errs++
+				}
+			}
+			if age < time.Minute && e.bad {
+				fails++
+			}
+		}
+		h.src.stats["fast"] = signals.Stats{Backend: "fast", Span: 30 * time.Second, Requests: req, Errors: errs, Failures: fails,
+			TotalRequests: total, TotalErrors: totalErr}
+		h.step(time.Second)
+	}
+	endpointPushes := testutil.ToFloat64(h.m.Pushes.WithLabelValues("endpoint"))
+	transitions := 0.0
+	for _, from := range []string{"HEALTHY", "DEGRADED", "OPEN", "HALF_OPEN"} {
+		for _, to := range []string{"HEALTHY", "DEGRADED", "OPEN", "HALF_OPEN"} {
+			transitions += testutil.ToFloat64(h.m.Transitions.WithLabelValues("fast", from, to))
+		}
+	}
+	t.Logf("5 min of 5 s flapping: %v transitions, %v endpoint pushes, %d pushes in all", transitions, endpointPushes, h.push.count)
+	// Bound from decision 0009: at most 5 openings in 300 s with the
+	// doubling cool-down, each with at most 3 other transitions: 20. Every
+	// push follows a state change (plus the first one).
+	if transitions > 20 {
+		t.Errorf("%v transitions, bound 20", transitions)
+	}
+	if h.push.count > 21 {
+		t.Errorf("%d pushes, bound 21", h.push.count)
+	}
+}
+
+func TestThrottledBackendRanksLower(t *testing.T) {
+	h := newHarness(t, quickstart(t), nil)
+	s := signals.Stats{Backend: "fast", Span: 30 * time.Second, Requests: 200, TooManyRequests: 120, TotalRequests: 200}
+	h.src.stats["fast"] = s
+	v := h.step(time.Second)
+	b := v.Backends["fast"]
+	if !b.Throttled || b.State != healthview.Healthy {
+		t.Fatalf("fast: throttled %v state %s, want throttled and still HEALTHY", b.Throttled, b.State)
+	}
+	// Stops throttling: back to normal once under the lower threshold.
+	h.src.stats["fast"] = signals.Stats{Backend: "fast", Span: 30 * time.Second, Requests: 200, TooManyRequests: 10, TotalRequests: 400}
+	if v := h.step(time.Second); !v.Backends["fast"].Throttled {
+		t.Error("left throttled at 5 %: the hysteresis should keep it until under 2 %")
+	}
+	h.src.stats["fast"] = signals.Stats{Backend: "fast", Span: 30 * time.Second, Requests: 200, TooManyRequests: 1, TotalRequests: 600}
+	if v := h.step(time.Second); v.Backends["fast"].Throttled {
+		t.Error("still throttled at 0.5 %")
+	}
+}
+
+func TestLittlesLawLimits(t *testing.T) {
+	h := newHarness(t, quickstart(t), nil)
+	// 3000 requests over 30 s (100/s) × 5 s mean = 500 in flight → × 4 = 2000.
+	h.src.stats["fast"] = signals.Stats{Backend: "fast", Span: 30 * time.Second, Requests: 3000, MeanLatency: 5 * time.Second, TotalRequests: 3000}
+	h.step(time.Second)
+	if got := h.push.last.Backends["fast"].MaxRequests; got != 2000 {
+		t.Errorf("max_requests = %d, want 2000", got)
+	}
+	// Quiet backends keep the floor (Envoy's default).
+	if got := h.push.last.Backends["long"].MaxRequests; got != 1024 {
+		t.Errorf("idle max_requests = %d, want 1024", got)
+	}
+	// A 10 % change is noise: the pushed value stays.
+	h.src.stats["fast"] = signals.Stats{Backend: "fast", Span: 30 * time.Second, Requests: 3300, MeanLatency: 5 * time.Second, TotalRequests: 6300}
+	h.step(time.Second)
+	if got := h.push.last.Backends["fast"].MaxRequests; got != 2000 {
+		t.Errorf("after a 10%% change max_requests = %d, want 2000 kept", got)
+	}
+	var found bool
+	for _, s := range h.pub.Current().Backends["fast"].Settings {
+		if s.Name == "max_requests" && s.Value == "2000" && s.Why != "" {
+			found = true
+		}
+	}
+	if !found {
+		t.Errorf("max_requests not explained: %+v", h.pub.Current().Backends["fast"].Settings)
+	}
+}
+
+func TestFirstTokenDeadlineFollowsTTFT(t *testing.T) {
+	h := newHarness(t, quickstart(t), nil)
+	h.src.stats["fast"] = signals.Stats{Backend: "fast", Span: 30 * time.Second, Requests: 100, TotalRequests: 100,
+		TTFT: 400 * time.Millisecond, TTFTSamples: 100}
+	v := h.step(time.Second)
+	if got := h.push.last.FirstTokenTimeout; got != 1600*time.Millisecond {
+		t.Errorf("first-token deadline = %v, want 4 × 400ms", got)
+	}
+	if time.Duration(v.FirstTokenTimeout) != 1600*time.Millisecond || v.FirstTokenWhy == "" {
+		t.Errorf("view: %v (%q)", time.Duration(v.FirstTokenTimeout), v.FirstTokenWhy)
+	}
+	// Too few samples: the policy's value.
+	h2 := newHarness(t, quickstart(t), nil)
+	h2.src.stats["fast"] = signals.Stats{Backend: "fast", Span: 30 * time.Second, Requests: 5, TTFT: 400 * time.Millisecond, TTFTSamples: 5}
+	h2.step(time.Second)
+	if got := h2.push.last.FirstTokenTimeout; got != 0 {
+		t.Errorf("deadline from 5 samples = %v, want the policy's (0)", got)
+	}
+}
+
+// fakeProber answers with scripted results.
+type fakeProber struct {
+	now    func() time.Time
+	mu     sync.Mutex
+	result ProbeResult
+	calls  int
+}
+
+func (f *fakeProber) Due(string, health.State, bool, time.Time) bool { return true }
+
+func (f *fakeProber) Probe(_ context.Context, backend string) []ProbeResult {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls++
+	r := f.result
+	r.Backend, r.At = backend, f.now()
+	return []ProbeResult{r}
+}
+
+func TestSlowProbesDegradeAnIdleBackend(t *testing.T) {
+	pr := &fakeProber{result: ProbeResult{Name: "short", OK: true, Slow: true, TTFT: 3 * time.Second, Total: 4 * time.Second, TokensPerSecond: 50}}
+	h := newHarness(t, quickstart(t), pr)
+	for range 15 {
+		h.step(time.Second)
+		time.Sleep(time.Millisecond) // let the probe goroutines deliver
+	}
+	waitFor(t, func() bool { h.step(time.Second); return h.state("fast") == healthview.Degraded })
+	b := h.pub.Current().Backends["fast"]
+	if len(b.Probes) == 0 || time.Duration(b.Signals.TTFT) != 3*time.Second {
+		t.Errorf("probes %+v, ttft %v", b.Probes, time.Duration(b.Signals.TTFT))
+	}
+}
+
+func TestFailingProbesCountAsFailures(t *testing.T) {
+	pr := &fakeProber{result: ProbeResult{Name: "short", OK: false, Reason: "status 500"}}
+	p := quickstart(t)
+	p.CircuitBreaker.MinRequests = 5
+	h := newHarness(t, p, pr)
+	waitFor(t, func() bool { h.step(time.Second); return h.state("fast") == healthview.Open })
+	if n := testutil.ToFloat64(h.m.Probes.WithLabelValues("fast", "short", "failed")); n < 5 {
+		t.Errorf("failed probes counted %v", n)
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met in 5 s")
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+func TestPushFailureIsReported(t *testing.T) {
+	h := newHarness(t, quickstart(t), nil)
+	h.push.err = errors.New("no")
+	h.now = h.now.Add(time.Second)
+	if err := h.c.Step(context.Background()); err == nil {
+		t.Error("a failed push was not reported")
+	}
+}

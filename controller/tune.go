@@ -1,0 +1,213 @@
+package controller
+
+import (
+	"fmt"
+	"math"
+	"slices"
+	"strconv"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+
+	"github.com/detourhq/detour/health"
+	"github.com/detourhq/detour/healthview"
+	"github.com/detourhq/detour/policy"
+	"github.com/detourhq/detour/signals"
+	"github.com/detourhq/detour/xds"
+)
+
+// Tuning constants. Each is a judgement, explained where it is used.
+const (
+	// littleHeadroom multiplies measured concurrency into a limit: bursts
+	// of four times the average concurrency pass.
+	littleHeadroom = 4
+	// stickyChange: a computed limit or deadline is pushed again only when
+	// it moves by more than this share, so noise does not rebuild clusters.
+	stickyChange = 0.25
+	// ttftDeadlineFactor times the healthy backends' TTFT p95 is the
+	// first-token deadline: far enough above normal that only a stalled
+	// provider reaches it.
+	ttftDeadlineFactor = 4
+	// minTTFTSamples before a TTFT p95 moves the deadline.
+	minTTFTSamples = 20
+	// Widespread errors (retry budget shrinks) when this share of the
+	// backends with traffic is not HEALTHY; back to normal below half of it.
+	widespreadEnter, widespreadLeave = 0.5, 0.25
+	// Throttled: a backend answering this share of its requests with 429
+	// (over at least minThrottleRequests) ranks as degraded until the
+	// share falls under throttleLeave.
+	throttleEnter, throttleLeave = 0.10, 0.02
+	minThrottleRequests          = 20
+)
+
+// tuner turns states and signals into pushed settings, remembering what it
+// pushed for hysteresis.
+type tuner struct {
+	widespread  bool
+	maxRequests map[string]uint32
+	firstToken  time.Duration
+	throttled   map[string]bool
+}
+
+func newTuner() *tuner {
+	return &tuner{maxRequests: map[string]uint32{}, throttled: map[string]bool{}}
+}
+
+// backendInput is what is known of one backend at an evaluation.
+type backendInput struct {
+	name   string
+	status health.Status
+	stats  signals.Stats
+}
+
+// tune computes the control for every backend, with explanations.
+func (t *tuner) tune(p *policy.Policy, in []backendInput) (*xds.Control, map[string][]healthview.Setting, string) {
+	b := p.Controller.Bounds
+	// Widespread errors: how many backends with traffic are not healthy.
+	busy, unwell := 0, 0
+	for _, x := range in {
+		if x.stats.Requests > 0 || x.status.State != health.Healthy {
+			busy++
+			if x.status.State != health.Healthy {
+				unwell++
+			}
+		}
+	}
+	share := 0.0
+	if busy > 0 {
+		share = float64(unwell) / float64(busy)
+	}
+	switch {
+	case !t.widespread && share >= widespreadEnter && unwell >= 2:
+		t.widespread = true
+	case t.widespread && share < widespreadLeave:
+		t.widespread = false
+	}
+	c := &xds.Control{Backends: map[string]xds.BackendControl{}}
+	why := map[string][]healthview.Setting{}
+	for _, x := range in {
+		var bc xds.BackendControl
+		var sets []healthview.Setting
+		add := func(name, value, reason string) {
+			sets = append(sets, healthview.Setting{Name: name, Value: value, Why: reason})
+		}
+
+		bc.Health = edsHealth(x.status.State)
+		add("endpoint_health", bc.Health.String(), "backend is "+x.status.State.String())
+
+		base := p.OutlierDetection.ConsecutiveErrors
+		n := b.OutlierConsecutiveErrors.Clamp(base - x.status.Opens)
+		bc.ConsecutiveErrors = uint32(n)
+		if x.status.Opens > 0 {
+			add("consecutive_errors", strconv.Itoa(n), fmt.Sprintf("opened %d time(s) in a row: %d − %d, clamped to [%d, %d]", x.status.Opens, base, x.status.Opens, b.OutlierConsecutiveErrors.Min, b.OutlierConsecutiveErrors.Max))
+		} else {
+			add("consecutive_errors", strconv.Itoa(n), "policy value: no recent opening")
+		}
+
+		if t.widespread {
+			bc.RetryBudgetPercent = b.RetryBudgetPercent.Min
+			bc.MinRetryConcurrency = uint32(b.MinRetryConcurrency.Min)
+			add("retry_budget", fmt.Sprintf("%g%% (min %d)", bc.RetryBudgetPercent, bc.MinRetryConcurrency),
+				fmt.Sprintf("errors widespread: %d of %d busy backends not HEALTHY; retries shrunk so they cannot become a storm", unwell, busy))
+		} else {
+			bc.RetryBudgetPercent = b.RetryBudgetPercent.Max
+			bc.MinRetryConcurrency = uint32(b.MinRetryConcurrency.Max)
+			add("retry_budget", fmt.Sprintf("%g%% (min %d)", bc.RetryBudgetPercent, bc.MinRetryConcurrency), "errors not widespread: the policy's budget")
+		}
+
+		conc := concurrency(x.stats)
+		want := uint32(b.MaxRequests.Clamp(int(math.Ceil(conc * littleHeadroom))))
+		if prev, ok := t.maxRequests[x.name]; ok && !moved(float64(prev), float64(want)) {
+			want = prev
+		}
+		t.maxRequests[x.name] = want
+		bc.MaxRequests, bc.MaxPending = want, want
+		add("max_requests", strconv.Itoa(int(want)), fmt.Sprintf("measured concurrency %.1f (%.1f req/s × %v mean) × %d headroom, clamped to [%d, %d]",
+			conc, rate(x.stats), x.stats.MeanLatency.Round(time.Millisecond), littleHeadroom, b.MaxRequests.Min, b.MaxRequests.Max))
+
+		c.Backends[x.name] = bc
+		why[x.name] = sets
+	}
+	firstWhy := t.tuneFirstToken(p, in, c)
+	return c, why, firstWhy
+}
+
+// tuneFirstToken sets the stream deadline from the healthy backends' TTFT.
+func (t *tuner) tuneFirstToken(p *policy.Policy, in []backendInput, c *xds.Control) string {
+	var worst time.Duration
+	var from []string
+	for _, x := range in {
+		if x.status.State == health.Healthy && x.stats.TTFTSamples >= minTTFTSamples && !x.stats.Stale {
+			if x.stats.TTFT > worst {
+				worst = x.stats.TTFT
+			}
+			from = append(from, x.name)
+		}
+	}
+	bounds := p.Controller.Bounds.FirstTokenTimeout
+	if worst == 0 {
+		t.firstToken = 0
+		return fmt.Sprintf("policy value %v: no healthy backend with %d measured first tokens", p.Retry.FirstTokenTimeout.D(), minTTFTSamples)
+	}
+	want := bounds.Clamp(worst * ttftDeadlineFactor).Round(100 * time.Millisecond)
+	want = min(want, p.Retry.FirstTokenTimeout.D())
+	if t.firstToken != 0 && !moved(float64(t.firstToken), float64(want)) {
+		want = t.firstToken
+	}
+	t.firstToken = want
+	c.FirstTokenTimeout = want
+	slices.Sort(from)
+	return fmt.Sprintf("%d × TTFT p95 %v of the healthy backends (%v), clamped to [%v, %v]",
+		ttftDeadlineFactor, worst.Round(time.Millisecond), from, bounds.Min.D(), bounds.Max.D())
+}
+
+// throttledNow updates and reports whether a backend counts as throttled.
+func (t *tuner) throttledNow(name string, s signals.Stats) (bool, string) {
+	share := 0.0
+	if s.Requests > 0 {
+		share = float64(s.TooManyRequests) / float64(s.Requests)
+	}
+	was := t.throttled[name]
+	switch {
+	case !was && s.Requests >= minThrottleRequests && share > throttleEnter:
+		t.throttled[name] = true
+	case was && share < throttleLeave:
+		t.throttled[name] = false
+	}
+	if t.throttled[name] {
+		return true, fmt.Sprintf("throttling: %d of %d requests answered 429 (%.0f%%) over %v", s.TooManyRequests, s.Requests, 100*share, s.Span.Round(time.Second))
+	}
+	return false, ""
+}
+
+func edsHealth(s health.State) corev3.HealthStatus {
+	switch s {
+	case health.Degraded, health.HalfOpen:
+		// Envoy sends traffic to degraded hosts only when healthy ones
+		// run short; a recovering backend gets its trial traffic from the
+		// router's order, not from Envoy's load balancer.
+		return corev3.HealthStatus_DEGRADED
+	case health.Open:
+		return corev3.HealthStatus_UNHEALTHY
+	}
+	return corev3.HealthStatus_HEALTHY
+}
+
+func rate(s signals.Stats) float64 {
+	if s.Span <= 0 {
+		return 0
+	}
+	return float64(s.Requests) / s.Span.Seconds()
+}
+
+// concurrency is Little's law: arrival rate × mean time in the system.
+func concurrency(s signals.Stats) float64 {
+	return rate(s) * s.MeanLatency.Seconds()
+}
+
+func moved(prev, next float64) bool {
+	if prev == 0 {
+		return next != 0
+	}
+	return math.Abs(next-prev)/prev > stickyChange
+}
