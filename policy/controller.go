@@ -75,7 +75,7 @@ type ControllerBounds struct {
 	MinRetryConcurrency IntRange `yaml:"min_retry_concurrency,omitempty"`
 	// MaxRequests is each backend's concurrency limit (Envoy's circuit
 	// breaker), from measured concurrency by Little's law with headroom.
-	// Default min 100, max 100000.
+	// Default min 1024 (Envoy's own default), max 100000.
 	MaxRequests IntRange `yaml:"max_requests,omitempty"`
 	// FirstTokenTimeout follows the measured time to first token. Default
 	// min 1s, max retry.first_token_timeout.
@@ -165,7 +165,7 @@ func (p *Policy) applyControllerDefaults() {
 	setFloat(&b.RetryBudgetPercent.Min, min(20, b.RetryBudgetPercent.Max))
 	setInt(&b.MinRetryConcurrency.Max, max(0, p.Retry.MinRetryConcurrency))
 	setInt(&b.MinRetryConcurrency.Min, min(10, b.MinRetryConcurrency.Max))
-	setInt(&b.MaxRequests.Min, 100)
+	setInt(&b.MaxRequests.Min, 1024)
 	setInt(&b.MaxRequests.Max, 100000)
 	setDur(&b.FirstTokenTimeout.Min, min(time.Second, p.Retry.FirstTokenTimeout.D()))
 	setDur(&b.FirstTokenTimeout.Max, p.Retry.FirstTokenTimeout.D())
