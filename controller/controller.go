@@ -93,6 +93,7 @@ type Controller struct {
 	healthCfg health.Config
 	tuner     *tuner
 
+	started     time.Time
 	lastGood    time.Time
 	pushed      *xds.Control
 	routingSig  string
@@ -124,6 +125,7 @@ func New(cfg Config) (*Controller, error) {
 	if err := c.apply(cfg.Policy); err != nil {
 		return nil, err
 	}
+	c.started = c.now()
 	return c, nil
 }
 
@@ -247,8 +249,18 @@ func (c *Controller) Step(ctx context.Context) error {
 		if !ok {
 			// Not in the scrape: no traffic yet, or no signals at all.
 			s = signals.Stats{Backend: b.Name, Stale: len(stats) == 0 && serr != nil}
-			if s.Stale {
-				s.Age = now.Sub(c.lastGood)
+		}
+		if s.Stale {
+			// A signal is as old as the last good read, and none can be
+			// older than the controller.
+			from := c.lastGood
+			if from.IsZero() {
+				from = c.started
+			}
+			s.Age = min(max(s.Age, now.Sub(from)), now.Sub(c.started))
+			// Envoy starting beside a new controller is not bad news yet.
+			if c.lastGood.IsZero() && s.Age <= p.Controller.StaleAfter.D() {
+				s.Stale = false
 			}
 		}
 		obs = append(obs, c.observation(b.Name, s, now))

@@ -221,6 +221,11 @@ func (p *Policy) validateController(v *validator) {
 	if r := b.FirstTokenTimeout; r.Min <= 0 || r.Min > r.Max {
 		v.add("controller.bounds.first_token_timeout", fmt.Sprintf("[%s, %s] is not a range of positive durations", r.Min.D(), r.Max.D()), "the controller never pushes more than retry.first_token_timeout")
 	}
+	if u := p.ExtProc.ControllerURL; u != "" {
+		if pu, err := url.Parse(u); err != nil || (pu.Scheme != "http" && pu.Scheme != "https") || pu.Host == "" {
+			v.add("extproc.controller_url", fmt.Sprintf("%q is not an http(s) URL", u), "e.g. http://127.0.0.1:9191/v1/status")
+		}
+	}
 	for i, r := range p.Routes {
 		switch r.Priority {
 		case "", PriorityCritical, PriorityStandard, PrioritySheddable:

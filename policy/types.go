@@ -3,6 +3,8 @@
 // conversion into the routing core's table.
 package policy
 
+import "net"
+
 // Policy is the whole policy file. Field comments are the documentation that
 // `detour schema` puts into the JSON Schema for editors.
 type Policy struct {
@@ -279,6 +281,26 @@ type ExtProcSettings struct {
 	// LogPrompts logs prompt text at debug level. Default false: prompts
 	// are never logged unless a user opts in.
 	LogPrompts bool `yaml:"log_prompts,omitempty"`
+	// ControllerURL is where the service reads the controller's view of the
+	// backends (states, shedding). Default: /v1/status on xds.metrics (on
+	// loopback when that listens on every address). Unreachable: routing
+	// goes on with the last view received, or as if all were healthy.
+	ControllerURL string `yaml:"controller_url,omitempty"`
+}
+
+// ControllerURL is where the ext_proc service reads the controller's view.
+func (p *Policy) ControllerURL() string {
+	if p.ExtProc.ControllerURL != "" {
+		return p.ExtProc.ControllerURL
+	}
+	host, port, err := net.SplitHostPort(p.XDS.Metrics)
+	if err != nil {
+		return ""
+	}
+	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+		host = "127.0.0.1"
+	}
+	return "http://" + net.JoinHostPort(host, port) + "/v1/status"
 }
 
 // ModeOf is the routing mode of requests that name target (a route or a

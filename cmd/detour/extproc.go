@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/detourhq/detour/extproc"
+	"github.com/detourhq/detour/healthview"
 	"github.com/detourhq/detour/policy"
 )
 
@@ -59,7 +60,11 @@ func startExtProc(ctx context.Context, p *policy.Policy, log *slog.Logger) (*ext
 	if err != nil {
 		return nil, err
 	}
-	srv, err := extproc.New(extproc.Config{Policy: p, Metrics: m, Logger: log, Tokenizer: tok})
+	cfg := extproc.Config{Policy: p, Metrics: m, Logger: log, Tokenizer: tok}
+	if !p.Controller.Disabled {
+		cfg.Health = watchHealth(ctx, p.ControllerURL(), m, log)
+	}
+	srv, err := extproc.New(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -80,6 +85,37 @@ func startExtProc(ctx context.Context, p *policy.Policy, log *slog.Logger) (*ext
 	log.Info("ext_proc serving", "grpc", s.grpcAddr, "metrics", "http://"+s.endpoint.addr+"/metrics",
 		"backends", len(p.Backends), "max_body_bytes", int64(p.Limits.MaxBodyBytes))
 	return s, nil
+}
+
+// watchHealth follows the controller's view until ctx ends. Errors are
+// counted always, logged once per outage: the control plane may simply
+// not be up yet.
+func watchHealth(ctx context.Context, url string, m *extproc.Metrics, log *slog.Logger) *healthview.Watcher {
+	w := healthview.NewWatcher(url)
+	failing := false
+	w.OnError = func(err error) {
+		m.HealthViewErrors.Inc()
+		if !failing {
+			failing = true
+			log.Warn("controller view unreachable; routing on the last view received (none: every backend healthy)", "url", url, "err", err)
+		}
+	}
+	w.OnUpdate = func(s *healthview.Snapshot) {
+		if failing {
+			failing = false
+			log.Info("controller view reachable again", "url", url)
+		}
+		m.HealthView.Set(float64(s.Version))
+		var notHealthy []string
+		for name, b := range s.Backends {
+			if b.State != healthview.Healthy || b.Throttled {
+				notHealthy = append(notHealthy, name+"="+b.State)
+			}
+		}
+		log.Debug("controller view", "version", s.Version, "not_healthy", notHealthy)
+	}
+	go w.Run(ctx)
+	return w
 }
 
 // stop drains in-flight streams for up to 5 s, then closes.

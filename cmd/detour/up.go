@@ -69,6 +69,11 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 	}
+	if *static {
+		// No control plane, so no controller: Envoy keeps the policy's
+		// settings and the processor does not look for a view.
+		p.Controller.Disabled = true
+	}
 	ep, err := startExtProc(ctx, p, log)
 	if err != nil {
 		return err

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/detourhq/detour/extproc"
+	"github.com/detourhq/detour/healthview"
 	"github.com/detourhq/detour/policy"
 	"github.com/detourhq/detour/xds"
 )
@@ -69,6 +70,13 @@ func startXDS(ctx context.Context, p *policy.Policy, policyPath string, wm *xds.
 		// Envoy fetches the plugin from here, pinned by its sha256.
 		extra = append(extra, handler{"GET " + wm.WasmURLPath(), xds.WasmHandler(wm)})
 	}
+	ctl, pub, err := startController(ctx, p, srv, reg, log)
+	if err != nil {
+		return nil, err
+	}
+	// The controller's view: the ext_proc services follow it, `detour
+	// status` shows it.
+	extra = append(extra, handler{"GET " + healthview.Path, pub})
 	g := grpc.NewServer(extproc.GRPCOptions(16 << 20)...)
 	x := srv.XDS()
 	discoveryv3.RegisterAggregatedDiscoveryServiceServer(g, x)
@@ -90,7 +98,15 @@ func startXDS(ctx context.Context, p *policy.Policy, policyPath string, wm *xds.
 	go func() { s.done <- g.Serve(gl) }()
 	m.Reloads.WithLabelValues("ok").Inc()
 	if policyPath != "" {
-		go watchPolicy(ctx, policyPath, log, m.Reloads, func(np *policy.Policy) error { return srv.SetPolicy(ctx, np) })
+		go watchPolicy(ctx, policyPath, log, m.Reloads, func(np *policy.Policy) error {
+			if err := srv.SetPolicy(ctx, np); err != nil {
+				return err
+			}
+			if ctl != nil {
+				ctl.SetPolicy(np)
+			}
+			return nil
+		})
 	}
 	log.Info("xds serving", "grpc", s.addr, "metrics", "http://"+s.endpoint.addr+"/metrics", "watching", policyPath)
 	return s, nil
