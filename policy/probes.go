@@ -206,7 +206,7 @@ func (p *Policy) validateProbes(v *validator) {
 			v.add(at+".prompt", "the prompt is empty", "leave it out for the kind's default prompt")
 		}
 		if q.ContextTokens < 0 {
-			v.add(at+".context_tokens", "cannot be negative", "")
+			v.add(at+".context_tokens", "cannot be negative", "the filler length in tokens, e.g. 4000")
 		} else if q.ContextTokens > 0 && q.Kind != ProbeLongContext {
 			v.add(at+".context_tokens", fmt.Sprintf("context_tokens applies to long_context probes, not %s", q.Kind), "remove it, or set kind: long_context")
 		}

@@ -350,6 +350,27 @@ type output struct {
 	n            int // completion tokens
 	finish       string
 	includeUsage bool
+	// pieces, when set, are the content chunks of a structured answer
+	// (JSON content, or a tool call's arguments when tool is set) in place
+	// of the n token texts.
+	pieces []string
+	tool   *toolCall
+}
+
+// piece is the text of completion chunk i.
+func (o *output) piece(i int) string {
+	if o.pieces != nil {
+		return o.pieces[i]
+	}
+	return tokenText(i)
+}
+
+// text is the whole answer text (a tool call's arguments with a tool).
+func (o *output) text() string {
+	if o.pieces != nil {
+		return strings.Join(o.pieces, "")
+	}
+	return completionText(o.n)
 }
 
 func (o *output) usage() usage {
@@ -393,6 +414,12 @@ func (x *exchange) generate(chat bool, req *genRequest, ov overrides, f Fault) {
 		return
 	}
 	o.includeUsage = x.s.cfg.AlwaysUsage || (req.StreamOptions != nil && req.StreamOptions.IncludeUsage)
+	if chat {
+		x.structure(req, &o)
+		if o.pieces != nil {
+			o.n = len(o.pieces)
+		}
+	}
 	if f.TTFTMS > 0 {
 		x.applied = append(x.applied, "ttft")
 	}
@@ -430,14 +457,20 @@ func (x *exchange) respond(o *output, f Fault) {
 	if sleep(x.r.Context(), pace(f, k)) != nil {
 		return
 	}
-	text := completionText(o.n)
+	text := o.text()
 	var v any
 	if o.chat {
+		msg := chatMessage{Role: "assistant", Content: text}
+		if o.tool != nil {
+			msg.Content = nil
+			msg.ToolCalls = []toolCallMessage{{ID: o.tool.id, Type: "function",
+				Function: toolCallFunction{Name: o.tool.name, Arguments: text}}}
+		}
 		v = chatCompletion{
 			ID: o.id, Object: "chat.completion", Created: o.created, Model: o.model,
 			SystemFingerprint: "fp_sim",
 			Choices: []chatChoice{{
-				Message:      chatMessage{Role: "assistant", Content: text},
+				Message:      msg,
 				FinishReason: o.finish,
 			}},
 			Usage: o.usage(),
@@ -492,12 +525,27 @@ func (x *exchange) stream(o *output, f Fault) {
 	if o.includeUsage {
 		usageNull = json.RawMessage("null")
 	}
+	named := false // the tool call's name went out
 	chunk := func(text *string, role string, finish *string) any {
 		if o.chat {
+			d := chatDelta{Role: role, Content: text}
+			if o.tool != nil && text != nil {
+				// A tool call streams its arguments, not content; its
+				// first piece (a token, paced by ttft) names the call.
+				d.Content = nil
+				if role == "" {
+					tc := toolCallDelta{Function: toolCallFunction{Arguments: *text}}
+					if !named {
+						named = true
+						tc.ID, tc.Type, tc.Function.Name = o.tool.id, "function", o.tool.name
+					}
+					d.ToolCalls = []toolCallDelta{tc}
+				}
+			}
 			return chatChunk{
 				ID: o.id, Object: "chat.completion.chunk", Created: o.created, Model: o.model,
 				SystemFingerprint: "fp_sim",
-				Choices:           []chatChunkChoice{{Delta: chatDelta{Role: role, Content: text}, FinishReason: finish}},
+				Choices:           []chatChunkChoice{{Delta: d, FinishReason: finish}},
 				Usage:             usageNull,
 			}
 		}
@@ -534,7 +582,7 @@ func (x *exchange) stream(o *output, f Fault) {
 		if sleep(ctx, min(d, maxPace)) != nil {
 			return
 		}
-		t := tokenText(i)
+		t := o.piece(i)
 		if !send(chunk(&t, "", nil)) {
 			return
 		}

@@ -38,6 +38,12 @@ type Config struct {
 	// it (the default) the usage chunk is sent only when the request asks
 	// with stream_options.include_usage, as OpenAI does.
 	AlwaysUsage bool
+	// Structured answers a chat request that asks for JSON (response_format
+	// json_object or json_schema) with a JSON object, and one that offers
+	// tools with a call of the tool_choice function (else the first one),
+	// its arguments filled from the function's parameter schema. Default
+	// false: every answer is the plain "tok0 tok1 …" text.
+	Structured bool
 	// Seed seeds the generator that decides which requests a fault with
 	// rate < 1 hits. 0 picks a random seed. With a fixed seed, the hit
 	// sequence is deterministic for a given order of requests.

@@ -119,9 +119,10 @@ type chatChoice struct {
 }
 
 type chatMessage struct {
-	Role    string `json:"role"`
-	Content string `json:"content"`
-	Refusal any    `json:"refusal"`
+	Role      string            `json:"role"`
+	Content   any               `json:"content"` // a string, or null with tool calls
+	Refusal   any               `json:"refusal"`
+	ToolCalls []toolCallMessage `json:"tool_calls,omitempty"`
 }
 
 type chatChunk struct {
@@ -142,8 +143,9 @@ type chatChunkChoice struct {
 }
 
 type chatDelta struct {
-	Role    string  `json:"role,omitempty"`
-	Content *string `json:"content,omitempty"`
+	Role      string          `json:"role,omitempty"`
+	Content   *string         `json:"content,omitempty"`
+	ToolCalls []toolCallDelta `json:"tool_calls,omitempty"`
 }
 
 type textCompletion struct {
@@ -203,6 +205,10 @@ type genRequest struct {
 	StreamOptions       *streamOptions  `json:"stream_options"`
 	MaxTokens           *int            `json:"max_tokens"`
 	MaxCompletionTokens *int            `json:"max_completion_tokens"`
+	// Read with Config.Structured only.
+	ResponseFormat *responseFormat `json:"response_format"`
+	Tools          []toolSpec      `json:"tools"`
+	ToolChoice     json.RawMessage `json:"tool_choice"`
 }
 
 type streamOptions struct {

@@ -28,6 +28,7 @@ func commands() []command {
 		{"up", "run the whole local stack: simulated providers, xds, ext_proc and Envoy", runUp},
 		{"extproc", "run the ext_proc gRPC service that routes each request", runExtProc},
 		{"xds", "run the control plane that serves Envoy its config and follows the policy file", runXDS},
+		{"status", "show the controller's view: each backend's state and why, and the settings pushed", runStatus},
 		{"bootstrap", "print the Envoy config generated from a policy", runBootstrap},
 		{"validate", "check policy files; problems are reported as file:line:column", runValidate},
 		{"sim", "run a simulated OpenAI-compatible provider with scripted faults", runSim},
