@@ -32,7 +32,8 @@ test: lint unit e2e
 # Unit tests include a check of the generated bootstrap by the real Envoy.
 unit: wasm
 	@scripts/get-envoy.sh
-	ENVOY_BIN="$(ENVOY)" DETOUR_WASM="$(CURDIR)/$(WASM)" $(GO) test -race -count=1 $(UNIT_PKGS)
+	@scripts/get-prometheus.sh
+	ENVOY_BIN="$(ENVOY)" PROMETHEUS_BIN="$$(scripts/get-prometheus.sh --path)" DETOUR_WASM="$(CURDIR)/$(WASM)" $(GO) test -race -count=1 $(UNIT_PKGS)
 	$(GO) test -count=1 -run 'Allocs$$' ./route/   # exact allocation counts: not under -race
 
 e2e: build

@@ -60,6 +60,20 @@ func (h *Histogram) clone() Histogram {
 	return Histogram{Bounds: h.Bounds, Cumulative: slices.Clone(h.Cumulative), Sum: h.Sum}
 }
 
+// add sums o into h; a histogram with other bounds is dropped.
+func (h *Histogram) add(o *Histogram) {
+	switch {
+	case len(o.Cumulative) == 0:
+	case len(h.Cumulative) == 0:
+		*h = o.clone()
+	case h.sameBounds(o):
+		for i, v := range o.Cumulative {
+			h.Cumulative[i] += v
+		}
+		h.Sum += o.Sum
+	}
+}
+
 // Counters are one backend's cumulative counters and current gauges at one
 // scrape. When several clusters map to one backend they are summed.
 type Counters struct {
@@ -82,6 +96,13 @@ type Counters struct {
 	Retries, RetrySuccesses, RetryOverflows uint64
 	// RequestTime is upstream_rq_time in milliseconds.
 	RequestTime Histogram
+	// detour's own measurements, from the wasm measure plugin, per backend
+	// that answered (after failover): TTFT is the time to the first byte
+	// of the response body in milliseconds (detour_ttft_milliseconds),
+	// ResponseTime the time to its last byte (detour_response_milliseconds),
+	// TokenRate the output tokens per second of a streamed response
+	// (detour_output_tokens_per_second).
+	TTFT, ResponseTime, TokenRate Histogram
 
 	// Gauges: current values, not cumulative.
 
@@ -116,6 +137,19 @@ func (c *Counters) counts() [18]*uint64 {
 	}
 }
 
+// hists lists the histograms, for the code that treats them alike.
+func (c *Counters) hists() [4]*Histogram {
+	return [4]*Histogram{&c.RequestTime, &c.TTFT, &c.ResponseTime, &c.TokenRate}
+}
+
+// cloneHists gives c histograms of its own, so that adding to them does
+// not write into the ones it was copied from.
+func (c *Counters) cloneHists() {
+	for _, h := range c.hists() {
+		*h = h.clone()
+	}
+}
+
 // add sums o into c: counters and histograms add (a histogram with other
 // bounds is dropped), ejections add, open flags or.
 func (c *Counters) add(o *Counters) {
@@ -123,15 +157,9 @@ func (c *Counters) add(o *Counters) {
 	for i := range dst {
 		*dst[i] += *src[i]
 	}
-	switch {
-	case len(o.RequestTime.Cumulative) == 0:
-	case len(c.RequestTime.Cumulative) == 0:
-		c.RequestTime = o.RequestTime.clone()
-	case c.RequestTime.sameBounds(&o.RequestTime):
-		for i, v := range o.RequestTime.Cumulative {
-			c.RequestTime.Cumulative[i] += v
-		}
-		c.RequestTime.Sum += o.RequestTime.Sum
+	ch, oh := c.hists(), o.hists()
+	for i, h := range ch {
+		h.add(oh[i])
 	}
 	c.EjectionsActive += o.EjectionsActive
 	c.RqOpen = c.RqOpen || o.RqOpen
@@ -148,7 +176,25 @@ func (c *Counters) wentBack(prev *Counters) bool {
 			return true
 		}
 	}
-	return c.RequestTime.Count() < prev.RequestTime.Count()
+	ch, ph := c.hists(), prev.hists()
+	for i, h := range ch {
+		if h.Count() < ph[i].Count() {
+			return true
+		}
+	}
+	return false
+}
+
+// boundsChanged reports whether a histogram present in both c and prev has
+// other bucket bounds: a new Envoy config, so a restart.
+func (c *Counters) boundsChanged(prev *Counters) bool {
+	ch, ph := c.hists(), prev.hists()
+	for i, h := range ch {
+		if len(h.Cumulative) > 0 && len(ph[i].Cumulative) > 0 && !h.sameBounds(ph[i]) {
+			return true
+		}
+	}
+	return false
 }
 
 // Scrape is what one Envoy reported at one time.

@@ -1,7 +1,10 @@
 // Package signals reads the live signals detour's controller acts on: it
 // scrapes an Envoy admin /stats/prometheus endpoint into per-backend
 // cumulative counters (Scraper, Parse), and turns successive scrapes into
-// windowed rates per backend (Window, Stats).
+// windowed rates per backend (Window, Stats). A Source hands the
+// controller every backend's Stats: EnvoySource scrapes each Envoy itself
+// and merges their windows (MergeStats), PrometheusSource asks a
+// Prometheus server that scrapes them, with the same definitions.
 //
 // # What Envoy counts, and what counts as an error here
 //
@@ -35,4 +38,15 @@
 // responses that were passed downstream, and Envoy merges histograms at its
 // stats flush (every 5 s by default), so latency lags the counters by up to
 // that much.
+//
+// detour's own measurements come from its wasm measure plugin, as
+// histograms labelled with the backend that answered:
+// detour_ttft_milliseconds (first byte of the body), detour_response_milliseconds
+// (last byte) and detour_output_tokens_per_second (streams with usage).
+// Stats report their p95, p95 and median over the window.
+//
+// Through Prometheus, a counter Envoy creates on first use (upstream_rq_5xx
+// on the first 5xx) starts its series at its first value, which increase()
+// cannot see: the first increments of each series are missing there, and
+// the totals (current values) are exact.
 package signals

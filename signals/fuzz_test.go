@@ -14,6 +14,7 @@ import (
 func FuzzParse(f *testing.F) {
 	f.Add(readTestdata(f, "seq/16.prom"))
 	f.Add(readTestdata(f, "seq/29.prom"))
+	f.Add(readTestdata(f, "measure/01.prom"))
 	f.Add([]byte("# TYPE envoy_cluster_upstream_rq_time histogram\n" +
 		`envoy_cluster_upstream_rq_time_bucket{envoy_cluster_name="fast",le="1"} 1` + "\n" +
 		`envoy_cluster_upstream_rq_time_bucket{envoy_cluster_name="fast",le="+Inf"} 2` + "\n" +
@@ -32,22 +33,8 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("uptime %v", uptime)
 		}
 		for b, c := range got {
-			h := c.RequestTime
-			if len(h.Cumulative) > 0 && len(h.Cumulative) != len(h.Bounds)+1 {
-				t.Fatalf("%s: %d buckets for %d bounds", b, len(h.Cumulative), len(h.Bounds))
-			}
-			for i := 1; i < len(h.Cumulative); i++ {
-				if h.Cumulative[i] < h.Cumulative[i-1] {
-					t.Fatalf("%s: buckets not cumulative: %v", b, h.Cumulative)
-				}
-			}
-			for i := 1; i < len(h.Bounds); i++ {
-				if !(h.Bounds[i] > h.Bounds[i-1]) {
-					t.Fatalf("%s: bounds not ascending: %v", b, h.Bounds)
-				}
-			}
-			if q := h.Quantile(0.95); math.IsNaN(q) || (len(h.Bounds) > 0 && q > h.Bounds[len(h.Bounds)-1] && !math.IsInf(h.Bounds[len(h.Bounds)-1], 0)) {
-				t.Fatalf("%s: p95 %v outside the bounds %v", b, q, h.Bounds)
+			for _, h := range c.hists() {
+				checkHist(t, b, h)
 			}
 		}
 		// Twice, then reset: a Window takes any parsed scrape.
@@ -63,9 +50,31 @@ func FuzzParse(f *testing.F) {
 		}
 		for b := range got {
 			st := w.Stats(b, t0.Add(4*time.Second))
-			if st.Errors > st.Requests || st.ErrorRate < 0 || st.ErrorRate > 1 || st.P95 < 0 {
+			if st.Errors > st.Requests || st.ErrorRate < 0 || st.ErrorRate > 1 || st.P95 < 0 || st.TTFT < 0 ||
+				st.TotalTime < 0 || st.MeanLatency < 0 || !(st.TokensPerSecond >= 0) {
 				t.Fatalf("%s: %+v", b, st)
 			}
 		}
 	})
+}
+
+// checkHist asserts what the Window and the quantile estimate rely on.
+func checkHist(t *testing.T, b string, h *Histogram) {
+	t.Helper()
+	if len(h.Cumulative) > 0 && len(h.Cumulative) != len(h.Bounds)+1 {
+		t.Fatalf("%s: %d buckets for %d bounds", b, len(h.Cumulative), len(h.Bounds))
+	}
+	for i := 1; i < len(h.Cumulative); i++ {
+		if h.Cumulative[i] < h.Cumulative[i-1] {
+			t.Fatalf("%s: buckets not cumulative: %v", b, h.Cumulative)
+		}
+	}
+	for i := 1; i < len(h.Bounds); i++ {
+		if !(h.Bounds[i] > h.Bounds[i-1]) {
+			t.Fatalf("%s: bounds not ascending: %v", b, h.Bounds)
+		}
+	}
+	if q := h.Quantile(0.95); math.IsNaN(q) || (len(h.Bounds) > 0 && q > h.Bounds[len(h.Bounds)-1] && !math.IsInf(h.Bounds[len(h.Bounds)-1], 0)) {
+		t.Fatalf("%s: p95 %v outside the bounds %v", b, q, h.Bounds)
+	}
 }

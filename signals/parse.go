@@ -16,8 +16,10 @@ import (
 // StatsFilter is the regular expression the Scraper passes as Envoy's
 // ?filter=, with ?usedonly: only the stats Parse reads, so a scrape of four
 // backends is about 10 KB instead of about 200 KB. Envoy matches it against
-// the stat name before tag extraction (cluster.<name>.upstream_rq_5xx).
-const StatsFilter = `^(cluster\.[^.]+\.((retry\.)?upstream_rq_([0-9]xx|429)|upstream_rq_time|upstream_rq_retry(_success|_overflow)?|upstream_rq_per_try_timeout|upstream_rq_rx_reset|upstream_cx_connect_fail|upstream_cx_destroy_remote_with_active_rq|outlier_detection\.ejections_active|circuit_breakers\.default\.(rq_open|rq_retry_open|rq_pending_open))|server\.uptime)$`
+// the stat name before tag extraction (cluster.<name>.upstream_rq_5xx, and
+// for the wasm measure plugin's histograms
+// wasmcustom.detour_ttft_milliseconds.backend.<name>).
+const StatsFilter = `^(cluster\.[^.]+\.((retry\.)?upstream_rq_([0-9]xx|429)|upstream_rq_time|upstream_rq_retry(_success|_overflow)?|upstream_rq_per_try_timeout|upstream_rq_rx_reset|upstream_cx_connect_fail|upstream_cx_destroy_remote_with_active_rq|outlier_detection\.ejections_active|circuit_breakers\.default\.(rq_open|rq_retry_open|rq_pending_open))|wasmcustom\.detour_(ttft_milliseconds|response_milliseconds|output_tokens_per_second)\.backend\.[^.]+|server\.uptime)$`
 
 // ErrMalformed marks a stats body that is not Prometheus text, or whose
 // values make no sense for Envoy stats (a negative counter, a histogram
@@ -45,6 +47,7 @@ func Backends(names ...string) BackendFunc {
 // Prometheus names of the stats read, and their labels.
 const (
 	labelCluster   = "envoy_cluster_name"
+	labelBackend   = "backend" // detour's own stats (xds.StatsTags)
 	labelCodeClass = "envoy_response_code_class"
 	labelCode      = "envoy_response_code"
 
@@ -65,6 +68,9 @@ const (
 	famCBRetryOpen    = "envoy_cluster_circuit_breakers_default_rq_retry_open"
 	famCBPendingOpen  = "envoy_cluster_circuit_breakers_default_rq_pending_open"
 	famServerUptime   = "envoy_server_uptime"
+	famTTFT           = "detour_ttft_milliseconds"
+	famResponseTime   = "detour_response_milliseconds"
+	famTokenRate      = "detour_output_tokens_per_second"
 	maxExactFloatUint = 1 << 53
 )
 
@@ -91,7 +97,13 @@ func Parse(r io.Reader, backendOf BackendFunc) (map[string]Counters, time.Durati
 	ps.flag(famCBRqOpen, func(c *Counters) *bool { return &c.RqOpen })
 	ps.flag(famCBRetryOpen, func(c *Counters) *bool { return &c.RetryOpen })
 	ps.flag(famCBPendingOpen, func(c *Counters) *bool { return &c.PendingOpen })
-	ps.histogram(famRqTime)
+	ps.histogram(famRqTime, labelCluster, func(c *Counters) *Histogram { return &c.RequestTime })
+	// The measure plugin labels its stats with the backend that answered
+	// (the endpoint metadata xds stamps), which is also the name of that
+	// backend's cluster: the same BackendFunc accepts it.
+	ps.histogram(famTTFT, labelBackend, func(c *Counters) *Histogram { return &c.TTFT })
+	ps.histogram(famResponseTime, labelBackend, func(c *Counters) *Histogram { return &c.ResponseTime })
+	ps.histogram(famTokenRate, labelBackend, func(c *Counters) *Histogram { return &c.TokenRate })
 	var uptime time.Duration
 	if f := ps.family(famServerUptime); f != nil && len(f.GetMetric()) > 0 {
 		v, ok := value(f.GetMetric()[0])
@@ -144,12 +156,17 @@ func (p *parser) family(name string) *dto.MetricFamily {
 
 // each calls fn for every metric of the family that belongs to a backend.
 func (p *parser) each(name string, fn func(c *Counters, m *dto.Metric)) {
+	p.eachBy(name, labelCluster, fn)
+}
+
+// eachBy is each with the label that names the cluster or backend.
+func (p *parser) eachBy(name, by string, fn func(c *Counters, m *dto.Metric)) {
 	f := p.family(name)
 	if f == nil || p.err != nil {
 		return
 	}
 	for _, m := range f.GetMetric() {
-		cluster, ok := label(m, labelCluster)
+		cluster, ok := label(m, by)
 		if !ok {
 			continue
 		}
@@ -208,15 +225,14 @@ func (p *parser) codes(classFam, codeFam string, field func(*Counters) *Codes) {
 	})
 }
 
-func (p *parser) histogram(name string) {
-	p.each(name, func(c *Counters, m *dto.Metric) {
+func (p *parser) histogram(name, by string, field func(*Counters) *Histogram) {
+	p.eachBy(name, by, func(c *Counters, m *dto.Metric) {
 		h, err := histogram(m)
 		if err != nil {
 			p.err = fmt.Errorf("%w: %s: %w", ErrMalformed, name, err)
 			return
 		}
-		tmp := Counters{RequestTime: h}
-		c.add(&tmp)
+		field(c).add(&h)
 	})
 }
 

@@ -91,6 +91,11 @@ func TestParseRealEnvoy(t *testing.T) {
 			}
 		})
 	}
+	for b, c := range got {
+		if c.TTFT.Count() != 0 {
+			t.Errorf("%s: TTFT in a capture taken without the measure plugin", b)
+		}
+	}
 	// long: 4 of 15 latencies <= 0.5 ms (the local 503s), all <= 1000 ms.
 	h := got["long"].RequestTime
 	if h.Cumulative[0] != 4 || h.Cumulative[9] != 15 || h.Bounds[9] != 1000 {
@@ -125,11 +130,13 @@ func TestStatsFilterKeepsWhatParseReads(t *testing.T) {
 	}
 }
 
-// capture.sh must scrape with the filter the Scraper uses.
+// The capture scripts must scrape with the filter the Scraper uses.
 func TestCaptureScriptUsesStatsFilter(t *testing.T) {
-	m := regexp.MustCompile(`(?m)^filter='(.*)'$`).FindSubmatch(readTestdata(t, "capture.sh"))
-	if m == nil || string(m[1]) != StatsFilter {
-		t.Fatalf("capture.sh filter differs from StatsFilter:\n%s\n%s", m, StatsFilter)
+	for _, script := range []string{"capture.sh", "capture-measure.sh"} {
+		m := regexp.MustCompile(`(?m)^filter='(.*)'$`).FindSubmatch(readTestdata(t, script))
+		if m == nil || string(m[1]) != StatsFilter {
+			t.Fatalf("%s filter differs from StatsFilter:\n%s\n%s", script, m, StatsFilter)
+		}
 	}
 	if _, err := regexp.Compile(StatsFilter); err != nil {
 		t.Fatal(err)
@@ -228,6 +235,39 @@ func TestParse(t *testing.T) {
 			},
 		},
 		{
+			name: "detour measure histograms by backend label",
+			in: "# TYPE detour_ttft_milliseconds histogram\n" +
+				`detour_ttft_milliseconds_bucket{backend="x",le="100"} 3` + "\n" +
+				`detour_ttft_milliseconds_bucket{backend="x",le="+Inf"} 4` + "\n" +
+				`detour_ttft_milliseconds_sum{backend="x"} 500` + "\n" +
+				`detour_ttft_milliseconds_count{backend="x"} 4` + "\n" +
+				`detour_ttft_milliseconds_bucket{backend="other",le="100"} 9` + "\n" +
+				`detour_ttft_milliseconds_bucket{backend="other",le="+Inf"} 9` + "\n" +
+				"# TYPE detour_response_milliseconds histogram\n" +
+				`detour_response_milliseconds_bucket{backend="x",le="+Inf"} 2` + "\n" +
+				`detour_response_milliseconds_count{backend="x"} 2` + "\n" +
+				"# TYPE detour_output_tokens_per_second histogram\n" +
+				`detour_output_tokens_per_second_bucket{backend="x",le="50"} 1` + "\n" +
+				`detour_output_tokens_per_second_bucket{backend="x",le="+Inf"} 1` + "\n" +
+				`detour_output_tokens_per_second_sum{backend="x"} 42` + "\n" +
+				`detour_output_tokens_per_second_count{backend="x"} 1` + "\n",
+			check: func(t *testing.T, got map[string]Counters) {
+				c := got["x"]
+				if h := c.TTFT; h.Count() != 4 || h.Cumulative[0] != 3 || h.Sum != 500 {
+					t.Errorf("TTFT = %+v", h)
+				}
+				if h := c.ResponseTime; h.Count() != 2 || len(h.Bounds) != 0 {
+					t.Errorf("ResponseTime = %+v", h)
+				}
+				if h := c.TokenRate; h.Count() != 1 || h.Sum != 42 {
+					t.Errorf("TokenRate = %+v", h)
+				}
+				if len(got) != 1 {
+					t.Errorf("backends = %v; the plugin's overflow series \"other\" is not a backend", got)
+				}
+			},
+		},
+		{
 			name:  "empty body",
 			in:    "",
 			check: func(t *testing.T, got map[string]Counters) { _ = got },
@@ -264,6 +304,9 @@ func TestParseMalformed(t *testing.T) {
 		{"buckets out of order", "# TYPE envoy_cluster_upstream_rq_time histogram\n" +
 			`envoy_cluster_upstream_rq_time_bucket{envoy_cluster_name="x",le="2"} 1` + "\n" +
 			`envoy_cluster_upstream_rq_time_bucket{envoy_cluster_name="x",le="1"} 1` + "\n"},
+		{"measure buckets not cumulative", "# TYPE detour_ttft_milliseconds histogram\n" +
+			`detour_ttft_milliseconds_bucket{backend="x",le="1"} 5` + "\n" +
+			`detour_ttft_milliseconds_bucket{backend="x",le="2"} 3` + "\n"},
 		{"histogram family as a gauge", "# TYPE envoy_cluster_upstream_rq_time gauge\n" +
 			`envoy_cluster_upstream_rq_time{envoy_cluster_name="x"} 1` + "\n"},
 	}

@@ -182,18 +182,18 @@ func (w *Window) record(sr *series, at time.Time, raw *Counters, restart bool) {
 	switch {
 	case prev == nil:
 		p.c = *raw
-		p.c.RequestTime = raw.RequestTime.clone()
-	case len(raw.RequestTime.Cumulative) > 0 && len(prev.c.RequestTime.Cumulative) > 0 && !raw.RequestTime.sameBounds(&prev.c.RequestTime):
+		p.c.cloneHists()
+	case raw.boundsChanged(&sr.raw):
 		// Other histogram bounds: a new Envoy config, so a restart. Deltas
 		// across it would compare different buckets: start over.
 		sr.points = sr.points[:0]
 		p.c = *raw
-		p.c.RequestTime = raw.RequestTime.clone()
+		p.c.cloneHists()
 		p.restart = true
 	default:
 		p.restart = restart || raw.wentBack(&sr.raw)
 		p.c = prev.c
-		p.c.RequestTime = prev.c.RequestTime.clone()
+		p.c.cloneHists()
 		inc := *raw
 		if !p.restart {
 			sub(&inc, &sr.raw)
@@ -202,12 +202,15 @@ func (w *Window) record(sr *series, at time.Time, raw *Counters, restart bool) {
 		for i := range dst {
 			*dst[i] += *src[i]
 		}
-		addHist(&p.c.RequestTime, &inc.RequestTime, p.restart, &sr.raw.RequestTime)
+		acc, cur, old := p.c.hists(), inc.hists(), sr.raw.hists()
+		for i := range acc {
+			addHist(acc[i], cur[i], p.restart, old[i])
+		}
 		p.c.EjectionsActive = raw.EjectionsActive
 		p.c.RqOpen, p.c.RetryOpen, p.c.PendingOpen = raw.RqOpen, raw.RetryOpen, raw.PendingOpen
 	}
 	sr.raw = *raw
-	sr.raw.RequestTime = raw.RequestTime.clone()
+	sr.raw.cloneHists()
 	sr.points = append(sr.points, p)
 	// Keep one point at or before the oldest boundary asked for.
 	cut := at.Add(-w.keep)
@@ -288,22 +291,59 @@ func (w *Window) Stats(backend string, now time.Time) Stats {
 	for i := bi + 1; i < len(sr.points) && !st.Restarted; i++ {
 		st.Restarted = sr.points[i].restart
 	}
-	h, bh := &cur.RequestTime, &base.RequestTime
-	if n := len(h.Cumulative); n > 0 {
-		var below uint64
-		if len(bh.Cumulative) == n {
-			below = bh.Cumulative[n-1]
-		}
-		st.LatencySamples = h.Cumulative[n-1] - below
-		ms := quantile(h.Bounds, h.Cumulative, bh.Cumulative, 0.95)
-		st.P95 = time.Duration(ms * float64(time.Millisecond))
+	var ms float64
+	ms, st.LatencySamples = windowed(&cur.RequestTime, &base.RequestTime, 0.95)
+	st.P95 = millis(ms)
+	if d := windowedMean(&cur.RequestTime, &base.RequestTime); d > 0 {
+		st.MeanLatency = millis(d)
 	}
+	ms, st.TTFTSamples = windowed(&cur.TTFT, &base.TTFT, 0.95)
+	st.TTFT = millis(ms)
+	ms, st.TotalSamples = windowed(&cur.ResponseTime, &base.ResponseTime, 0.95)
+	st.TotalTime = millis(ms)
+	st.TokensPerSecond, st.RateSamples = windowed(&cur.TokenRate, &base.TokenRate, 0.5)
 
 	fi := sr.base(newest.at.Add(-w.cfg.FailureSpan))
 	st.Failures = cur.Errors() - sr.points[fi].c.Errors()
 	st.FailuresSpan = newest.at.Sub(sr.points[fi].at)
 	return st
 }
+
+// windowed is the q-quantile of the observations h gained since base (a
+// base without buckets: all of h), and how many there were.
+func windowed(h, base *Histogram, q float64) (float64, uint64) {
+	n := len(h.Cumulative)
+	if n == 0 {
+		return 0, 0
+	}
+	var below uint64
+	if len(base.Cumulative) == n {
+		below = base.Cumulative[n-1]
+	}
+	return quantile(h.Bounds, h.Cumulative, base.Cumulative, q), h.Cumulative[n-1] - below
+}
+
+// windowedMean is the mean of the observations h gained since base, 0
+// when there were none. Envoy's sums are of float observations, so a
+// negative difference (rounding) is read as none.
+func windowedMean(h, base *Histogram) float64 {
+	n := len(h.Cumulative)
+	if n == 0 {
+		return 0
+	}
+	count, sum := h.Cumulative[n-1], h.Sum
+	if len(base.Cumulative) == n {
+		count -= base.Cumulative[n-1]
+		sum -= base.Sum
+	}
+	if count == 0 || !(sum > 0) {
+		return 0
+	}
+	return sum / float64(count)
+}
+
+// millis converts milliseconds to a Duration.
+func millis(ms float64) time.Duration { return time.Duration(ms * float64(time.Millisecond)) }
 
 // base is the index of the newest point at or before t, or 0.
 func (sr *series) base(t time.Time) int {

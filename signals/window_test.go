@@ -439,3 +439,143 @@ func BenchmarkWindowAdd1000Backends(b *testing.B) {
 		}
 	}
 }
+
+// testdata/capture-measure.sh took two scrapes 16 s apart; in between the
+// simulated fast provider answered 40 requests (20 streamed) with a 150 ms
+// first token, and long answered 5 streams at once.
+func TestWindowDetourMeasurements(t *testing.T) {
+	w, err := NewWindow(DefaultWindowConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Unix(1_800_000_000, 0)
+	for i, f := range []string{"measure/00.prom", "measure/01.prom"} {
+		b, up, err := Parse(bytes.NewReader(readTestdata(t, f)), quickstart)
+		if err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+		if err := w.Add(&Scrape{At: t0.Add(time.Duration(i) * 16 * time.Second), Uptime: up, Backends: b}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	now := t0.Add(16 * time.Second)
+	tests := []struct {
+		backend                          string
+		ttft, total                      time.Duration
+		ttftN, totalN, rateN, latencyN   uint64
+		rate                             float64
+		meanLatencyMin, meanLatencyLimit time.Duration
+	}{
+		// All 40 first tokens in the (100, 250] ms bucket: the p95 is
+		// interpolated at 100 + 150 * 38/40 = 242.5 ms. The 20 streams'
+		// rates are all in (50, 100] tokens/s: the median is 75.
+		{backend: "fast", ttft: 242500 * time.Microsecond, total: 242500 * time.Microsecond, ttftN: 40, totalN: 40, rate: 75, rateN: 20, latencyN: 40,
+			meanLatencyMin: 150 * time.Millisecond, meanLatencyLimit: 250 * time.Millisecond},
+		// long's streams carried no usage, so no rate; all in (1, 5] ms.
+		{backend: "long", ttft: 4800 * time.Microsecond, total: 4800 * time.Microsecond, ttftN: 5, totalN: 5, latencyN: 5,
+			meanLatencyMin: 0, meanLatencyLimit: 5 * time.Millisecond},
+	}
+	for _, tt := range tests {
+		t.Run(tt.backend, func(t *testing.T) {
+			st := w.Stats(tt.backend, now)
+			if st.TTFT != tt.ttft || st.TTFTSamples != tt.ttftN {
+				t.Errorf("TTFT %v from %d, want %v from %d", st.TTFT, st.TTFTSamples, tt.ttft, tt.ttftN)
+			}
+			if st.TotalTime != tt.total || st.TotalSamples != tt.totalN {
+				t.Errorf("TotalTime %v from %d, want %v from %d", st.TotalTime, st.TotalSamples, tt.total, tt.totalN)
+			}
+			if st.TokensPerSecond != tt.rate || st.RateSamples != tt.rateN {
+				t.Errorf("TokensPerSecond %v from %d, want %v from %d", st.TokensPerSecond, st.RateSamples, tt.rate, tt.rateN)
+			}
+			if st.LatencySamples != tt.latencyN || st.MeanLatency <= tt.meanLatencyMin || st.MeanLatency > tt.meanLatencyLimit {
+				t.Errorf("MeanLatency %v from %d, want in (%v, %v] from %d", st.MeanLatency, st.LatencySamples, tt.meanLatencyMin, tt.meanLatencyLimit, tt.latencyN)
+			}
+		})
+	}
+	// The exact mean: (9232.472 - 26.817) ms over 40 responses.
+	if st := w.Stats("fast", now); st.MeanLatency.Round(time.Microsecond) != 230141*time.Microsecond {
+		t.Errorf("fast MeanLatency = %v, want 230.141ms", st.MeanLatency)
+	}
+}
+
+// The detour_* histograms are windowed like upstream_rq_time: deltas
+// between scrapes, all of the new value after a restart, and a fresh start
+// when the bounds change.
+func TestWindowMeasureHistograms(t *testing.T) {
+	hist := func(sum float64, cum ...uint64) Histogram {
+		return Histogram{Bounds: []float64{10, 100, 1000}, Cumulative: cum, Sum: sum}
+	}
+	type step struct {
+		sec    int
+		uptime time.Duration
+		c      *Counters
+	}
+	tests := []struct {
+		name         string
+		steps        []step
+		ttft         time.Duration
+		ttftN, rateN uint64
+		rate         float64
+		mean         time.Duration
+		restarted    bool
+	}{
+		{
+			name: "delta between two scrapes",
+			steps: []step{
+				{0, 10 * time.Second, &Counters{TTFT: hist(0, 0, 0, 0, 0), RequestTime: hist(100, 10, 10, 10, 10)}},
+				{5, 15 * time.Second, &Counters{TTFT: hist(0, 0, 20, 20, 20), RequestTime: hist(1100, 10, 20, 20, 20), TokenRate: hist(0, 0, 0, 4, 4)}},
+			},
+			ttft: 95500 * time.Microsecond, ttftN: 20, rate: 550, rateN: 4, mean: 100 * time.Millisecond,
+		},
+		{
+			name: "restart: the new values are the increase",
+			steps: []step{
+				{0, 10 * time.Second, &Counters{TTFT: hist(0, 50, 50, 50, 50)}},
+				{5, 2 * time.Second, &Counters{TTFT: hist(0, 0, 0, 10, 10)}},
+			},
+			ttft: 955 * time.Millisecond, ttftN: 10, restarted: true,
+		},
+		{
+			name: "a histogram that went back means a restart even with uptime going up",
+			steps: []step{
+				{0, 10 * time.Second, &Counters{TokenRate: hist(0, 0, 8, 8, 8)}},
+				{5, 15 * time.Second, &Counters{TokenRate: hist(0, 0, 0, 2, 2)}},
+			},
+			rate: 550, rateN: 2, restarted: true,
+		},
+		{
+			// The history before the change is dropped, so the window
+			// starts at the first scrape with the new bounds.
+			name: "other bounds: start over",
+			steps: []step{
+				{0, 10 * time.Second, &Counters{TTFT: hist(0, 5, 5, 5, 5)}},
+				{5, 15 * time.Second, &Counters{TTFT: Histogram{Bounds: []float64{20, 200}, Cumulative: []uint64{0, 10, 10}}}},
+				{10, 20 * time.Second, &Counters{TTFT: Histogram{Bounds: []float64{20, 200}, Cumulative: []uint64{0, 20, 20}}}},
+			},
+			ttft: 191 * time.Millisecond, ttftN: 10,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			w, err := NewWindow(DefaultWindowConfig())
+			if err != nil {
+				t.Fatal(err)
+			}
+			var last time.Time
+			for _, s := range tt.steps {
+				sc := scrape(s.sec, s.uptime, s.c)
+				if err := w.Add(sc); err != nil {
+					t.Fatal(err)
+				}
+				last = sc.At
+			}
+			st := w.Stats("b", last)
+			if st.TTFT != tt.ttft || st.TTFTSamples != tt.ttftN || st.TokensPerSecond != tt.rate || st.RateSamples != tt.rateN ||
+				st.MeanLatency != tt.mean || st.Restarted != tt.restarted {
+				t.Errorf("got TTFT %v/%d, rate %v/%d, mean %v, restarted %v\nwant TTFT %v/%d, rate %v/%d, mean %v, restarted %v",
+					st.TTFT, st.TTFTSamples, st.TokensPerSecond, st.RateSamples, st.MeanLatency, st.Restarted,
+					tt.ttft, tt.ttftN, tt.rate, tt.rateN, tt.mean, tt.restarted)
+			}
+		})
+	}
+}

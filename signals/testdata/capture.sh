@@ -29,7 +29,7 @@ printf '\nretry:\n  per_try_timeout: 1s\n' >> "$work/policy.yaml"
 admin=http://127.0.0.1:29901
 envoy=http://127.0.0.1:20000/v1/chat/completions
 # Keep in step with signals.StatsFilter.
-filter='^(cluster\.[^.]+\.((retry\.)?upstream_rq_([0-9]xx|429)|upstream_rq_time|upstream_rq_retry(_success|_overflow)?|upstream_rq_per_try_timeout|upstream_rq_rx_reset|upstream_cx_connect_fail|upstream_cx_destroy_remote_with_active_rq|outlier_detection\.ejections_active|circuit_breakers\.default\.(rq_open|rq_retry_open|rq_pending_open))|server\.uptime)$'
+filter='^(cluster\.[^.]+\.((retry\.)?upstream_rq_([0-9]xx|429)|upstream_rq_time|upstream_rq_retry(_success|_overflow)?|upstream_rq_per_try_timeout|upstream_rq_rx_reset|upstream_cx_connect_fail|upstream_cx_destroy_remote_with_active_rq|outlier_detection\.ejections_active|circuit_breakers\.default\.(rq_open|rq_retry_open|rq_pending_open))|wasmcustom\.detour_(ttft_milliseconds|response_milliseconds|output_tokens_per_second)\.backend\.[^.]+|server\.uptime)$'
 
 up() {
   (cd "$root" && exec ./bin/detour up --policy "$work/policy.yaml" --workdir "$work/envoy" >"$work/up.log" 2>&1) &
