@@ -18,12 +18,14 @@ const maxBody = 16 << 20
 // Fetch reads the view once from url (the control plane's /v1/status),
 // waiting for a version newer than after when after > 0.
 func Fetch(ctx context.Context, c *http.Client, url string, after uint64) (*Snapshot, error) {
-	if after > 0 {
-		url += "?wait=" + strconv.FormatUint(after, 10)
-	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return nil, fmt.Errorf("health view: %w", err)
+	}
+	if after > 0 {
+		q := req.URL.Query()
+		q.Set("wait", strconv.FormatUint(after, 10))
+		req.URL.RawQuery = q.Encode()
 	}
 	resp, err := c.Do(req)
 	if err != nil {
@@ -93,8 +95,8 @@ func (w *Watcher) Run(ctx context.Context) {
 		}
 		backoff = 100 * time.Millisecond
 		if old := w.view.Load(); old == nil || s.Version != old.Version {
-			// A restarted control plane starts again from 1: any other
-			// version is news.
+			// A restarted control plane starts again from the clock:
+			// any other version is news, even a smaller one.
 			w.view.Store(s)
 			if w.OnUpdate != nil {
 				w.OnUpdate(s)

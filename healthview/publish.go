@@ -22,6 +22,7 @@ type Publisher struct {
 	mu      sync.Mutex
 	current *Snapshot
 	changed chan struct{} // closed and replaced on every Publish
+	maxWait time.Duration // bound of a long poll; 0 means MaxWait (tests shorten it)
 }
 
 // NewPublisher starts with an empty view. Versions start from the clock
@@ -61,10 +62,15 @@ func (p *Publisher) Current() *Snapshot {
 	return p.current
 }
 
+// wait returns the current view unless the reader already has it; then
+// the channel closed on the next Publish. A version this publisher never
+// reached (a reader of a previous incarnation whose clock ran ahead, or
+// which published faster than once a millisecond) is not the current one
+// either: the reader gets the view at once rather than after MaxWait.
 func (p *Publisher) wait(after uint64) (*Snapshot, <-chan struct{}) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.current.Version > after {
+	if p.current.Version != after {
 		return p.current, nil
 	}
 	return nil, p.changed
@@ -84,7 +90,11 @@ func (p *Publisher) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			http.Error(w, "wait: want the version you have, a whole number", http.StatusBadRequest)
 			return
 		}
-		timer := time.NewTimer(MaxWait)
+		bound := p.maxWait
+		if bound <= 0 {
+			bound = MaxWait
+		}
+		timer := time.NewTimer(bound)
 		defer timer.Stop()
 		for {
 			s, changed := p.wait(after)

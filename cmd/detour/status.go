@@ -71,7 +71,11 @@ func printStatus(w io.Writer, v *healthview.Snapshot, verbose bool, now time.Tim
 			why = b.ThrottledWhy + "; " + why
 		}
 		if b.RetryAt != nil {
-			why += fmt.Sprintf(" (retried in %s)", age(*b.RetryAt, now))
+			if b.RetryAt.After(now) {
+				why += fmt.Sprintf(" (retried in %s)", age(*b.RetryAt, now))
+			} else {
+				why += " (retry due)"
+			}
 		}
 		if s.Stale {
 			why += fmt.Sprintf(" [signals %s old]", time.Duration(s.Age).Round(time.Second))
