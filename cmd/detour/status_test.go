@@ -193,7 +193,7 @@ func TestRunStatus(t *testing.T) {
 		check    func(t *testing.T, out string)
 	}{
 		{name: "table", args: []string{"--url", url}, inStdout: []string{
-			"controller view 1740830400123", "anthropic", "OPEN", "retried in", "HEALTHY+THROTTLED", "signals 2m5s old", "standard, sheddable",
+			"controller view 1740830400123", "anthropic", "OPEN", "retry due", "HEALTHY+THROTTLED", "signals 2m5s old", "standard, sheddable",
 		}},
 		{name: "verbose", args: []string{"-v", "--url", url}, inStdout: []string{"tightened after 2 openings", "DEGRADED → OPEN", "FAILED: 503 from upstream"}},
 		{name: "json equals the view", args: []string{"--json", "--url", url}, check: func(t *testing.T, out string) {
