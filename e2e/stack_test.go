@@ -129,6 +129,10 @@ type stackOptions struct {
 	// plugin, which keeps Envoy's start fast for the tests that are not
 	// about it.
 	Wasm string
+	// Controller is YAML appended to the policy (controller:, probes:
+	// sections). Empty: the controller and probes are disabled, so tests
+	// that are not about it see the policy's static behaviour.
+	Controller string
 }
 
 // stack is one running detour deployment: simulated providers (in this
@@ -193,6 +197,12 @@ wasm:
 {{- if eq .Wasm "route"}}
 routing:
   mode: wasm
+{{- end}}
+{{- if .Controller}}
+{{.Controller}}
+{{- else}}
+controller: {disabled: true}
+probes: {disabled: true}
 {{- end}}
 `))
 
@@ -268,7 +278,7 @@ func (s *stack) PolicyText(o stackOptions) string {
 		"Backends": o.Backends, "MaxBody": o.MaxBodyBytes, "FMA": o.FailureModeAllow,
 		"Envoy": s.EnvoyAddr, "Admin": s.AdminAddr, "ExtProc": s.ExtProcAddr, "Metrics": s.MetricsAddr,
 		"XDS": s.XDSAddr, "XDSMetrics": s.XDSMetricsAddr,
-		"Wasm": o.Wasm, "WasmModule": wasmModule,
+		"Wasm": o.Wasm, "WasmModule": wasmModule, "Controller": o.Controller,
 	}); err != nil {
 		s.t.Fatal(err)
 	}
@@ -553,4 +563,14 @@ func (s *stack) checkNoRejectedUpdates() {
 	if seen == 0 {
 		s.t.Errorf("Envoy reports no update_rejected counters: %q", b)
 	}
+}
+
+// xdsLogText is everything `detour xds` logged so far.
+func (s *stack) xdsLogText() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.xdsLog == nil {
+		return ""
+	}
+	return s.xdsLog.String()
 }

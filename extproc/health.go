@@ -82,7 +82,7 @@ func buildRanks(v *healthview.Snapshot, r *route.Router) *healthRanks {
 		if c.ranks[i] != 0 {
 			c.any = true
 		}
-		if b.State == healthview.HalfOpen {
+		if c.ranks[i] == 1 || c.ranks[i] == route.TrialRank {
 			c.trial = true
 		}
 	}

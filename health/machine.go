@@ -29,6 +29,13 @@ type backend struct {
 	lastReq, lastErr uint64 // totals at the previous observation
 	// Outcomes since entering HALF_OPEN, then since recovering.
 	req, err uint64
+	// Outcomes since entering DEGRADED. (Not seeded with the observation
+	// that degraded it: at a fault's onset that one is mostly the good
+	// requests before it.) A degraded backend is ranked after the healthy ones
+	// and gets only a trickle of traffic, so its window fills slowly with
+	// the new evidence: judged alone, the trickle can open it well within
+	// the window.
+	degReq, degErr uint64
 }
 
 // New returns a Machine with cfg, which it validates. clock nil means
@@ -88,6 +95,8 @@ func (m *Machine) observe(now time.Time, o *Observation) (Transition, bool) {
 	dReq, dErr := b.outcomes(o)
 	b.req += dReq
 	b.err += dErr
+	b.degReq += dReq
+	b.degErr += dErr
 
 	switch b.state {
 	case Open:
@@ -122,6 +131,10 @@ func (m *Machine) observe(now time.Time, o *Observation) (Transition, bool) {
 		}
 		if fails > m.cfg.FailuresPerMinute {
 			return m.open(b, o.Backend, now, fmt.Sprintf("%d failures in the last minute > %d", fails, m.cfg.FailuresPerMinute))
+		}
+		if b.state == Degraded && b.degReq >= m.cfg.MinRequests && ratio(b.degErr, b.degReq) > m.cfg.OpenErrorRate {
+			return m.open(b, o.Backend, now, fmt.Sprintf("error rate %s > %s since DEGRADED %v ago (n=%d)",
+				pct(ratio(b.degErr, b.degReq)), pct(m.cfg.OpenErrorRate), round(now.Sub(b.since)), b.degReq))
 		}
 		if !m.dwelt(b, now) {
 			return Transition{}, false
@@ -236,6 +249,9 @@ func (m *Machine) open(b *backend, name string, now time.Time, why string) (Tran
 
 func (m *Machine) move(b *backend, name string, to State, now time.Time, why string) (Transition, bool) {
 	t := Transition{Backend: name, From: b.state, To: to, Reason: why, At: now}
+	if to == Degraded {
+		b.degReq, b.degErr = 0, 0
+	}
 	b.state, b.since, b.reason, b.initial = to, now, why, false
 	return t, true
 }

@@ -111,6 +111,18 @@ func TestTransitions(t *testing.T) {
 		{name: "slow completion degrades", steps: []step{{obs: total, want: "HEALTHY→DEGRADED", reason: "total time 6.2s > 5s"}}},
 		{name: "a few errors degrade", steps: []step{{obs: obs(400, 2), want: "HEALTHY→DEGRADED", reason: "error rate 0.5% > 0.1% over 30s (n=400)"}}},
 		{name: "a disabled check is not judged", cfg: func(c *Config) { c.SlowTTFT = 0; c.DegradedErrorRate = 0 }, steps: []step{{obs: ttft}, {obs: obs(400, 2)}}},
+		{name: "degraded judged on its trickle alone", steps: []step{
+			// A few errors among much good traffic degrade; the window
+			// stays mostly good, but the trickle a degraded backend gets
+			// fails 30 %: opened once it has MinRequests outcomes.
+			{obs: obs(400, 2).with(400, 2), want: "HEALTHY→DEGRADED"},
+			{after: time.Second, obs: obs(410, 5).with(410, 5)},
+			{after: time.Second, obs: obs(420, 8).with(420, 8), want: "DEGRADED→OPEN", reason: "error rate 30% > 25% since DEGRADED 2s ago (n=20)"},
+		}},
+		{name: "a degraded backend's good trickle does not open it", steps: []step{
+			{obs: obs(400, 2).with(400, 2), want: "HEALTHY→DEGRADED"},
+			{after: time.Second, obs: obs(430, 3).with(430, 3)},
+		}},
 		{name: "degraded opens at once", steps: []step{
 			{obs: slow(3*time.Second, 50), want: "HEALTHY→DEGRADED"},
 			{after: time.Second, obs: obs(100, 50), want: "DEGRADED→OPEN"},

@@ -21,6 +21,7 @@ func TestDecideHealth(t *testing.T) {
 		{"degraded after healthy, before open", &Health{Rank: []uint8{1, 3, 0, 0}}, []string{"long", "vision", "fast", "fast-b"}, ReasonHealth},
 		{"recovering between degraded and open", &Health{Rank: []uint8{2, 1, 3, 0}}, []string{"vision", "fast-b", "fast", "long"}, ReasonHealth},
 		{"trial puts the recovering backend first", &Health{Rank: []uint8{0, 2, 0, 0}, Trial: true}, []string{"fast-b", "fast", "long", "vision"}, ReasonTrial},
+		{"trial also tests a degraded backend", &Health{Rank: []uint8{1, 0, 0, 0}, Trial: true}, []string{"fast", "fast-b", "long", "vision"}, ReasonTrial},
 		{"trial without a recovering backend changes nothing", &Health{Rank: []uint8{0, 0, 0, 0}, Trial: true}, []string{"fast", "fast-b", "long", "vision"}, ReasonCheapest},
 		{"all open: objective order, last resort", &Health{Rank: []uint8{3, 3, 3, 3}}, []string{"fast", "fast-b", "long", "vision"}, ReasonCheapest},
 		{"a worse-ranked loser is not an overrule", &Health{Rank: []uint8{0, 0, 0, 3}}, []string{"fast", "fast-b", "long", "vision"}, ReasonCheapest},

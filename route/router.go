@@ -60,13 +60,15 @@ type Health struct {
 	// priority tier and the objective: a healthy backup before a degraded
 	// primary. No rank removes a backend: the worst are only last.
 	Rank []uint8
-	// Trial puts backends of TrialRank first: the request is one of the
-	// few sent to a recovering backend to see whether it is well again
-	// (a failure is retried on the next backend).
+	// Trial puts degraded and recovering backends (ranks 1 and 2) first:
+	// the request is one of the few that keep testing them, so the
+	// controller sees whether they are well again or worse (a failure is
+	// retried on the next backend).
 	Trial bool
 }
 
-// TrialRank is the rank of a recovering (HALF_OPEN) backend.
+// TrialRank is the rank of a recovering (HALF_OPEN) backend; degraded
+// ones rank 1. Both take trial requests.
 const TrialRank = 2
 
 func (h *Health) rank(i int) int {
@@ -74,7 +76,7 @@ func (h *Health) rank(i int) int {
 		return 0
 	}
 	r := int(h.Rank[i])
-	if h.Trial && r == TrialRank {
+	if h.Trial && (r == 1 || r == TrialRank) {
 		return -1
 	}
 	return r

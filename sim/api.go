@@ -250,8 +250,17 @@ func (s *Server) pickFault(ov overrides) Fault {
 	if f.IsZero() {
 		return Fault{}
 	}
-	if f.Rate < 1 && s.rng.Float64() >= f.Rate {
-		return Fault{}
+	if f.Rate < 1 {
+		if f.Even {
+			// Request n is hit when the running count of hits due,
+			// floor(n × rate), goes up.
+			n := s.evenCount.Add(1)
+			if uint64(float64(n)*f.Rate) == uint64(float64(n-1)*f.Rate) {
+				return Fault{}
+			}
+		} else if s.rng.Float64() >= f.Rate {
+			return Fault{}
+		}
 	}
 	return f
 }

@@ -24,6 +24,10 @@ type Fault struct {
 	// Rate is the share of requests the fault hits, in [0, 1]. 0 (or
 	// absent) while another field is set means 1: every request.
 	Rate float64 `json:"rate"`
+	// Even spreads the hits evenly instead of drawing them at random:
+	// exactly Rate of any run of requests (to within one) is hit, so a
+	// test judging a few requests sees the rate it set.
+	Even bool `json:"even"`
 	// RetryAfterS adds "Retry-After: N" to Status responses when > 0.
 	RetryAfterS int `json:"retry_after_s"`
 	// LatencyMS delays the response headers (every endpoint).
@@ -59,9 +63,9 @@ const (
 	maxTPS         = 1e6
 )
 
-// IsZero reports whether f has no effect (Rate alone has none).
+// IsZero reports whether f has no effect (Rate and Even alone have none).
 func (f Fault) IsZero() bool {
-	f.Rate = 0
+	f.Rate, f.Even = 0, false
 	return f == Fault{}
 }
 

@@ -510,3 +510,23 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+func TestEvenRate(t *testing.T) {
+	s := startSim(t, Config{})
+	s.SetFault(Fault{Status: 500, Rate: 0.3, Even: true})
+	c := newClient(t)
+	var hits []bool
+	for range 100 {
+		r := call(t, c, http.MethodPost, apiURL(s, "/v1/chat/completions"), chatBody(`"max_tokens":1`), nil)
+		hits = append(hits, r.status == 500)
+	}
+	// Every run of 20 requests holds 6 hits (to within one).
+	for i := 0; i+20 <= len(hits); i++ {
+		if n := count(hits[i : i+20]); n < 5 || n > 7 {
+			t.Fatalf("requests %d–%d: %d hits, want 6 ± 1", i, i+20, n)
+		}
+	}
+	if n := count(hits); n != 30 {
+		t.Errorf("%d of 100 hit, want 30", n)
+	}
+}

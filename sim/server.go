@@ -21,6 +21,7 @@ type Server struct {
 
 	fault     atomic.Pointer[Fault] // written under mu
 	rng       lockedRand
+	evenCount atomic.Uint64 // requests drawn for an Even fault
 	obs       observer
 	ids       atomic.Uint64
 	lastModel atomic.Pointer[string]

@@ -1,0 +1,77 @@
+package e2e
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/detourhq/detour/healthview"
+	"github.com/detourhq/detour/sim"
+)
+
+// controllerYAML runs the controller fast enough to test: a half-second
+// evaluation, short dwell and cool-down. Probes stay off unless a test
+// turns them on, so the providers' counters are the clients' traffic.
+// trialShare is controller.trial_share's default.
+const trialShare = 0.05
+
+const controllerYAML = `controller:
+  interval: 500ms
+  dwell: 2s
+  cool_down: 3s
+probes: {disabled: true}`
+
+// Brownout: a backend failing 30 % of its requests. Its first errors make
+// it DEGRADED, which moves its traffic at once; the trickle of trial
+// requests it keeps getting opens it within the breaker window; no client
+// request fails; once it recovers it returns to HEALTHY (through
+// HALF_OPEN when it was opened).
+func TestControllerBrownout(t *testing.T) {
+	s := startStack(t, stackOptions{Controller: controllerYAML})
+	var faultAt, clearAt time.Duration
+	tl := runTimeline(t, s, 45*time.Second, []load{{rate: 40, body: chat("auto", nil, user("hello"))}}, func(tl *timeline) {
+		time.Sleep(3 * time.Second)
+		faultAt = tl.now()
+		// Spread evenly: the 20-odd trial requests that judge a degraded
+		// backend see 30 %. Drawn at random, 30 % is too close to the 25 %
+		// threshold for 20 requests to tell (the verdict would be luck).
+		s.Sim("fast").SetFault(sim.Fault{Status: 500, Rate: 0.3, Even: true})
+		time.Sleep(25 * time.Second)
+		clearAt = tl.now()
+		s.Sim("fast").ClearFault()
+	})
+	failed, total := tl.failed()
+	t.Logf("brownout: %s; fast went %v", tl.summary(), tl.transitions("fast"))
+	if total < 1500 {
+		t.Fatalf("only %d requests sent", total)
+	}
+	if ratio := float64(total-failed) / float64(total); ratio < 0.9999 {
+		t.Errorf("client success %.4f%% (%d of %d failed), want ≥ 99.99%% while fast-b is healthy", 100*ratio, failed, total)
+	}
+	degraded, ok := tl.firstState("fast", healthview.Degraded, faultAt)
+	if !ok || degraded-faultAt > 2*time.Second {
+		t.Errorf("fast not DEGRADED within 2 s of the fault (%v): %v", degraded-faultAt, tl.transitions("fast"))
+	}
+	// A degraded backend keeps a trickle of trial requests (trial_share,
+	// 5 % by default; each failed one is retried on the next backend), so
+	// the traffic has moved when fast's share is at most that plus 1 %.
+	shifted, ok := tl.shiftedAt("fast", faultAt, clearAt, trialShare+0.01)
+	if !ok {
+		t.Errorf("fast's traffic never fell under %v%% during the fault", 100*(trialShare+0.01))
+	}
+	opened, ok := tl.firstState("fast", healthview.Open, faultAt)
+	if !ok || opened-faultAt > 30*time.Second {
+		t.Errorf("fast not OPEN within the 30 s window (%v): %v", opened-faultAt, tl.transitions("fast"))
+	}
+	t.Logf("DEGRADED %v and OPEN %v after the fault began; traffic off fast %v after; %.2f attempts per request during the fault",
+		(degraded - faultAt).Round(10*time.Millisecond), (opened - faultAt).Round(10*time.Millisecond),
+		(shifted - faultAt).Round(10*time.Millisecond), tl.attemptsPerRequest(faultAt, clearAt))
+	if at, ok := tl.firstState("fast", healthview.Healthy, clearAt); !ok {
+		t.Errorf("fast not HEALTHY again after the fault cleared: %v", tl.transitions("fast"))
+	} else {
+		t.Logf("HEALTHY again %v after the fault cleared", (at - clearAt).Round(10*time.Millisecond))
+	}
+	if !strings.Contains(s.xdsLogText(), `backend=fast from=HEALTHY to=DEGRADED reason="error rate`) {
+		t.Errorf("no transition log line:\n%s", tail(s.xdsLog, 20))
+	}
+}

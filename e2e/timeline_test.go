@@ -1,0 +1,279 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"sort"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/detourhq/detour/healthview"
+)
+
+// outcome is one client request of a timeline.
+type outcome struct {
+	at      time.Duration // since the timeline started
+	status  int
+	backend string        // the backend that answered (x-detour-backend)
+	ttft    time.Duration // time to response headers: the first token, with detour's first-token hold
+	total   time.Duration
+	err     error
+}
+
+// attempts is every provider's request count at one moment.
+type attempts struct {
+	at     time.Duration
+	counts map[string]int64
+}
+
+// stateAt is the controller's view of the backends at one moment.
+type stateAt struct {
+	at     time.Duration
+	states map[string]string
+}
+
+// timeline drives requests at a fixed rate through Envoy and samples the
+// providers' counters and the controller's view, so a test can say when
+// a fault was detected and when the traffic moved.
+type timeline struct {
+	s     *stack
+	start time.Time
+
+	mu       sync.Mutex
+	outcomes []outcome
+	samples  []attempts
+	views    []stateAt
+}
+
+type load struct {
+	rate    float64 // requests per second
+	body    []byte
+	headers []string // key, value, ...
+}
+
+// runTimeline runs loads for d, sampling every 100 ms, while script
+// injects and clears faults (it gets the timeline to read the clock).
+func runTimeline(t *testing.T, s *stack, d time.Duration, loads []load, script func(tl *timeline)) *timeline {
+	t.Helper()
+	tl := &timeline{s: s, start: time.Now()}
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	var wg sync.WaitGroup
+	client := &http.Client{Timeout: 60 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 256}}
+	for _, l := range loads {
+		wg.Add(1)
+		go func(l load) {
+			defer wg.Done()
+			every := time.Duration(float64(time.Second) / l.rate)
+			tick := time.NewTicker(every)
+			defer tick.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-tick.C:
+				}
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					tl.record(tl.do(client, l))
+				}()
+			}
+		}(l)
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+			tl.sample()
+		}
+	}()
+	if script != nil {
+		script(tl)
+	}
+	<-ctx.Done()
+	wg.Wait()
+	return tl
+}
+
+func (tl *timeline) now() time.Duration { return time.Since(tl.start) }
+
+func (tl *timeline) do(c *http.Client, l load) outcome {
+	o := outcome{at: tl.now()}
+	req, err := http.NewRequest(http.MethodPost, tl.s.URL("/v1/chat/completions"), bytes.NewReader(l.body))
+	if err != nil {
+		o.err = err
+		return o
+	}
+	req.Header.Set("Content-Type", "application/json")
+	for i := 0; i+1 < len(l.headers); i += 2 {
+		req.Header.Set(l.headers[i], l.headers[i+1])
+	}
+	start := time.Now()
+	resp, err := c.Do(req)
+	if err != nil {
+		o.err = err
+		return o
+	}
+	o.ttft = time.Since(start)
+	_, err = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	o.total = time.Since(start)
+	o.status, o.backend, o.err = resp.StatusCode, resp.Header.Get("x-detour-backend"), err
+	return o
+}
+
+func (tl *timeline) record(o outcome) {
+	tl.mu.Lock()
+	tl.outcomes = append(tl.outcomes, o)
+	tl.mu.Unlock()
+}
+
+func (tl *timeline) sample() {
+	a := attempts{at: tl.now(), counts: map[string]int64{}}
+	for name, srv := range tl.s.sims {
+		a.counts[name] = srv.Stats().Requests
+	}
+	var v stateAt
+	if view, err := healthview.Fetch(context.Background(), http.DefaultClient, "http://"+tl.s.XDSMetricsAddr+healthview.Path, 0); err == nil {
+		v = stateAt{at: a.at, states: map[string]string{}}
+		for b, st := range view.Backends {
+			v.states[b] = st.State
+			if st.Throttled {
+				v.states[b] += "+THROTTLED"
+			}
+		}
+	}
+	tl.mu.Lock()
+	tl.samples = append(tl.samples, a)
+	if v.states != nil {
+		tl.views = append(tl.views, v)
+	}
+	tl.mu.Unlock()
+}
+
+// failed counts requests that did not get a 200.
+func (tl *timeline) failed() (failed, total int) {
+	for _, o := range tl.outcomes {
+		if o.err != nil || o.status != 200 {
+			failed++
+		}
+	}
+	return failed, len(tl.outcomes)
+}
+
+// firstState is when backend was first seen in state at or after from.
+func (tl *timeline) firstState(backend, state string, from time.Duration) (time.Duration, bool) {
+	for _, v := range tl.views {
+		if v.at >= from && v.states[backend] == state {
+			return v.at, true
+		}
+	}
+	return 0, false
+}
+
+// shiftedAt is the start of the first 500 ms bucket after from from which
+// on backend's share of the upstream attempts stays at or under maxShare
+// (for every bucket until until).
+func (tl *timeline) shiftedAt(backend string, from, until time.Duration, maxShare float64) (time.Duration, bool) {
+	type bucket struct {
+		at        time.Duration
+		mine, all int64
+	}
+	var bs []bucket
+	for i := 5; i < len(tl.samples); i += 5 {
+		a, b := tl.samples[i-5], tl.samples[i]
+		if a.at < from || b.at > until {
+			continue
+		}
+		var all int64
+		for n, c := range b.counts {
+			all += c - a.counts[n]
+		}
+		bs = append(bs, bucket{a.at, b.counts[backend] - a.counts[backend], all})
+	}
+	for i := range bs {
+		ok := true
+		for _, x := range bs[i:] {
+			if x.all > 0 && float64(x.mine)/float64(x.all) > maxShare {
+				ok = false
+				break
+			}
+		}
+		if ok {
+			return bs[i].at, true
+		}
+	}
+	return 0, false
+}
+
+// attemptsPerRequest is upstream attempts over client requests in [from, until).
+func (tl *timeline) attemptsPerRequest(from, until time.Duration) float64 {
+	var first, last *attempts
+	for i := range tl.samples {
+		if tl.samples[i].at >= from && first == nil {
+			first = &tl.samples[i]
+		}
+		if tl.samples[i].at <= until {
+			last = &tl.samples[i]
+		}
+	}
+	reqs := 0
+	for _, o := range tl.outcomes {
+		if o.at >= from && o.at < until {
+			reqs++
+		}
+	}
+	if first == nil || last == nil || reqs == 0 {
+		return 0
+	}
+	var n int64
+	for name, c := range last.counts {
+		n += c - first.counts[name]
+	}
+	return float64(n) / float64(reqs)
+}
+
+// ttftQuantile is the q-quantile of the time to first token of requests
+// started in [from, until).
+func (tl *timeline) ttftQuantile(q float64, from, until time.Duration) time.Duration {
+	var ds []time.Duration
+	for _, o := range tl.outcomes {
+		if o.at >= from && o.at < until && o.err == nil {
+			ds = append(ds, o.ttft)
+		}
+	}
+	if len(ds) == 0 {
+		return 0
+	}
+	sort.Slice(ds, func(i, j int) bool { return ds[i] < ds[j] })
+	return ds[min(len(ds)-1, int(q*float64(len(ds))))]
+}
+
+// transitions lists the distinct states backend went through, in order.
+func (tl *timeline) transitions(backend string) []string {
+	var out []string
+	for _, v := range tl.views {
+		st := v.states[backend]
+		if st != "" && (len(out) == 0 || out[len(out)-1] != st) {
+			out = append(out, st)
+		}
+	}
+	return out
+}
+
+func (tl *timeline) summary() string {
+	f, n := tl.failed()
+	return fmt.Sprintf("%d requests, %d failed", n, f)
+}
