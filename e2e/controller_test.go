@@ -54,10 +54,10 @@ func TestControllerBrownout(t *testing.T) {
 	}
 	// A degraded backend keeps a trickle of trial requests (trial_share,
 	// 5 % by default; each failed one is retried on the next backend), so
-	// the traffic has moved when fast's share is at most that plus 1 %.
-	shifted, ok := tl.shiftedAt("fast", faultAt, clearAt, trialShare+0.01)
+	// the traffic has moved when fast's share is down to that.
+	shifted, ok := tl.shiftedAt("fast", faultAt, clearAt, trialShare)
 	if !ok {
-		t.Errorf("fast's traffic never fell under %v%% during the fault", 100*(trialShare+0.01))
+		t.Errorf("fast's traffic never fell to the %v%% trial share during the fault", 100*trialShare)
 	}
 	opened, ok := tl.firstState("fast", healthview.Open, faultAt)
 	if !ok || opened-faultAt > 30*time.Second {
@@ -71,7 +71,64 @@ func TestControllerBrownout(t *testing.T) {
 	} else {
 		t.Logf("HEALTHY again %v after the fault cleared", (at - clearAt).Round(10*time.Millisecond))
 	}
+	t.Logf("timeline (fault from %v to %v):\n%s", faultAt.Round(100*time.Millisecond), clearAt.Round(100*time.Millisecond), tl.dump("fast"))
 	if !strings.Contains(s.xdsLogText(), `backend=fast from=HEALTHY to=DEGRADED reason="error rate`) {
 		t.Errorf("no transition log line:\n%s", tail(s.xdsLog, 20))
 	}
+}
+
+// Slow backend: fast's first token takes 3 s. The controller has set the
+// first-token deadline from the healthy TTFT it measured (its floor, 1 s),
+// so a stream stuck on fast moves to fast-b after one deadline; fast is
+// DEGRADED (slow responses, abandoned attempts) and traffic prefers
+// fast-b. Clients' time to first token stays under the health threshold
+// plus one deadline.
+func TestControllerSlowBackend(t *testing.T) {
+	s := startStack(t, stackOptions{Controller: controllerYAML, Wasm: "measure"})
+	var faultAt, clearAt time.Duration
+	loads := []load{
+		{rate: 20, body: chat("auto", map[string]any{"stream": true}, user("hello")), stream: true},
+		{rate: 10, body: chat("auto", nil, user("hello"))},
+	}
+	var deadlineAt time.Duration
+	tl := runTimeline(t, s, 35*time.Second, loads, func(tl *timeline) {
+		// Envoy flushes its histograms every 5 s: wait until the
+		// controller has followed the measured TTFT to its deadline.
+		for tl.now() < 12*time.Second && (s.firstTokenDeadline() >= 10*time.Second || tl.now() < 6*time.Second) {
+			time.Sleep(100 * time.Millisecond)
+		}
+		deadlineAt = tl.now()
+		faultAt = tl.now()
+		s.Sim("fast").SetFault(sim.Fault{TTFTMS: 3000})
+		time.Sleep(20 * time.Second)
+		clearAt = tl.now()
+		s.Sim("fast").ClearFault()
+	})
+	failed, total := tl.failed()
+	t.Logf("slow backend: %s; fast went %v; fast-b went %v", tl.summary(), tl.transitions("fast"), tl.transitions("fast-b"))
+	if failed != 0 {
+		t.Errorf("%d of %d requests failed", failed, total)
+	}
+	left, ok := tl.firstNotState("fast", healthview.Healthy, faultAt)
+	if !ok {
+		t.Fatalf("fast stayed HEALTHY: %v", tl.transitions("fast"))
+	}
+	shifted, ok := tl.shiftedAt("fast", faultAt, clearAt, trialShare)
+	if !ok {
+		t.Errorf("fast's traffic never fell to the %v%% trial share", 100*trialShare)
+	}
+	deadline := s.firstTokenDeadline()
+	before := tl.ttftQuantile(0.99, 0, faultAt)
+	during := tl.ttftQuantile(0.99, faultAt, clearAt)
+	after := tl.ttftQuantile(0.99, shifted, clearAt)
+	t.Logf("fast left HEALTHY %v after the fault (%v); traffic off fast %v after; first-token deadline %v; client TTFT p99 before %v, during the fault %v, after the shift %v",
+		(left - faultAt).Round(10*time.Millisecond), tl.stateAfter("fast", left), (shifted - faultAt).Round(10*time.Millisecond),
+		deadline, before.Round(time.Millisecond), during.Round(time.Millisecond), after.Round(time.Millisecond))
+	if deadline <= 0 || deadline >= 10*time.Second {
+		t.Errorf("first-token deadline %v: the controller did not follow the measured TTFT", deadline)
+	}
+	if bound := 500*time.Millisecond + deadline; during > bound {
+		t.Errorf("client TTFT p99 during the fault %v > threshold + one deadline %v", during, bound)
+	}
+	t.Logf("deadline followed TTFT by %v; timeline:\n%s", deadlineAt.Round(100*time.Millisecond), tl.dump("fast"))
 }

@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"github.com/detourhq/detour/healthview"
 	"io"
 	"math/rand/v2"
 	"net"
@@ -573,4 +574,14 @@ func (s *stack) xdsLogText() string {
 		return ""
 	}
 	return s.xdsLog.String()
+}
+
+// firstTokenDeadline is the stream deadline the controller has pushed.
+func (s *stack) firstTokenDeadline() time.Duration {
+	v, err := healthview.Fetch(context.Background(), http.DefaultClient, "http://"+s.XDSMetricsAddr+healthview.Path, 0)
+	if err != nil {
+		s.t.Errorf("controller view: %v", err)
+		return 0
+	}
+	return time.Duration(v.FirstTokenTimeout)
 }

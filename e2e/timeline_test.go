@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"sort"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -21,7 +22,10 @@ type outcome struct {
 	backend string        // the backend that answered (x-detour-backend)
 	ttft    time.Duration // time to response headers: the first token, with detour's first-token hold
 	total   time.Duration
-	err     error
+	stream  bool
+	// attempts is Envoy's x-envoy-attempt-count on the response.
+	attempts int
+	err      error
 }
 
 // attempts is every provider's request count at one moment.
@@ -53,6 +57,7 @@ type load struct {
 	rate    float64 // requests per second
 	body    []byte
 	headers []string // key, value, ...
+	stream  bool     // the body asks for a stream (for TTFT figures)
 }
 
 // runTimeline runs loads for d, sampling every 100 ms, while script
@@ -110,7 +115,7 @@ func runTimeline(t *testing.T, s *stack, d time.Duration, loads []load, script f
 func (tl *timeline) now() time.Duration { return time.Since(tl.start) }
 
 func (tl *timeline) do(c *http.Client, l load) outcome {
-	o := outcome{at: tl.now()}
+	o := outcome{at: tl.now(), stream: l.stream}
 	req, err := http.NewRequest(http.MethodPost, tl.s.URL("/v1/chat/completions"), bytes.NewReader(l.body))
 	if err != nil {
 		o.err = err
@@ -131,6 +136,7 @@ func (tl *timeline) do(c *http.Client, l load) outcome {
 	resp.Body.Close()
 	o.total = time.Since(start)
 	o.status, o.backend, o.err = resp.StatusCode, resp.Header.Get("x-detour-backend"), err
+	o.attempts, _ = strconv.Atoi(resp.Header.Get("x-envoy-attempt-count"))
 	return o
 }
 
@@ -183,74 +189,66 @@ func (tl *timeline) firstState(backend, state string, from time.Duration) (time.
 	return 0, false
 }
 
-// shiftedAt is the start of the first 500 ms bucket after from from which
-// on backend's share of the upstream attempts stays at or under maxShare
-// (for every bucket until until).
+// shiftedAt is the start of the first 1 s window (sliding by 100 ms)
+// after from, from which on the share of client requests that went to
+// backend stays at or under maxShare (plus one request) in every window
+// until until. A
+// request went to backend when backend answered it, or when it took more
+// than one attempt (the tests fault only that backend, so a retried
+// request tried it first). Client requests are timed when they start;
+// a provider's own counters are not, a slow one counts its requests late.
 func (tl *timeline) shiftedAt(backend string, from, until time.Duration, maxShare float64) (time.Duration, bool) {
-	type bucket struct {
-		at        time.Duration
-		mine, all int64
-	}
-	var bs []bucket
-	for i := 5; i < len(tl.samples); i += 5 {
-		a, b := tl.samples[i-5], tl.samples[i]
-		if a.at < from || b.at > until {
-			continue
+	const step, width = 100 * time.Millisecond, time.Second
+	ok := func(at time.Duration) bool {
+		var mine, all int
+		for _, o := range tl.outcomes {
+			if o.at >= at && o.at < at+width {
+				all++
+				if o.backend == backend || o.attempts > 1 {
+					mine++
+				}
+			}
 		}
-		var all int64
-		for n, c := range b.counts {
-			all += c - a.counts[n]
-		}
-		bs = append(bs, bucket{a.at, b.counts[backend] - a.counts[backend], all})
+		// One request of slack: a window's edge can catch one more.
+		return mine <= int(maxShare*float64(all))+1
 	}
-	for i := range bs {
-		ok := true
-		for _, x := range bs[i:] {
-			if x.all > 0 && float64(x.mine)/float64(x.all) > maxShare {
-				ok = false
+	for at := from; at+width <= until; at += step {
+		good := true
+		for later := at; later+width <= until; later += step {
+			if !ok(later) {
+				good = false
 				break
 			}
 		}
-		if ok {
-			return bs[i].at, true
+		if good {
+			return at, true
 		}
 	}
 	return 0, false
 }
 
-// attemptsPerRequest is upstream attempts over client requests in [from, until).
+// attemptsPerRequest is upstream attempts per client request started in
+// [from, until), from Envoy's x-envoy-attempt-count.
 func (tl *timeline) attemptsPerRequest(from, until time.Duration) float64 {
-	var first, last *attempts
-	for i := range tl.samples {
-		if tl.samples[i].at >= from && first == nil {
-			first = &tl.samples[i]
-		}
-		if tl.samples[i].at <= until {
-			last = &tl.samples[i]
-		}
-	}
-	reqs := 0
+	n, reqs := 0, 0
 	for _, o := range tl.outcomes {
-		if o.at >= from && o.at < until {
+		if o.at >= from && o.at < until && o.attempts > 0 {
+			n += o.attempts
 			reqs++
 		}
 	}
-	if first == nil || last == nil || reqs == 0 {
+	if reqs == 0 {
 		return 0
-	}
-	var n int64
-	for name, c := range last.counts {
-		n += c - first.counts[name]
 	}
 	return float64(n) / float64(reqs)
 }
 
-// ttftQuantile is the q-quantile of the time to first token of requests
+// ttftQuantile is the q-quantile of the time to first token of streams
 // started in [from, until).
 func (tl *timeline) ttftQuantile(q float64, from, until time.Duration) time.Duration {
 	var ds []time.Duration
 	for _, o := range tl.outcomes {
-		if o.at >= from && o.at < until && o.err == nil {
+		if o.stream && o.at >= from && o.at < until && o.err == nil {
 			ds = append(ds, o.ttft)
 		}
 	}
@@ -276,4 +274,25 @@ func (tl *timeline) transitions(backend string) []string {
 func (tl *timeline) summary() string {
 	f, n := tl.failed()
 	return fmt.Sprintf("%d requests, %d failed", n, f)
+}
+
+// firstNotState is when backend was first seen in another state than
+// state at or after from.
+func (tl *timeline) firstNotState(backend, state string, from time.Duration) (time.Duration, bool) {
+	for _, v := range tl.views {
+		if st := v.states[backend]; v.at >= from && st != "" && st != state {
+			return v.at, true
+		}
+	}
+	return 0, false
+}
+
+// stateAfter is backend's state at the first view at or after at.
+func (tl *timeline) stateAfter(backend string, at time.Duration) string {
+	for _, v := range tl.views {
+		if v.at >= at {
+			return v.states[backend]
+		}
+	}
+	return ""
 }

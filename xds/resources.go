@@ -302,6 +302,10 @@ func routeConfig(p *policy.Policy, o Options) (*routev3.RouteConfiguration, erro
 			Routes:  routes,
 			// The wasm routes' matcher reads the attempt number from it.
 			IncludeRequestAttemptCount: wasmRouting,
+			// Clients see how many attempts their answer took, and detour's
+			// measure plugin times only first-attempt answers against the
+			// backend that gave them.
+			IncludeAttemptCountInResponse: true,
 			// The body limit is read from the route matched before the
 			// processor runs (the fallback), so it is set on the virtual host
 			// and on every route (a probe of Envoy 1.40 showed the virtual

@@ -40,6 +40,9 @@ const (
 	HeaderError   = "x-detour-error"
 	// HeaderStream marks a streaming request the ext_proc service routed.
 	HeaderStream = "x-detour-stream"
+	// AttemptCountHeader is Envoy's count of attempts, which detour's
+	// routes add to every response (include_attempt_count_in_response).
+	AttemptCountHeader = "x-envoy-attempt-count"
 )
 
 // Filter state the router role sets (Envoy stores it as "wasm." + name).

@@ -135,6 +135,11 @@ type measure struct {
 	usage      usageScanner
 	measuring  bool
 	headersEnd bool
+	// retried: the answer came from a later attempt (Envoy's
+	// x-envoy-attempt-count on the response). Its times include the
+	// attempts before it, so they say nothing of the answering backend
+	// and are not recorded against it.
+	retried bool
 }
 
 func (m *measure) start(now int64) {
@@ -151,6 +156,8 @@ func (m *measure) responseHeaders(now int64, endOfStream bool) {
 	m.backend, _ = proxywasm.GetHttpResponseHeader(HeaderBackend)
 	ct, _ := proxywasm.GetHttpResponseHeader("content-type")
 	m.stream = isEventStream(ct)
+	n, _ := proxywasm.GetHttpResponseHeader(AttemptCountHeader)
+	m.retried = n != "" && n != "1"
 	if endOfStream {
 		m.firstByte = now
 	}
@@ -197,10 +204,16 @@ func (m *measure) done(now int64) {
 	if m.status != 200 || m.firstByte == 0 {
 		return
 	}
+	n := m.usage.completionTokens
+	if n > 0 {
+		b.tokens.Increment(uint64(n))
+	}
+	if m.retried {
+		return
+	}
 	b.ttft.Record(uint64((m.firstByte - m.started) / 1e6))
 	b.duration.Record(uint64((now - m.started) / 1e6))
-	if n := m.usage.completionTokens; n > 0 {
-		b.tokens.Increment(uint64(n))
+	if n > 0 {
 		// A stream's rate counts from its first token; a whole answer
 		// arrives at once, so its rate is over the whole response.
 		gen := now - m.started

@@ -273,7 +273,9 @@ func TestUpstreamRewritesInPlace(t *testing.T) {
 }
 
 func TestMeasure(t *testing.T) {
-	host, _ := start(t, []byte(`{"role":"measure"}`), nil)
+	host, vm := start(t, []byte(`{"role":"measure"}`), nil)
+	var now int64 = 1e9
+	vm.clock = func() int64 { now += 1e6; return now } // 1 ms per reading: every time recorded is > 0
 	id := host.InitializeHttpContext()
 	host.CallOnRequestHeaders(id, reqHeaders("POST", "/v1/chat/completions"), false)
 	host.CallOnResponseHeaders(id, [][2]string{{":status", "200"}, {"content-type", "text/event-stream"}, {HeaderBackend, "fast"}}, false)
@@ -289,8 +291,23 @@ func TestMeasure(t *testing.T) {
 		}
 	}
 	for _, h := range []string{statTTFT, statDuration, statRate} {
-		if _, err := host.GetHistogramMetric(h + ".backend.fast"); err != nil {
-			t.Errorf("%s not recorded: %v", h, err)
+		if v, err := host.GetHistogramMetric(h + ".backend.fast"); err != nil || v == 0 {
+			t.Errorf("%s not recorded: %d, %v", h, v, err)
+		}
+	}
+	// An answer from a later attempt counts its tokens, but its times
+	// include the failed attempts before it: not recorded against fast-b.
+	id = host.InitializeHttpContext()
+	host.CallOnRequestHeaders(id, reqHeaders("POST", "/v1/chat/completions"), false)
+	host.CallOnResponseHeaders(id, [][2]string{{":status", "200"}, {"content-type", "text/event-stream"}, {HeaderBackend, "fast-b"}, {AttemptCountHeader, "2"}}, false)
+	host.CallOnResponseBody(id, []byte("data: {\"usage\":{\"completion_tokens\":5}}\n\ndata: [DONE]\n\n"), true)
+	host.CompleteHttpContext(id)
+	if n, _ := host.GetCounterMetric(statTokens + ".backend.fast-b"); n != 5 {
+		t.Errorf("retried answer's tokens counted %d, want 5", n)
+	}
+	for _, h := range []string{statTTFT, statDuration, statRate} {
+		if v, _ := host.GetHistogramMetric(h + ".backend.fast-b"); v != 0 {
+			t.Errorf("%s recorded %d for an answer after a failover", h, v)
 		}
 	}
 	// A reply no backend sent is counted, not timed.
