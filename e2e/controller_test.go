@@ -132,3 +132,129 @@ func TestControllerSlowBackend(t *testing.T) {
 	}
 	t.Logf("deadline followed TTFT by %v; timeline:\n%s", deadlineAt.Round(100*time.Millisecond), tl.dump("fast"))
 }
+
+// Flapping: fast fails every request for 2 s, then works for 2 s, for
+// 40 s. Without hysteresis every flip would be a push (20); the dwell and
+// the doubling cool-down bound them.
+func TestControllerFlappingBoundsPushes(t *testing.T) {
+	s := startStack(t, stackOptions{Controller: controllerYAML})
+	pushes := func() float64 { return sumSeries(s.XDSMetrics(), "detour_controller_pushes_total") }
+	var before, after float64
+	flips := 0
+	tl := runTimeline(t, s, 44*time.Second, []load{{rate: 20, body: chat("auto", nil, user("hello"))}}, func(tl *timeline) {
+		time.Sleep(2 * time.Second)
+		before = pushes()
+		for tl.now() < 42*time.Second {
+			s.Sim("fast").SetFault(sim.Fault{Status: 503})
+			time.Sleep(2 * time.Second)
+			s.Sim("fast").ClearFault()
+			time.Sleep(2 * time.Second)
+			flips += 2
+		}
+		after = pushes()
+	})
+	failed, total := tl.failed()
+	n := after - before
+	t.Logf("flapping: %d flips in 40 s, %v pushes (endpoint, cluster and route changes), %d of %d requests failed; fast went %v",
+		flips, n, failed, total, tl.transitions("fast"))
+	if failed != 0 {
+		t.Errorf("%d requests failed", failed)
+	}
+	if n >= float64(flips) {
+		t.Errorf("%v pushes for %d flips: the hysteresis does not hold", n, flips)
+	}
+}
+
+// 429 storm: fast throttles 60 % of its requests (Retry-After 5 s). It is
+// not failing, so its circuit stays closed, but it ranks after the
+// backends with room until it stops; throttled requests are retried on
+// fast-b within the retry budget (no overflow), and no client sees a 429.
+func TestControllerThrottleStorm(t *testing.T) {
+	s := startStack(t, stackOptions{Controller: controllerYAML})
+	var faultAt, clearAt time.Duration
+	tl := runTimeline(t, s, 30*time.Second, []load{{rate: 40, body: chat("auto", nil, user("hello"))}}, func(tl *timeline) {
+		time.Sleep(3 * time.Second)
+		faultAt = tl.now()
+		s.Sim("fast").SetFault(sim.Fault{Status: 429, Rate: 0.6, RetryAfterS: 5})
+		time.Sleep(15 * time.Second)
+		clearAt = tl.now()
+		s.Sim("fast").ClearFault()
+	})
+	failed, total := tl.failed()
+	t.Logf("429 storm: %d of %d failed; fast went %v", failed, total, tl.transitions("fast"))
+	if failed != 0 {
+		t.Errorf("%d requests failed", failed)
+	}
+	throttled, ok := tl.firstState("fast", healthview.Healthy+"+THROTTLED", faultAt)
+	if !ok {
+		t.Fatalf("fast never marked throttled: %v", tl.transitions("fast"))
+	}
+	shifted, ok := tl.shiftedAt("fast", faultAt, clearAt, trialShare)
+	if !ok {
+		t.Errorf("fast's traffic never fell to the %v%% trial share", 100*trialShare)
+	}
+	overflow := metricValue(s.EnvoyPrometheus(), `envoy_cluster_upstream_rq_retry_overflow{envoy_cluster_name="fast"}`)
+	t.Logf("throttled %v after the storm began, traffic off fast %v after; %.2f attempts per request during the storm (%.2f after the shift); retry overflows %v",
+		(throttled - faultAt).Round(10*time.Millisecond), (shifted - faultAt).Round(10*time.Millisecond),
+		tl.attemptsPerRequest(faultAt, clearAt), tl.attemptsPerRequest(shifted, clearAt), overflow)
+	if overflow != 0 {
+		t.Errorf("%v retries overflowed the budget", overflow)
+	}
+	if st := tl.stateAfter("fast", clearAt-time.Second); !strings.HasPrefix(st, healthview.Healthy) {
+		t.Errorf("a throttling backend's circuit opened: %s", st)
+	}
+	t.Logf("timeline:\n%s", tl.dump("fast"))
+}
+
+// Shedding: both backends of fast-8k are OPEN. Standard and sheddable
+// requests to it are refused with 429 and Retry-After (in the OpenAI
+// error shape) while critical ones still go, to the OPEN backends as the
+// last resort; auto, with long and vision healthy, sheds nothing.
+func TestControllerShedsByPriority(t *testing.T) {
+	s := startStack(t, stackOptions{Controller: `controller:
+  interval: 500ms
+  dwell: 2s
+  cool_down: 20s
+probes: {disabled: true}`})
+	s.Sim("fast").SetFault(sim.Fault{Status: 500})
+	s.Sim("fast-b").SetFault(sim.Fault{Status: 500})
+	body := chat("fast-8k", nil, user("hello"))
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		post(t, s.URL("/v1/chat/completions"), body, "x-detour-priority", "critical")
+		v := s.controllerView()
+		if v.Routes["fast-8k"].Shed == healthview.Standard {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("fast-8k never shed: %+v", v.Routes["fast-8k"])
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// The providers are fine again, but their circuits stay open for the
+	// cool-down: only critical requests reach them.
+	s.Sim("fast").ClearFault()
+	s.Sim("fast-b").ClearFault()
+	for _, prio := range []string{"", "standard", "sheddable"} {
+		var hdr []string
+		if prio != "" {
+			hdr = []string{"x-detour-priority", prio}
+		}
+		r := post(t, s.URL("/v1/chat/completions"), body, hdr...)
+		assertOpenAIError(t, r, 429, "capacity_shed")
+		if ra := r.Header.Get("retry-after"); ra == "" || ra == "0" {
+			t.Errorf("priority %q: Retry-After %q", prio, ra)
+		}
+	}
+	r := post(t, s.URL("/v1/chat/completions"), body, "x-detour-priority", "critical")
+	if r.Status != 200 {
+		t.Errorf("critical request: %d %s", r.Status, r.Body)
+	}
+	r = post(t, s.URL("/v1/chat/completions"), chat("auto", nil, user("hello")), "x-detour-priority", "sheddable")
+	if r.Status != 200 || r.Header.Get("x-detour-backend") != "long" {
+		t.Errorf("auto (long and vision healthy): %d from %q", r.Status, r.Header.Get("x-detour-backend"))
+	}
+	if n := sumSeries(s.Metrics(), "detour_extproc_shed_total"); n != 3 {
+		t.Errorf("detour_extproc_shed_total = %v, want 3", n)
+	}
+}

@@ -585,3 +585,13 @@ func (s *stack) firstTokenDeadline() time.Duration {
 	}
 	return time.Duration(v.FirstTokenTimeout)
 }
+
+// controllerView is the controller's view now.
+func (s *stack) controllerView() *healthview.Snapshot {
+	s.t.Helper()
+	v, err := healthview.Fetch(context.Background(), http.DefaultClient, "http://"+s.XDSMetricsAddr+healthview.Path, 0)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	return v
+}
