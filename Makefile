@@ -38,7 +38,8 @@ unit: wasm
 
 e2e: build
 	@scripts/get-envoy.sh
-	ENVOY_BIN="$(ENVOY)" DETOUR_BIN="$(CURDIR)/$(BIN)" DETOUR_WASM="$(CURDIR)/$(WASM)" $(GO) test -count=1 -timeout 20m -v ./e2e/ 2>&1 | scripts/testsummary.sh
+	@scripts/get-prometheus.sh
+	ENVOY_BIN="$(ENVOY)" PROMETHEUS_BIN="$$(scripts/get-prometheus.sh --path)" DETOUR_BIN="$(CURDIR)/$(BIN)" DETOUR_WASM="$(CURDIR)/$(WASM)" $(GO) test -count=1 -timeout 20m -v ./e2e/ 2>&1 | scripts/testsummary.sh
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "not gofmt'ed:"; echo "$$out"; exit 1; fi
