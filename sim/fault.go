@@ -27,7 +27,7 @@ type Fault struct {
 	// Even spreads the hits evenly instead of drawing them at random:
 	// exactly Rate of any run of requests (to within one) is hit, so a
 	// test judging a few requests sees the rate it set.
-	Even bool `json:"even"`
+	Even bool `json:"even,omitempty"`
 	// RetryAfterS adds "Retry-After: N" to Status responses when > 0.
 	RetryAfterS int `json:"retry_after_s"`
 	// LatencyMS delays the response headers (every endpoint).
