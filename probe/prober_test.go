@@ -68,7 +68,7 @@ func TestFaults(t *testing.T) {
 	}{
 		{name: "server error", fault: sim.Fault{Status: 500}, reason: "status 500, want 200 (server_error: The server had an error"},
 		{name: "overloaded", fault: sim.Fault{Status: 503}, reason: "status 503, want 200 (server_error: The engine is currently overloaded"},
-		{name: "slow first token", fault: sim.Fault{TTFTMS: 120}, ok: true, slow: true, reason: "slow: time to first token 12"},
+		{name: "slow first token", fault: sim.Fault{TTFTMS: 120}, ok: true, slow: true, reason: "slow: time to first token "},
 		{name: "slow generation", fault: sim.Fault{TokensPerSecond: 10}, tokens: 4, ok: true, slow: true, reason: "tokens/s under 20"},
 		{name: "stall", fault: sim.Fault{TTFTMS: 5000}, reason: "timed out after 400ms: before the first token", maxTime: 2 * time.Second},
 		{name: "slow headers", fault: sim.Fault{LatencyMS: 5000}, reason: "timed out after 400ms: no answer", maxTime: 2 * time.Second},
