@@ -70,6 +70,7 @@ func (f *fakePusher) SetControl(_ context.Context, c *xds.Control) error {
 
 type harness struct {
 	t      *testing.T
+	mu     sync.Mutex // guards now: probe goroutines read the clock
 	now    time.Time
 	src    *fakeSource
 	push   *fakePusher
@@ -95,9 +96,9 @@ func newHarness(t *testing.T, p *policy.Policy, prober *fakeProber) *harness {
 		push: &fakePusher{}, pub: healthview.NewPublisher(), m: NewMetrics(prometheus.NewRegistry()), p: p, prober: prober}
 	cfg := Config{Policy: p, NewSource: func(*policy.Policy) (signals.Source, error) { return h.src, nil },
 		Pusher: h.push, Publisher: h.pub, Metrics: h.m, Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		Clock: func() time.Time { return h.now }}
+		Clock: h.clock}
 	if prober != nil {
-		prober.now = func() time.Time { return h.now }
+		prober.now = h.clock
 		cfg.Prober = prober
 	}
 	c, err := New(cfg)
@@ -108,10 +109,18 @@ func newHarness(t *testing.T, p *policy.Policy, prober *fakeProber) *harness {
 	return h
 }
 
+func (h *harness) clock() time.Time {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.now
+}
+
 // step advances the clock by d and evaluates.
 func (h *harness) step(d time.Duration) *healthview.Snapshot {
 	h.t.Helper()
+	h.mu.Lock()
 	h.now = h.now.Add(d)
+	h.mu.Unlock()
 	if err := h.c.Step(context.Background()); err != nil {
 		h.t.Fatal(err)
 	}
@@ -416,7 +425,9 @@ func waitFor(t *testing.T, cond func() bool) {
 func TestPushFailureIsReported(t *testing.T) {
 	h := newHarness(t, quickstart(t), nil)
 	h.push.err = errors.New("no")
+	h.mu.Lock()
 	h.now = h.now.Add(time.Second)
+	h.mu.Unlock()
 	if err := h.c.Step(context.Background()); err == nil {
 		t.Error("a failed push was not reported")
 	}

@@ -220,7 +220,7 @@ func startStack(t testing.TB, o stackOptions) *stack {
 	ctx := context.Background()
 	for i := range o.Backends {
 		b := &o.Backends[i]
-		srv, err := sim.New(sim.Config{Name: b.Name, Addr: "127.0.0.1:0", Models: []string{b.Model}, APIKey: b.APIKey})
+		srv, err := sim.New(sim.Config{Name: b.Name, Addr: "127.0.0.1:0", Models: []string{b.Model}, APIKey: b.APIKey, Structured: true})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -256,7 +256,7 @@ func startStack(t testing.TB, o stackOptions) *stack {
 
 func (s *stack) startSim(t testing.TB, name, model, key string) *sim.Server {
 	t.Helper()
-	srv, err := sim.New(sim.Config{Name: name, Addr: "127.0.0.1:0", Models: []string{model}, APIKey: key})
+	srv, err := sim.New(sim.Config{Name: name, Addr: "127.0.0.1:0", Models: []string{model}, APIKey: key, Structured: true})
 	if err != nil {
 		t.Fatal(err)
 	}

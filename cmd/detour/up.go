@@ -158,7 +158,10 @@ func startSims(ctx context.Context, p *policy.Policy, log *slog.Logger) ([]*sim.
 				log.Info("not simulating a non-loopback endpoint", "backend", b.Name, "address", e.Address)
 				continue
 			}
-			s, err := sim.New(sim.Config{Name: b.Name, Addr: e.Address, Models: []string{b.Model}, Logger: log})
+			// Structured: JSON-mode and tool-call requests get answers of
+			// that shape, as a real model's, so detour's health probes of
+			// those kinds pass.
+			s, err := sim.New(sim.Config{Name: b.Name, Addr: e.Address, Models: []string{b.Model}, Structured: true, Logger: log})
 			if err != nil {
 				return out, fmt.Errorf("simulated provider for %s: %w", b.Name, err)
 			}
