@@ -258,3 +258,64 @@ probes: {disabled: true}`})
 		t.Errorf("detour_extproc_shed_total = %v, want 3", n)
 	}
 }
+
+// Probes judge idle backends: with no client traffic at all, a backend
+// whose first token takes 1.5 s is DEGRADED and one that answers 500 is
+// OPEN, from the probes alone; a backend with credentials passes the auth
+// check (a request without its key is refused) and its probes carry the
+// key.
+func TestControllerProbesJudgeIdleBackends(t *testing.T) {
+	t.Setenv("DETOUR_E2E_VISION_KEY", "sk-vision-e2e")
+	backends := quickstartBackends()
+	backends[3].APIKey, backends[3].KeyEnv = "sk-vision-e2e", "DETOUR_E2E_VISION_KEY"
+	s := startStack(t, stackOptions{Backends: backends, Controller: `controller:
+  interval: 500ms
+  dwell: 2s
+  cool_down: 30s
+probes:
+  idle_interval: 1s
+  budget_per_hour: 10000`})
+	s.Sim("long").SetFault(sim.Fault{TTFTMS: 1500})
+	s.Sim("fast-b").SetFault(sim.Fault{Status: 500})
+	deadline := time.Now().Add(40 * time.Second)
+	var v *healthview.Snapshot
+	for {
+		v = s.controllerView()
+		if v.Backends["long"].State == healthview.Degraded && v.Backends["fast-b"].State == healthview.Open {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not judged from probes: long %s (%s), fast-b %s (%s)", v.Backends["long"].State, v.Backends["long"].Reason,
+				v.Backends["fast-b"].State, v.Backends["fast-b"].Reason)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Logf("long: %s; fast-b: %s", v.Backends["long"].Reason, v.Backends["fast-b"].Reason)
+	if !strings.Contains(v.Backends["long"].Reason, "TTFT") {
+		t.Errorf("long degraded for %q, want its time to first token", v.Backends["long"].Reason)
+	}
+	for _, b := range []string{"fast", "vision"} {
+		if st := v.Backends[b].State; st != healthview.Healthy {
+			t.Errorf("%s is %s (%s)", b, st, v.Backends[b].Reason)
+		}
+	}
+	auth := false
+	for _, p := range v.Backends["vision"].Probes {
+		if p.Name == "auth" {
+			auth = true
+			if !p.OK {
+				t.Errorf("vision's auth check failed: %s", p.Reason)
+			}
+		}
+	}
+	if !auth {
+		t.Errorf("no auth check of vision among its probes: %+v", v.Backends["vision"].Probes)
+	}
+	if n := metricValue(s.XDSMetrics(), `detour_probe_results_total{backend="fast-b",probe="short",result="failed"}`); n == 0 {
+		t.Error("fast-b's failed probes not counted")
+	}
+	// No client request was sent: every request the providers saw was a probe.
+	if n := sumSeries(s.Metrics(), "detour_extproc_decisions_total"); n != 0 {
+		t.Errorf("%v client decisions", n)
+	}
+}
