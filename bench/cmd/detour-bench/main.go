@@ -12,9 +12,12 @@
 //   - the Go micro benchmarks of the routing core (see micro.go);
 //   - the proxy-wasm plugin against Envoy alone and the ext_proc path:
 //     latency, throughput, time to ready, memory (see wasm.go);
+//   - detour's live-metrics controller against the static baseline: time to
+//     detect and time to shift in four fault scenarios (see controller.go);
 //
 // and writes the figures into BENCHMARKS.md between the markers
-// <!-- bench:begin --> and <!-- bench:end --> (see report.go).
+// <!-- bench:begin --> and <!-- bench:end --> (see report.go); the wasm and
+// controller parts have their own markers.
 //
 // Usage:
 //
@@ -50,6 +53,7 @@ type options struct {
 	skipE2E        bool
 	skipFailover   bool
 	skipWasm       bool
+	skipController bool
 	wasm           string
 	only           string
 	verbose        bool
@@ -66,6 +70,7 @@ const (
 	partFailover = "failover"
 	partMicro    = "micro"
 	partWasm     = "wasm"
+	partCtl      = "controller"
 )
 
 func parseFlags(args []string, stderr io.Writer) (options, error) {
@@ -85,8 +90,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.BoolVar(&o.skipE2E, "skip-e2e", false, "skip the added-latency and throughput measurements (report sections 1-3)")
 	fs.BoolVar(&o.skipFailover, "skip-failover", false, "skip the failover and policy-edit measurements (report sections 4-5)")
 	fs.BoolVar(&o.skipWasm, "skip-wasm", false, "skip the proxy-wasm plugin comparison (report section 7)")
+	fs.BoolVar(&o.skipController, "skip-controller", false, "skip the live-metrics controller scenarios (report section 8)")
 	fs.StringVar(&o.wasm, "wasm", "", "path of detour.wasm (default: $DETOUR_WASM, else detour.wasm beside the detour binary, else build ./wasm)")
-	fs.StringVar(&o.only, "only", "", "run only these parts, comma-separated: latency (sections 1-3), failover (4-5), micro (6), wasm (7)")
+	fs.StringVar(&o.only, "only", "", "run only these parts, comma-separated: latency (sections 1-3), failover (4-5), micro (6), wasm (7), controller (8)")
 	fs.Float64Var(&o.failoverRate, "failover-rate", 200, "failover: fixed-rate (open loop) requests per second")
 	fs.DurationVar(&o.failoverDuration, "failover-duration", 20*time.Second, "failover: duration of each side's run")
 	fs.DurationVar(&o.failoverFaultAt, "failover-fault-at", 5*time.Second, "failover: when the primary provider starts answering 503, from the start of the run")
@@ -99,7 +105,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		return o, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
 	}
 	if o.only != "" {
-		o.skipE2E, o.skipFailover, o.skipMicro, o.skipWasm = true, true, true, true
+		o.skipE2E, o.skipFailover, o.skipMicro, o.skipWasm, o.skipController = true, true, true, true, true
 		for part := range strings.SplitSeq(o.only, ",") {
 			switch strings.TrimSpace(part) {
 			case partLatency:
@@ -110,8 +116,10 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 				o.skipMicro = false
 			case partWasm:
 				o.skipWasm = false
+			case partCtl:
+				o.skipController = false
 			default:
-				return o, fmt.Errorf("-only: unknown part %q (want %s, %s, %s or %s)", part, partLatency, partFailover, partMicro, partWasm)
+				return o, fmt.Errorf("-only: unknown part %q (want %s, %s, %s, %s or %s)", part, partLatency, partFailover, partMicro, partWasm, partCtl)
 			}
 		}
 	}
@@ -130,8 +138,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		return o, errors.New("-failover-fault-at must lie within -failover-duration")
 	case o.reloadEdits < 0:
 		return o, errors.New("-reload-edits must be >= 0")
-	case o.skipE2E && o.skipMicro && o.skipFailover && o.skipWasm:
-		return o, errors.New("nothing left to measure (-skip-e2e, -skip-failover, -skip-micro and -skip-wasm all set)")
+	case o.skipE2E && o.skipMicro && o.skipFailover && o.skipWasm && o.skipController:
+		return o, errors.New("nothing left to measure (-skip-e2e, -skip-failover, -skip-micro, -skip-wasm and -skip-controller all set)")
 	}
 	return o, nil
 }
@@ -188,7 +196,9 @@ func bench(ctx context.Context, o options, args []string, stdout, stderr io.Writ
 	rep.LoadBefore = loadAverage()
 
 	var failures []error
-	if !o.skipE2E || !o.skipFailover || !o.skipWasm {
+	var ctl *controllerResult
+	var ctlErr string
+	if !o.skipE2E || !o.skipFailover || !o.skipWasm || !o.skipController {
 		envoyBin, envoyVer, err := findEnvoy(ctx, root)
 		if err != nil {
 			return err
@@ -243,6 +253,21 @@ func bench(ctx context.Context, o options, args []string, stdout, stderr io.Writ
 				rep.Wasm = wr
 			}
 		}
+		if !o.skipController && ctx.Err() == nil {
+			module := o.wasm
+			if module == "" {
+				module, err = locateWasm(ctx, root, detourBin, work, log)
+			}
+			if err == nil {
+				ctl, err = runController(ctx, cfg, module)
+			}
+			switch {
+			case ctx.Err() != nil:
+			case err != nil:
+				ctlErr = err.Error()
+				failures = append(failures, fmt.Errorf("controller benchmark: %w", err))
+			}
+		}
 	}
 	if !o.skipMicro && ctx.Err() == nil {
 		micro, err := runMicro(ctx, root, log)
@@ -258,23 +283,30 @@ func bench(ctx context.Context, o options, args []string, stdout, stderr io.Writ
 	rep.LoadAfter = loadAverage()
 	rep.Elapsed = time.Since(start)
 
-	// The main section holds parts 1-6; the wasm comparison has its own
-	// markers, so `-only wasm` leaves the other figures in place (and a run
-	// without wasm leaves the wasm figures in place).
-	onlyWasm := o.skipE2E && o.skipFailover && o.skipMicro
+	// The main section holds parts 1-6; the wasm comparison and the
+	// controller scenarios have their own markers, so `-only wasm` or
+	// `-only controller` leaves the other figures in place (and a run
+	// without them leaves their figures in place).
+	mainPart := !o.skipE2E || !o.skipFailover || !o.skipMicro
 	if o.out == "-" {
-		if !onlyWasm {
+		if mainPart {
 			_, err = stdout.Write(rep.markdown())
 		}
 		if err == nil && !o.skipWasm {
 			_, err = stdout.Write(rep.wasmMarkdown())
 		}
+		if err == nil && !o.skipController {
+			_, err = stdout.Write(controllerMarkdown(rep, ctl, ctlErr))
+		}
 	} else {
-		if !onlyWasm {
+		if mainPart {
 			err = updateFile(o.out, rep.markdown())
 		}
 		if err == nil && !o.skipWasm {
 			err = updateFileBetween(o.out, rep.wasmMarkdown(), wasmBeginMarker, wasmEndMarker)
+		}
+		if err == nil && !o.skipController {
+			err = updateFileBetween(o.out, controllerMarkdown(rep, ctl, ctlErr), ctlBeginMarker, ctlEndMarker)
 		}
 		if err == nil {
 			log.Info("report written", "file", o.out, "elapsed", rep.Elapsed.Round(time.Second))
