@@ -33,6 +33,7 @@ import (
 
 	upstreamcodecv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/upstream_codec/v3"
 
+	"github.com/detourhq/detour/healthview"
 	"github.com/detourhq/detour/policy"
 	"github.com/detourhq/detour/wasm/plugin"
 )
@@ -194,9 +195,10 @@ func wasmFilter(p *policy.Policy, m *WasmModule, o Options, name string, cfg *pl
 	return &hcmv3.HttpFilter{Name: WasmFilter, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: w}}, nil
 }
 
-// routerPluginConfig is the router role's configuration: the route table
-// and which targets it leaves to the ext_proc filter.
-func routerPluginConfig(p *policy.Policy) *plugin.Config {
+// routerPluginConfig is the router role's configuration: the route table,
+// which targets it leaves to the ext_proc filter, the routes' default
+// priorities, and where it reads the controller's view.
+func routerPluginConfig(p *policy.Policy, o Options) (*plugin.Config, error) {
 	t := p.RouteTable()
 	c := &plugin.Config{
 		Role:             plugin.RoleRouter,
@@ -206,7 +208,32 @@ func routerPluginConfig(p *policy.Policy) *plugin.Config {
 		FailOpen:         p.ExtProc.FailureModeAllow,
 		ExtProcByDefault: p.Routing.Mode != policy.ModeWasm,
 	}
+	// The view comes from this control plane's HTTP server (xds.metrics),
+	// where the controller runs, through the cluster Envoy fetches the
+	// module from. A static bootstrap has neither control plane nor
+	// controller.
+	if o.Dynamic && !p.Controller.Disabled {
+		host, port, err := wasmSourceAddr(p)
+		if err != nil {
+			return nil, err
+		}
+		c.Health = &plugin.HealthConfig{
+			Cluster:   WasmSourceCluster,
+			Authority: net.JoinHostPort(host, strconv.Itoa(int(port))),
+			Path:      healthview.Path,
+			TickMS:    uint32(wasmHealthTick / time.Millisecond),
+			// Above the long-poll bound: a view that does not change is
+			// answered after MaxWait, not cut off as a failure.
+			TimeoutMS: uint32((healthview.MaxWait + 5*time.Second) / time.Millisecond),
+		}
+	}
 	for _, r := range p.Routes {
+		if r.Priority != "" {
+			if c.Priorities == nil {
+				c.Priorities = map[string]string{}
+			}
+			c.Priorities[r.Name] = r.Priority
+		}
 		switch r.Mode {
 		case policy.ModeWasm:
 			c.WasmTargets = append(c.WasmTargets, r.Name)
@@ -214,8 +241,13 @@ func routerPluginConfig(p *policy.Policy) *plugin.Config {
 			c.ExtProcTargets = append(c.ExtProcTargets, r.Name)
 		}
 	}
-	return c
+	return c, nil
 }
+
+// wasmHealthTick is how often the router plugin re-arms its poll of the
+// controller's view when no call is outstanding (after a failure, or a
+// long poll that ended without a change).
+const wasmHealthTick = time.Second
 
 // listenerHTTPFilters is the connection manager's filter chain for p.
 func listenerHTTPFilters(p *policy.Policy, o Options, extProc, router *anypb.Any) ([]*hcmv3.HttpFilter, error) {
@@ -224,7 +256,11 @@ func listenerHTTPFilters(p *policy.Policy, o Options, extProc, router *anypb.Any
 	measure, routing := wasmOn(p, o.Wasm)
 	switch {
 	case routing:
-		w, err := wasmFilter(p, o.Wasm, o, "detour_router", routerPluginConfig(p))
+		cfg, err := routerPluginConfig(p, o)
+		if err != nil {
+			return nil, err
+		}
+		w, err := wasmFilter(p, o.Wasm, o, "detour_router", cfg)
 		if err != nil {
 			return nil, err
 		}

@@ -235,6 +235,7 @@ func TestImportsAndExports(t *testing.T) {
 		"proxy_on_request_headers", "proxy_on_request_body",
 		"proxy_on_response_headers", "proxy_on_response_body",
 		"proxy_on_done", "proxy_on_log", "proxy_on_delete",
+		"proxy_on_tick", "proxy_on_http_call_response",
 	} {
 		if _, ok := exports[name]; !ok {
 			t.Errorf("export %s missing", name)

@@ -23,13 +23,15 @@ const (
 
 // ABI enumerations the host understands.
 const (
-	bufRequestBody  = 0
-	bufResponseBody = 1
-	bufVMConfig     = 6
-	bufPluginConfig = 7
+	bufRequestBody          = 0
+	bufResponseBody         = 1
+	bufHttpCallResponseBody = 4
+	bufVMConfig             = 6
+	bufPluginConfig         = 7
 
-	mapRequestHeaders  = 0
-	mapResponseHeaders = 2
+	mapRequestHeaders          = 0
+	mapResponseHeaders         = 2
+	mapHttpCallResponseHeaders = 6
 )
 
 // host is the state Envoy would keep for one VM: the current stream's
@@ -52,11 +54,27 @@ type host struct {
 	metrics   []metric // by id-1
 	tick      uint32
 	logs      []string // "level: message", capped
-	nLogs     int
+
+	// HTTP calls the guest dispatched (proxy_http_call), and the answer
+	// being delivered (readable during proxy_on_http_call_response).
+	calls         []httpCall
+	callHeaders   [][2]string
+	callBody      []byte
+	nextCallToken uint32
+	nLogs         int
 
 	alloc      api.Function // the guest's proxy_on_memory_allocate
 	allocs     int          // calls of alloc
 	allocSpent time.Duration
+}
+
+type httpCall struct {
+	token    uint32
+	cluster  string
+	headers  [][2]string
+	body     []byte
+	trailers [][2]string
+	timeout  uint32
 }
 
 type localResponse struct {
@@ -116,6 +134,8 @@ func (h *host) buffer(kind uint32) *[]byte {
 		return &h.respBody
 	case bufPluginConfig:
 		return &h.pluginConfig
+	case bufHttpCallResponseBody:
+		return &h.callBody
 	case bufVMConfig:
 		return new([]byte) // none
 	}
@@ -128,6 +148,8 @@ func (h *host) headerMap(kind uint32) *[][2]string {
 		return &h.reqHeaders
 	case mapResponseHeaders:
 		return &h.respHeaders
+	case mapHttpCallResponseHeaders:
+		return &h.callHeaders
 	}
 	return nil
 }
@@ -364,6 +386,32 @@ var hostFuncs = map[string]hostFunc{
 		h.tick = u32(a, 0)
 		return statusOK
 	}},
+	"proxy_http_call": {[]api.ValueType{i32, i32, i32, i32, i32, i32, i32, i32, i32, i32}, func(_ context.Context, h *host, m api.Module, a []uint64) uint32 {
+		cluster, ok1 := readString(m, u32(a, 0), u32(a, 1))
+		rawHeaders, ok2 := read(m, u32(a, 2), u32(a, 3))
+		body, ok3 := read(m, u32(a, 4), u32(a, 5))
+		rawTrailers, ok4 := read(m, u32(a, 6), u32(a, 7))
+		headers, err1 := decodePairs(rawHeaders)
+		trailers, err2 := decodePairs(rawTrailers)
+		if !ok1 || !ok2 || !ok3 || !ok4 || err1 != nil || err2 != nil {
+			return statusBadArgument
+		}
+		// Envoy refuses a call without these, or to an unknown cluster.
+		for _, k := range []string{":method", ":path", ":authority"} {
+			if v, _ := headerOf(headers, k); v == "" {
+				return statusBadArgument
+			}
+		}
+		if cluster == "" {
+			return statusBadArgument
+		}
+		h.nextCallToken++
+		if !m.Memory().WriteUint32Le(u32(a, 9), h.nextCallToken) {
+			return statusBadArgument
+		}
+		h.calls = append(h.calls, httpCall{token: h.nextCallToken, cluster: cluster, headers: headers, body: body, trailers: trailers, timeout: u32(a, 8)})
+		return statusOK
+	}},
 	"proxy_define_metric": {[]api.ValueType{i32, i32, i32, i32}, func(_ context.Context, h *host, m api.Module, a []uint64) uint32 {
 		name, ok := readString(m, u32(a, 1), u32(a, 2))
 		if !ok || u32(a, 0) > 2 {
@@ -425,6 +473,15 @@ var hostFuncs = map[string]hostFunc{
 		h.foreign = append(h.foreign, name)
 		return h.give(ctx, m, nil, u32(a, 4), u32(a, 5)) // it returns nothing
 	}},
+}
+
+func headerOf(hm [][2]string, key string) (string, bool) {
+	for _, kv := range hm {
+		if kv[0] == key {
+			return kv[1], true
+		}
+	}
+	return "", false
 }
 
 func removeHeader(hm [][2]string, key string) [][2]string {

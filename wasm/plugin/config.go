@@ -40,6 +40,9 @@ const (
 	HeaderError   = "x-detour-error"
 	// HeaderStream marks a streaming request the ext_proc service routed.
 	HeaderStream = "x-detour-stream"
+	// HeaderPriority is a request's priority (critical, standard,
+	// sheddable); without it the route's default applies.
+	HeaderPriority = route.HeaderPriorityName
 	// AttemptCountHeader is Envoy's count of attempts, which detour's
 	// routes add to every response (include_attempt_count_in_response).
 	AttemptCountHeader = "x-envoy-attempt-count"
@@ -74,6 +77,13 @@ type Config struct {
 	ExtProcTargets   []string `json:"extproc_targets,omitempty"`
 	WasmTargets      []string `json:"wasm_targets,omitempty"`
 	ExtProcByDefault bool     `json:"extproc_by_default,omitempty"`
+	// Priorities are the routes' default priorities (critical, standard,
+	// sheddable) by route name, for requests without x-detour-priority;
+	// a route not named here is standard.
+	Priorities map[string]string `json:"priorities,omitempty"`
+	// Health is where the controller's view is read; nil: every backend
+	// counts as healthy and nothing is shed.
+	Health *HealthConfig `json:"health,omitempty"`
 
 	// Upstream role: the backend this instance serves (set in a cluster's
 	// own filters), or, for the router's upstream filters shared by every
@@ -100,6 +110,14 @@ func ParseConfig(b []byte) (*Config, error) {
 		}
 		if c.Attempts <= 0 {
 			c.Attempts = 1
+		}
+		if err := c.Health.check(); err != nil {
+			return nil, fmt.Errorf("plugin configuration: health: %w", err)
+		}
+		for name, prio := range c.Priorities {
+			if !validPriority(prio) || prio == "" {
+				return nil, fmt.Errorf("plugin configuration: route %q: unknown priority %q", name, prio)
+			}
 		}
 	case RoleUpstream:
 		if (c.Backend == "" || c.Model == "") && len(c.Models) == 0 {

@@ -22,6 +22,10 @@ const (
 	statFailures  = "detour_wasm_failures_total"
 	statPanics    = "detour_wasm_panics_total"
 	statAttempts  = "detour_upstream_attempts_total"
+	// statViews counts controller views taken (per worker VM), statViewErrors
+	// failed or unreadable reads of it (the last view stays in use).
+	statViews      = "detour_wasm_health_views_total"
+	statViewErrors = "detour_wasm_health_view_errors_total"
 )
 
 // backendStats are one backend's measurement series.
@@ -42,6 +46,8 @@ type metricSet struct {
 	attempts  map[string]proxywasm.MetricCounter
 	failures  proxywasm.MetricCounter
 	panics    proxywasm.MetricCounter
+
+	views, viewErrors proxywasm.MetricCounter
 }
 
 // maxSeries bounds the label values one VM defines: backend names come
@@ -58,6 +64,9 @@ func newMetricSet() *metricSet {
 		attempts:  map[string]proxywasm.MetricCounter{},
 		failures:  proxywasm.DefineCounterMetric(statFailures),
 		panics:    proxywasm.DefineCounterMetric(statPanics),
+
+		views:      proxywasm.DefineCounterMetric(statViews),
+		viewErrors: proxywasm.DefineCounterMetric(statViewErrors),
 	}
 }
 

@@ -46,7 +46,10 @@ type Plugin struct {
 	extproc map[string]bool
 	// strip is removed from every upstream request: detour's headers.
 	strip []string
-	done  uint64 // streams finished, for the GC check
+	// health follows the controller's view (router role with a
+	// configured source; nil otherwise).
+	health *health
+	done   uint64 // streams finished, for the GC check
 }
 
 // OnPluginStart reads and checks the configuration. A bad configuration
@@ -79,8 +82,15 @@ func (p *Plugin) OnPluginStart(int) types.OnPluginStartStatus {
 		for _, t := range cfg.WasmTargets {
 			p.extproc[t] = false
 		}
+		if cfg.Health != nil {
+			p.health = &health{cfg: cfg.Health}
+			if err := proxywasm.SetTickPeriodMilliSeconds(cfg.Health.TickMS); err != nil {
+				proxywasm.LogCritical("detour: set tick period: " + err.Error())
+				return types.OnPluginStartStatusFailed
+			}
+		}
 	}
-	p.strip = []string{HeaderBackend, HeaderModel, HeaderRoute, HeaderStream}
+	p.strip = []string{HeaderBackend, HeaderModel, HeaderRoute, HeaderStream, HeaderPriority}
 	proxywasm.LogInfo(fmt.Sprintf("detour: plugin started: role %s", cfg.Role))
 	return types.OnPluginStartStatusOK
 }

@@ -20,6 +20,9 @@ type routerStream struct {
 	routing bool // a body is being collected to decide on
 	req     route.Request
 	dec     route.Decision
+	// priority is the request's x-detour-priority ("" for the route's
+	// default).
+	priority string
 }
 
 func (s *routerStream) OnHttpRequestHeaders(_ int, endOfStream bool) (a types.Action) {
@@ -32,6 +35,10 @@ func (s *routerStream) OnHttpRequestHeaders(_ int, endOfStream bool) (a types.Ac
 	}
 	if s.kind == route.KindUnknown {
 		return s.reject(route.ErrUnsupportedPath(s.path))
+	}
+	s.priority, _ = proxywasm.GetHttpRequestHeader(HeaderPriority)
+	if !validPriority(s.priority) {
+		return s.reject(route.ErrBadPriority(s.priority))
 	}
 	if endOfStream {
 		return s.reject(route.ErrEmptyBody())
@@ -76,8 +83,22 @@ func (s *routerStream) OnHttpRequestBody(size int, endOfStream bool) (a types.Ac
 		return types.ActionContinue // the ext_proc filter decides this one
 	}
 	r := s.p.router
-	if err := r.Decide(&s.req, &s.dec); err != nil {
+	if err := r.DecideHealth(&s.req, &s.dec, s.p.health.forRequest()); err != nil {
 		return s.reject(route.DecisionError(err, s.req.Kind))
+	}
+	// Shedding: only while the view has a route that sheds, and then
+	// only for its requests.
+	if rt := s.p.health.shedding(s.dec.Target); rt != nil {
+		prio := s.priority
+		if prio == "" {
+			prio = s.p.cfg.Priorities[s.dec.Target]
+		}
+		if prio == "" {
+			prio = priorityStandard
+		}
+		if rt.refuses(prio) {
+			return s.shed(route.ErrShed(s.dec.Target, prio, rt.Reason), rt.RetryAfter)
+		}
 	}
 	b := r.Backend(s.dec.Backend)
 	// Room for the widest model of the request's order: each attempt's
@@ -160,11 +181,19 @@ func (s *routerStream) reject(e *route.APIError) types.Action {
 	return s.reply(uint32(e.Status), e.JSON(), e.Kind)
 }
 
-func (s *routerStream) reply(status uint32, body []byte, kind string) types.Action {
+// shed refuses a request its route cannot take now: 429 with Retry-After.
+func (s *routerStream) shed(e *route.APIError, retryAfter int) types.Action {
+	s.routing = false
+	s.p.vm.metrics.rejected(e.Kind)
+	return s.reply(uint32(e.Status), e.JSON(), e.Kind, [2]string{"retry-after", itoa(max(1, retryAfter))})
+}
+
+func (s *routerStream) reply(status uint32, body []byte, kind string, extra ...[2]string) types.Action {
 	h := [][2]string{{"content-type", "application/json"}}
 	if kind != "" {
 		h = append(h, [2]string{HeaderError, kind})
 	}
+	h = append(h, extra...)
 	// The details mark the reply as detour's, so Envoy's local reply
 	// mappers leave its OpenAI-shaped body alone.
 	details := "detour_answer"

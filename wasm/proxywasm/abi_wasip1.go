@@ -43,6 +43,9 @@ func hostContinueStream(stream uint32) uint32
 //go:wasmimport env proxy_set_tick_period_milliseconds
 func hostSetTickPeriod(ms uint32) uint32
 
+//go:wasmimport env proxy_http_call
+func hostHttpCall(upstream unsafe.Pointer, upstreamSize uint32, headers unsafe.Pointer, headersSize uint32, body unsafe.Pointer, bodySize uint32, trailers unsafe.Pointer, trailersSize uint32, timeoutMS uint32, retToken unsafe.Pointer) uint32
+
 //go:wasmimport env proxy_define_metric
 func hostDefineMetric(kind uint32, name unsafe.Pointer, nameSize uint32, retID unsafe.Pointer) uint32
 

@@ -18,12 +18,22 @@ type vmState struct {
 	// pins keeps memory handed to the host alive until the guest has read
 	// it: Go's GC may run in any callback.
 	pins map[unsafe.Pointer][]byte
+	// root is the root context whose callback is running (on_configure,
+	// on_tick, on_http_call_response): an HTTP call dispatched now is its,
+	// and the host answers it on that root context.
+	root uint32
+	// callouts are the callbacks of outstanding HTTP calls, by root
+	// context and token (Envoy numbers a root context's calls).
+	callouts map[callout]func(numHeaders, bodySize, numTrailers int)
 }
 
+type callout struct{ root, token uint32 }
+
 var vm = vmState{
-	plugins: map[uint32]types.PluginContext{},
-	https:   map[uint32]types.HttpContext{},
-	pins:    map[unsafe.Pointer][]byte{},
+	plugins:  map[uint32]types.PluginContext{},
+	https:    map[uint32]types.HttpContext{},
+	pins:     map[unsafe.Pointer][]byte{},
+	callouts: map[callout]func(int, int, int){},
 }
 
 // SetVMContext registers the plugin's VM context. Call it from init():
@@ -75,14 +85,35 @@ func onConfigure(id, size uint32) uint32 {
 	if p == nil {
 		return 0
 	}
+	vm.root = id
 	return b2u(p.OnPluginStart(int(size)) == types.OnPluginStartStatusOK)
 }
 
 //go:wasmexport proxy_on_tick
 func onTick(id uint32) {
 	if p := vm.plugins[id]; p != nil {
+		vm.root = id
 		p.OnTick()
 	}
+}
+
+// proxy_on_http_call_response: the answer to an HTTP call of root context
+// id (numHeaders 0: the call failed or timed out). Its headers and body
+// are readable only during this callback.
+//
+//go:wasmexport proxy_on_http_call_response
+func onHttpCallResponse(id, token, numHeaders, bodySize, numTrailers uint32) {
+	k := callout{id, token}
+	cb := vm.callouts[k]
+	if cb == nil {
+		return
+	}
+	delete(vm.callouts, k)
+	if vm.plugins[id] == nil {
+		return // its root context has gone
+	}
+	vm.root = id
+	cb(int(numHeaders), int(bodySize), int(numTrailers))
 }
 
 //go:wasmexport proxy_on_queue_ready
@@ -158,7 +189,14 @@ func onLog(uint32) {}
 //go:wasmexport proxy_on_delete
 func onDelete(id uint32) {
 	delete(vm.https, id)
-	delete(vm.plugins, id)
+	if _, ok := vm.plugins[id]; ok {
+		delete(vm.plugins, id)
+		for k := range vm.callouts {
+			if k.root == id {
+				delete(vm.callouts, k)
+			}
+		}
+	}
 }
 
 func b2u(b bool) uint32 {

@@ -10,13 +10,15 @@ import (
 
 // ABI enumerations used below.
 const (
-	bufRequestBody  = 0
-	bufResponseBody = 1
-	bufVMConfig     = 6
-	bufPluginConfig = 7
+	bufRequestBody          = 0
+	bufResponseBody         = 1
+	bufHttpCallResponseBody = 4
+	bufVMConfig             = 6
+	bufPluginConfig         = 7
 
-	mapRequestHeaders  = 0
-	mapResponseHeaders = 2
+	mapRequestHeaders          = 0
+	mapResponseHeaders         = 2
+	mapHttpCallResponseHeaders = 6
 
 	streamRequest  = 0
 	streamResponse = 1
@@ -139,6 +141,34 @@ func SendHttpResponse(status uint32, headers [][2]string, body []byte, gRPCStatu
 func SendHttpResponseDetails(status uint32, details string, headers [][2]string, body []byte, gRPCStatus int32) error {
 	h := encodePairs(headers)
 	return statusErr(hostSendLocalResponse(status, strPtr(details), uint32(len(details)), ptr(body), uint32(len(body)), ptr(h), uint32(len(h)), gRPCStatus))
+}
+
+// DispatchHttpCall sends an HTTP request to the host's cluster; headers
+// must hold :method, :path and :authority (Envoy refuses the call without
+// them). callBack runs with the response (numHeaders 0: the call failed or
+// timed out), on the root context that dispatched it: call this from a
+// root context's callback (OnPluginStart, OnTick, or another call's
+// callBack). The returned id is the host's token for the call.
+func DispatchHttpCall(cluster string, headers [][2]string, body []byte, trailers [][2]string,
+	timeoutMillisecond uint32, callBack func(numHeaders, bodySize, numTrailers int)) (uint32, error) {
+	h, tr := encodePairs(headers), encodePairs(trailers)
+	var token uint32
+	if err := statusErr(hostHttpCall(strPtr(cluster), uint32(len(cluster)), ptr(h), uint32(len(h)),
+		ptr(body), uint32(len(body)), ptr(tr), uint32(len(tr)), timeoutMillisecond, unsafe.Pointer(&token))); err != nil {
+		return 0, err
+	}
+	vm.callouts[callout{vm.root, token}] = callBack
+	return token, nil
+}
+
+// GetHttpCallResponseHeaders returns the headers of the HTTP call being
+// answered (only within its callback).
+func GetHttpCallResponseHeaders() ([][2]string, error) { return getHeaders(mapHttpCallResponseHeaders) }
+
+// GetHttpCallResponseBody returns [start, start+maxSize) of the body of the
+// HTTP call being answered (only within its callback).
+func GetHttpCallResponseBody(start, maxSize int) ([]byte, error) {
+	return getBuffer(bufHttpCallResponseBody, start, maxSize)
 }
 
 // GetProperty reads a host attribute, e.g. {"xds", "cluster_name"}.

@@ -50,6 +50,15 @@ func SendHttpResponseDetails(status uint32, _ string, headers [][2]string, body 
 }
 func GetProperty(path []string) ([]byte, error) { return sdk.GetProperty(path) }
 
+func DispatchHttpCall(cluster string, headers [][2]string, body []byte, trailers [][2]string,
+	timeoutMillisecond uint32, callBack func(numHeaders, bodySize, numTrailers int)) (uint32, error) {
+	return sdk.DispatchHttpCall(cluster, headers, body, trailers, timeoutMillisecond, callBack)
+}
+func GetHttpCallResponseHeaders() ([][2]string, error) { return sdk.GetHttpCallResponseHeaders() }
+func GetHttpCallResponseBody(start, maxSize int) ([]byte, error) {
+	return sdk.GetHttpCallResponseBody(start, maxSize)
+}
+
 func LogTrace(msg string)    { sdk.LogTrace(msg) }
 func LogDebug(msg string)    { sdk.LogDebug(msg) }
 func LogInfo(msg string)     { sdk.LogInfo(msg) }
