@@ -244,9 +244,9 @@ func buildQuery(selector string, length, failureSpan time.Duration) string {
 			by += ", " + c.by
 		}
 		s := c.metric + sel(c.match)
-		tag(sigWindow+c.metric, fmt.Sprintf("sum by (%s) (increase(%s%s))", by, s, win))
+		tag(sigWindow+c.metric, fmt.Sprintf("sum by (%s) (%s)", by, counterIncrease(s, win)))
 		if c.errors {
-			tag(sigFailures+c.metric, fmt.Sprintf("sum by (%s) (increase(%s%s))", by, s, fail))
+			tag(sigFailures+c.metric, fmt.Sprintf("sum by (%s) (%s)", by, counterIncrease(s, fail)))
 		}
 		if c.requests {
 			tag(sigTotal+c.metric, fmt.Sprintf("sum by (%s) (%s)", by, s))
@@ -265,6 +265,19 @@ func buildQuery(selector string, length, failureSpan time.Duration) string {
 	tag(sigRestarts, fmt.Sprintf("sum(resets(%s%s%s))", famServerUptime, sel(""), win))
 	tag(sigNewest, fmt.Sprintf("max(timestamp(%s%s))", famServerUptime, sel("")))
 	return strings.Join(parts, "\n  or ")
+}
+
+// counterIncrease is a counter's increase over rng ("[30s]"), per series.
+// Envoy creates a counter such as upstream_rq_5xx at its first event, and
+// increase() starts from a series' first sample, so the events a new
+// series already holds when first scraped would be lost: a fault's first
+// errors, exactly the ones that should be seen first. A series that did
+// not exist a window ago counts whole instead (all of it happened within
+// the window).
+func counterIncrease(series, rng string) string {
+	offset := strings.Trim(rng, "[]")
+	fresh := fmt.Sprintf("(%s unless %s offset %s)", series, series, offset)
+	return fmt.Sprintf("(increase(%s%s) unless %s) or %s", series, rng, fresh, fresh)
 }
 
 // promBackend gathers one backend's series.
