@@ -21,6 +21,7 @@ import (
 
 	"github.com/detourhq/detour/health"
 	"github.com/detourhq/detour/healthview"
+	"github.com/detourhq/detour/healthview/viewhttp"
 	"github.com/detourhq/detour/policy"
 	"github.com/detourhq/detour/signals"
 	"github.com/detourhq/detour/xds"
@@ -64,7 +65,7 @@ type Config struct {
 	Pusher    Pusher
 	// Prober is optional: without it only traffic is judged.
 	Prober    Prober
-	Publisher *healthview.Publisher
+	Publisher *viewhttp.Publisher
 	Metrics   *Metrics
 	Log       *slog.Logger
 	// Clock defaults to time.Now.

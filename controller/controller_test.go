@@ -16,6 +16,7 @@ import (
 	"github.com/detourhq/detour/examples"
 	"github.com/detourhq/detour/health"
 	"github.com/detourhq/detour/healthview"
+	"github.com/detourhq/detour/healthview/viewhttp"
 	"github.com/detourhq/detour/policy"
 	"github.com/detourhq/detour/signals"
 	"github.com/detourhq/detour/xds"
@@ -74,7 +75,7 @@ type harness struct {
 	now    time.Time
 	src    *fakeSource
 	push   *fakePusher
-	pub    *healthview.Publisher
+	pub    *viewhttp.Publisher
 	m      *Metrics
 	c      *Controller
 	p      *policy.Policy
@@ -93,7 +94,7 @@ func quickstart(t testing.TB) *policy.Policy {
 func newHarness(t *testing.T, p *policy.Policy, prober *fakeProber) *harness {
 	t.Helper()
 	h := &harness{t: t, now: time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC), src: &fakeSource{stats: map[string]signals.Stats{}},
-		push: &fakePusher{}, pub: healthview.NewPublisher(), m: NewMetrics(prometheus.NewRegistry()), p: p, prober: prober}
+		push: &fakePusher{}, pub: viewhttp.NewPublisher(), m: NewMetrics(prometheus.NewRegistry()), p: p, prober: prober}
 	cfg := Config{Policy: p, NewSource: func(*policy.Policy) (signals.Source, error) { return h.src, nil },
 		Pusher: h.push, Publisher: h.pub, Metrics: h.m, Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		Clock: h.clock}

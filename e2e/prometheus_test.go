@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/detourhq/detour/healthview"
+	"github.com/detourhq/detour/healthview/viewhttp"
 	"github.com/detourhq/detour/signals"
 	"github.com/detourhq/detour/sim"
 )
@@ -162,9 +163,9 @@ func runBrownout(t *testing.T, source string) brownoutRun {
 	if promBin != "" {
 		startPrometheus(t, promBin, promListen, s.AdminAddr)
 	}
-	viewURL := "http://" + s.XDSMetricsAddr + healthview.Path
+	viewURL := "http://" + s.XDSMetricsAddr + viewhttp.Path
 	waitUntil(t, "the controller to read its signals with every backend HEALTHY", 20*time.Second, func() bool {
-		v, err := healthview.Fetch(context.Background(), http.DefaultClient, viewURL, 0)
+		v, err := viewhttp.Fetch(context.Background(), http.DefaultClient, viewURL, 0)
 		if err != nil || v.Source != source || v.SignalError != "" || len(v.Backends) == 0 {
 			return false
 		}
@@ -196,7 +197,7 @@ func runBrownout(t *testing.T, source string) brownoutRun {
 				return
 			case <-tick.C:
 			}
-			v, err := healthview.Fetch(ctx, http.DefaultClient, viewURL, 0)
+			v, err := viewhttp.Fetch(ctx, http.DefaultClient, viewURL, 0)
 			if err != nil {
 				continue
 			}
@@ -264,13 +265,13 @@ func runBrownout(t *testing.T, source string) brownoutRun {
 	if !strings.Contains(s.xdsLogText(), `backend=fast from=HEALTHY to=DEGRADED reason="error rate`) {
 		t.Errorf("no transition log line:\n%s", tail(s.xdsLog, 20))
 	}
-	if v, err := healthview.Fetch(context.Background(), http.DefaultClient, viewURL, 0); err != nil {
+	if v, err := viewhttp.Fetch(context.Background(), http.DefaultClient, viewURL, 0); err != nil {
 		t.Errorf("controller view: %v", err)
 	} else if v.Source != source {
 		t.Errorf("the view's source is %q, want %q", v.Source, source)
 	}
 	if t.Failed() {
-		if v, err := healthview.Fetch(context.Background(), http.DefaultClient, viewURL, 0); err == nil {
+		if v, err := viewhttp.Fetch(context.Background(), http.DefaultClient, viewURL, 0); err == nil {
 			b, _ := json.MarshalIndent(v.Backends["fast"], "", "  ")
 			t.Logf("fast in the final view: %s", b)
 		}

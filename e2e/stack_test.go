@@ -8,6 +8,7 @@ import (
 	"context"
 	"fmt"
 	"github.com/detourhq/detour/healthview"
+	"github.com/detourhq/detour/healthview/viewhttp"
 	"io"
 	"math/rand/v2"
 	"net"
@@ -578,7 +579,7 @@ func (s *stack) xdsLogText() string {
 
 // firstTokenDeadline is the stream deadline the controller has pushed.
 func (s *stack) firstTokenDeadline() time.Duration {
-	v, err := healthview.Fetch(context.Background(), http.DefaultClient, "http://"+s.XDSMetricsAddr+healthview.Path, 0)
+	v, err := viewhttp.Fetch(context.Background(), http.DefaultClient, "http://"+s.XDSMetricsAddr+viewhttp.Path, 0)
 	if err != nil {
 		s.t.Errorf("controller view: %v", err)
 		return 0
@@ -589,7 +590,7 @@ func (s *stack) firstTokenDeadline() time.Duration {
 // controllerView is the controller's view now.
 func (s *stack) controllerView() *healthview.Snapshot {
 	s.t.Helper()
-	v, err := healthview.Fetch(context.Background(), http.DefaultClient, "http://"+s.XDSMetricsAddr+healthview.Path, 0)
+	v, err := viewhttp.Fetch(context.Background(), http.DefaultClient, "http://"+s.XDSMetricsAddr+viewhttp.Path, 0)
 	if err != nil {
 		s.t.Fatal(err)
 	}

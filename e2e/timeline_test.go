@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/detourhq/detour/healthview"
+	"github.com/detourhq/detour/healthview/viewhttp"
 )
 
 // outcome is one client request of a timeline.
@@ -152,7 +152,7 @@ func (tl *timeline) sample() {
 		a.counts[name] = srv.Stats().Requests
 	}
 	var v stateAt
-	if view, err := healthview.Fetch(context.Background(), http.DefaultClient, "http://"+tl.s.XDSMetricsAddr+healthview.Path, 0); err == nil {
+	if view, err := viewhttp.Fetch(context.Background(), http.DefaultClient, "http://"+tl.s.XDSMetricsAddr+viewhttp.Path, 0); err == nil {
 		v = stateAt{at: a.at, states: map[string]string{}}
 		for b, st := range view.Backends {
 			v.states[b] = st.State

@@ -4,7 +4,6 @@ import (
 	"sync/atomic"
 
 	"github.com/detourhq/detour/healthview"
-	"github.com/detourhq/detour/policy"
 	"github.com/detourhq/detour/route"
 )
 
@@ -14,7 +13,7 @@ const HeaderPriority = route.HeaderPriorityName
 
 // HealthSource gives the controller's latest view of the backends; nil
 // means none yet (every backend healthy, nothing shed).
-// *healthview.Watcher is one.
+// *viewhttp.Watcher is one.
 type HealthSource interface {
 	View() *healthview.Snapshot
 }
@@ -24,13 +23,7 @@ type HealthSource interface {
 type healthRanks struct {
 	version uint64
 	router  *route.Router
-	ranks   []uint8
-	any     bool // some backend is not HEALTHY
-	trial   bool // some backend is HALF_OPEN
-	// trialEvery: one request in this many is a trial for a recovering
-	// backend (from the controller's trial_share).
-	trialEvery uint64
-	view       *healthview.Snapshot
+	healthview.Ranks
 }
 
 // healthState holds the ranks cache and the trial counter.
@@ -55,45 +48,18 @@ func (h *healthState) forRequest(r *route.Router, out *route.Health) (*route.Hea
 		c = buildRanks(v, r)
 		h.cache.Store(c)
 	}
-	if !c.any {
+	if !c.Any {
 		return nil, v
 	}
-	out.Rank = c.ranks
-	out.Trial = c.trial && h.trials.Add(1)%c.trialEvery == 0
+	out.Rank = c.Rank
+	out.Trial = c.Trial && h.trials.Add(1)%c.TrialEvery == 0
 	return out, v
 }
 
 func buildRanks(v *healthview.Snapshot, r *route.Router) *healthRanks {
-	c := &healthRanks{version: v.Version, router: r, view: v, trialEvery: 20}
-	if v.TrialShare > 0 {
-		c.trialEvery = max(1, uint64(1/v.TrialShare+0.5))
-	}
 	bs := r.Backends()
-	c.ranks = make([]uint8, len(bs))
-	for i := range bs {
-		b, ok := v.Backends[bs[i].Name]
-		if !ok {
-			continue
-		}
-		c.ranks[i] = healthview.Rank(b.State)
-		if b.Throttled && c.ranks[i] == 0 {
-			c.ranks[i] = 1 // full: after the backends with room
-		}
-		if c.ranks[i] != 0 {
-			c.any = true
-		}
-		if c.ranks[i] == 1 || c.ranks[i] == route.TrialRank {
-			c.trial = true
-		}
-	}
-	return c
+	return &healthRanks{version: v.Version, router: r, Ranks: v.RanksFor(len(bs), func(i int) string { return bs[i].Name })}
 }
 
 // priorityOf validates a priority header value; "" is none.
-func priorityOf(v string) (string, bool) {
-	switch v {
-	case "", policy.PriorityCritical, policy.PriorityStandard, policy.PrioritySheddable:
-		return v, true
-	}
-	return "", false
-}
+func priorityOf(v string) (string, bool) { return v, healthview.ValidPriority(v) }

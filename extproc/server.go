@@ -50,7 +50,7 @@ type Config struct {
 	// decision; nil uses the estimate only.
 	Tokenizer TokenCounter
 	// Health is the controller's view of the backends (a
-	// *healthview.Watcher); nil routes as if every backend were healthy.
+	// *viewhttp.Watcher); nil routes as if every backend were healthy.
 	Health HealthSource
 }
 

@@ -33,7 +33,7 @@ import (
 
 	upstreamcodecv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/upstream_codec/v3"
 
-	"github.com/detourhq/detour/healthview"
+	"github.com/detourhq/detour/healthview/viewhttp"
 	"github.com/detourhq/detour/policy"
 	"github.com/detourhq/detour/wasm/plugin"
 )
@@ -220,11 +220,11 @@ func routerPluginConfig(p *policy.Policy, o Options) (*plugin.Config, error) {
 		c.Health = &plugin.HealthConfig{
 			Cluster:   WasmSourceCluster,
 			Authority: net.JoinHostPort(host, strconv.Itoa(int(port))),
-			Path:      healthview.Path,
+			Path:      viewhttp.Path,
 			TickMS:    uint32(wasmHealthTick / time.Millisecond),
 			// Above the long-poll bound: a view that does not change is
 			// answered after MaxWait, not cut off as a failure.
-			TimeoutMS: uint32((healthview.MaxWait + 5*time.Second) / time.Millisecond),
+			TimeoutMS: uint32((viewhttp.MaxWait + 5*time.Second) / time.Millisecond),
 		}
 	}
 	for _, r := range p.Routes {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/detourhq/detour/controller"
 	"github.com/detourhq/detour/healthview"
+	"github.com/detourhq/detour/healthview/viewhttp"
 	"github.com/detourhq/detour/policy"
 	"github.com/detourhq/detour/signals"
 	"github.com/detourhq/detour/xds"
@@ -20,8 +21,8 @@ import (
 // plane and returns the handler of its view (GET /v1/status). With the
 // controller disabled the view says so and every backend counts as
 // healthy.
-func startController(ctx context.Context, p *policy.Policy, srv *xds.Server, reg prometheus.Registerer, log *slog.Logger) (*controller.Controller, *healthview.Publisher, error) {
-	pub := healthview.NewPublisher()
+func startController(ctx context.Context, p *policy.Policy, srv *xds.Server, reg prometheus.Registerer, log *slog.Logger) (*controller.Controller, *viewhttp.Publisher, error) {
+	pub := viewhttp.NewPublisher()
 	if p.Controller.Disabled {
 		pub.Publish(&healthview.Snapshot{At: time.Now(), Source: "disabled", Backends: map[string]healthview.Backend{}, Routes: map[string]healthview.Route{}})
 		log.Info("controller disabled: Envoy keeps the policy's settings")

@@ -12,6 +12,7 @@ import (
 
 	"github.com/detourhq/detour/extproc"
 	"github.com/detourhq/detour/healthview"
+	"github.com/detourhq/detour/healthview/viewhttp"
 	"github.com/detourhq/detour/policy"
 )
 
@@ -90,8 +91,8 @@ func startExtProc(ctx context.Context, p *policy.Policy, log *slog.Logger) (*ext
 // watchHealth follows the controller's view until ctx ends. Errors are
 // counted always, logged once per outage: the control plane may simply
 // not be up yet.
-func watchHealth(ctx context.Context, url string, m *extproc.Metrics, log *slog.Logger) *healthview.Watcher {
-	w := healthview.NewWatcher(url)
+func watchHealth(ctx context.Context, url string, m *extproc.Metrics, log *slog.Logger) *viewhttp.Watcher {
+	w := viewhttp.NewWatcher(url)
 	failing := false
 	w.OnError = func(err error) {
 		m.HealthViewErrors.Inc()

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/detourhq/detour/healthview"
+	"github.com/detourhq/detour/healthview/viewhttp"
 )
 
 func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -34,7 +35,7 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
-	v, err := healthview.Fetch(ctx, &http.Client{}, *url, 0)
+	v, err := viewhttp.Fetch(ctx, &http.Client{}, *url, 0)
 	if err != nil {
 		return fmt.Errorf("is `detour xds` running? %w", err)
 	}

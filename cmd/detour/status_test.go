@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/detourhq/detour/healthview"
+	"github.com/detourhq/detour/healthview/viewhttp"
 )
 
 var statusNow = time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
@@ -172,7 +173,7 @@ func TestRunStatus(t *testing.T) {
 	var hits atomic.Int32
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		hits.Add(1)
-		if r.URL.Path != healthview.Path || r.URL.RawQuery != "" {
+		if r.URL.Path != viewhttp.Path || r.URL.RawQuery != "" {
 			http.Error(w, "unexpected "+r.URL.String(), http.StatusNotFound)
 			return
 		}
@@ -180,9 +181,9 @@ func TestRunStatus(t *testing.T) {
 	}))
 	defer srv.Close()
 	gone := httptest.NewServer(http.NotFoundHandler())
-	goneURL := gone.URL + healthview.Path
+	goneURL := gone.URL + viewhttp.Path
 	gone.Close()
-	url := srv.URL + healthview.Path
+	url := srv.URL + viewhttp.Path
 
 	tests := []struct {
 		name     string
@@ -240,7 +241,7 @@ func TestRunStatusCancelled(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	var out, errb bytes.Buffer
-	err := runStatus(ctx, []string{"--url", "http://127.0.0.1:1" + healthview.Path}, &out, &errb)
+	err := runStatus(ctx, []string{"--url", "http://127.0.0.1:1" + viewhttp.Path}, &out, &errb)
 	if err == nil || !strings.Contains(err.Error(), "detour xds") {
 		t.Fatalf("err %v", err)
 	}

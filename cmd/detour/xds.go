@@ -18,7 +18,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/detourhq/detour/extproc"
-	"github.com/detourhq/detour/healthview"
+	"github.com/detourhq/detour/healthview/viewhttp"
 	"github.com/detourhq/detour/policy"
 	"github.com/detourhq/detour/xds"
 )
@@ -76,7 +76,7 @@ func startXDS(ctx context.Context, p *policy.Policy, policyPath string, wm *xds.
 	}
 	// The controller's view: the ext_proc services follow it, `detour
 	// status` shows it.
-	extra = append(extra, handler{"GET " + healthview.Path, pub})
+	extra = append(extra, handler{"GET " + viewhttp.Path, pub})
 	g := grpc.NewServer(extproc.GRPCOptions(16 << 20)...)
 	x := srv.XDS()
 	discoveryv3.RegisterAggregatedDiscoveryServiceServer(g, x)

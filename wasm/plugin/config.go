@@ -18,6 +18,8 @@
 package plugin
 
 import (
+	"github.com/detourhq/detour/healthview"
+
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -115,7 +117,7 @@ func ParseConfig(b []byte) (*Config, error) {
 			return nil, fmt.Errorf("plugin configuration: health: %w", err)
 		}
 		for name, prio := range c.Priorities {
-			if !validPriority(prio) || prio == "" {
+			if !healthview.ValidPriority(prio) || prio == "" {
 				return nil, fmt.Errorf("plugin configuration: route %q: unknown priority %q", name, prio)
 			}
 		}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strconv"
 
+	"github.com/detourhq/detour/healthview"
 	"github.com/detourhq/detour/route"
 	"github.com/detourhq/detour/wasm/proxywasm"
 )
@@ -22,16 +23,15 @@ import (
 //
 // Each worker's VM polls on its own: one outstanding call per worker,
 // which the control plane holds until the view changes (or
-// healthview.MaxWait, 25 s), so a change reaches every worker within a
+// viewhttp.MaxWait, 25 s), so a change reaches every worker within a
 // round trip and an idle control plane answers each worker about twice a
 // minute. A tick (1 s) re-arms the poll when no call is outstanding: after
 // a failure, a bad answer, or an unchanged view; a changed view re-arms it
 // at once.
 //
-// The plugin does not import package healthview: it is standard library
-// only but serves and fetches views over net/http, which would more than
-// double the module. The few names it needs are repeated here and checked
-// against healthview by the tests.
+// The view's types, ranks and shedding rules come from package
+// healthview (standard library only, no net/http: the transport is
+// healthview/viewhttp, which the plugin does not link).
 
 // HealthConfig says where the router role reads the controller's view.
 type HealthConfig struct {
@@ -78,81 +78,13 @@ func (c *HealthConfig) check() error {
 	return nil
 }
 
-// States and priorities as the controller names them (healthview).
-const (
-	stateDegraded = "DEGRADED"
-	stateHalfOpen = "HALF_OPEN"
-	stateOpen     = "OPEN"
-
-	priorityCritical  = "critical"
-	priorityStandard  = "standard"
-	prioritySheddable = "sheddable"
-)
-
-// validPriority reports whether v is a priority; "" is none.
-func validPriority(v string) bool {
-	switch v {
-	case "", priorityCritical, priorityStandard, prioritySheddable:
-		return true
-	}
-	return false
-}
-
-// rankOf is healthview.Rank: lower is preferred; OPEN is last, not gone.
-func rankOf(state string) uint8 {
-	switch state {
-	case stateDegraded:
-		return 1
-	case stateHalfOpen:
-		return route.TrialRank
-	case stateOpen:
-		return 3
-	}
-	return 0
-}
-
-// viewJSON is the part of healthview.Snapshot the router needs; the rest
-// of the answer (signals, settings, transitions) is skipped unparsed.
-type viewJSON struct {
-	Version  uint64 `json:"version"`
-	Backends map[string]struct {
-		State     string `json:"state"`
-		Throttled bool   `json:"throttled"`
-	} `json:"backends"`
-	Routes     map[string]shedJSON `json:"routes"`
-	TrialShare float64             `json:"trial_share"`
-}
-
-// shedJSON is healthview.Route, without its capacity figure.
-type shedJSON struct {
-	Shed       string `json:"shed"`
-	Reason     string `json:"reason"`
-	RetryAfter int    `json:"retry_after"`
-}
-
-// refuses is healthview.Route.Refuses: is a request of priority prio
-// shed? Unknown priorities count as standard.
-func (r *shedJSON) refuses(prio string) bool {
-	switch r.Shed {
-	case prioritySheddable:
-		return prio == prioritySheddable
-	case priorityStandard:
-		return prio != priorityCritical
-	}
-	return false
-}
-
 // healthView is a view turned into what the plugin's router needs, built
 // once per version: nothing per request but a counter.
 type healthView struct {
 	version uint64
-	ranks   []uint8 // by backend index of the plugin's router
-	any     bool    // some backend is not HEALTHY
-	trial   bool    // some backend takes trial requests
-	// trialEvery: one request in this many is a trial.
-	trialEvery uint64
+	healthview.Ranks
 	// shed holds only the routes that shed something.
-	shed map[string]*shedJSON
+	shed map[string]*healthview.Route
 }
 
 // health is the router plugin's follower of the view.
@@ -168,30 +100,13 @@ type health struct {
 }
 
 // newHealthView builds the view for router.
-func newHealthView(v *viewJSON, r *route.Router) *healthView {
-	h := &healthView{version: v.Version, trialEvery: 20}
-	if v.TrialShare > 0 {
-		h.trialEvery = max(1, uint64(1/v.TrialShare+0.5))
-	}
+func newHealthView(v *healthview.Snapshot, r *route.Router) *healthView {
 	bs := r.Backends()
-	h.ranks = make([]uint8, len(bs))
-	for i := range bs {
-		b, ok := v.Backends[bs[i].Name]
-		if !ok {
-			continue
-		}
-		rk := rankOf(b.State)
-		if b.Throttled && rk == 0 {
-			rk = 1 // full: after the backends with room
-		}
-		h.ranks[i] = rk
-		h.any = h.any || rk != 0
-		h.trial = h.trial || rk == 1 || rk == route.TrialRank
-	}
+	h := &healthView{version: v.Version, Ranks: v.RanksFor(len(bs), func(i int) string { return bs[i].Name })}
 	for name, rt := range v.Routes {
 		if rt.Shed != "" {
 			if h.shed == nil {
-				h.shed = map[string]*shedJSON{}
+				h.shed = map[string]*healthview.Route{}
 			}
 			h.shed[name] = &rt
 		}
@@ -202,22 +117,22 @@ func newHealthView(v *viewJSON, r *route.Router) *healthView {
 // forRequest is the health to decide this request with (nil: all
 // healthy), as extproc's healthState.forRequest.
 func (h *health) forRequest() *route.Health {
-	if h == nil || h.view == nil || !h.view.any {
+	if h == nil || h.view == nil || !h.view.Any {
 		return nil
 	}
 	out := &h.scratch
-	out.Rank = h.view.ranks
+	out.Rank = h.view.Rank
 	out.Trial = false
-	if h.view.trial {
+	if h.view.Trial {
 		h.trials++
-		out.Trial = h.trials%h.view.trialEvery == 0
+		out.Trial = h.trials%h.view.TrialEvery == 0
 	}
 	return out
 }
 
 // shedding returns the target route's shedding, or nil when it sheds
 // nothing (no map lookup at all while no route sheds).
-func (h *health) shedding(target string) *shedJSON {
+func (h *health) shedding(target string) *healthview.Route {
 	if h == nil || h.view == nil || h.view.shed == nil {
 		return nil
 	}
@@ -293,7 +208,7 @@ func (p *Plugin) takeView(numHeaders, bodySize int) (changed bool, err error) {
 	if v, ok := peekVersion(body); ok && h.view != nil && v == h.view.version {
 		return false, nil
 	}
-	var v viewJSON
+	var v healthview.Snapshot
 	if err := json.Unmarshal(body, &v); err != nil {
 		return false, fmt.Errorf("decode: %w", err)
 	}

@@ -5,6 +5,7 @@ import (
 
 	"github.com/tetratelabs/proxy-wasm-go-sdk/proxywasm/types"
 
+	"github.com/detourhq/detour/healthview"
 	"github.com/detourhq/detour/route"
 	"github.com/detourhq/detour/wasm/proxywasm"
 )
@@ -37,7 +38,7 @@ func (s *routerStream) OnHttpRequestHeaders(_ int, endOfStream bool) (a types.Ac
 		return s.reject(route.ErrUnsupportedPath(s.path))
 	}
 	s.priority, _ = proxywasm.GetHttpRequestHeader(HeaderPriority)
-	if !validPriority(s.priority) {
+	if !healthview.ValidPriority(s.priority) {
 		return s.reject(route.ErrBadPriority(s.priority))
 	}
 	if endOfStream {
@@ -94,9 +95,9 @@ func (s *routerStream) OnHttpRequestBody(size int, endOfStream bool) (a types.Ac
 			prio = s.p.cfg.Priorities[s.dec.Target]
 		}
 		if prio == "" {
-			prio = priorityStandard
+			prio = healthview.Standard
 		}
-		if rt.refuses(prio) {
+		if rt.Refuses(prio) {
 			return s.shed(route.ErrShed(s.dec.Target, prio, rt.Reason), rt.RetryAfter)
 		}
 	}

@@ -38,6 +38,7 @@ import (
 
 	"github.com/detourhq/detour/bench/loadgen"
 	"github.com/detourhq/detour/healthview"
+	"github.com/detourhq/detour/healthview/viewhttp"
 	"github.com/detourhq/detour/policy"
 	"github.com/detourhq/detour/sim"
 	"github.com/detourhq/detour/xds"
@@ -602,7 +603,7 @@ func startCtlStack(ctx context.Context, c e2eConfig, sims *ctlSims, dir, name, m
 		return nil, err
 	}
 	a := ctlAddrs{listen: ad[0], admin: ad[1], extproc: ad[2], metrics: ad[3], xds: ad[4], xdsMetrics: ad[5]}
-	s := &ctlStack{a: a, url: "http://" + a.listen + chatPath, viewURL: "http://" + a.xdsMetrics + healthview.Path,
+	s := &ctlStack{a: a, url: "http://" + a.listen + chatPath, viewURL: "http://" + a.xdsMetrics + viewhttp.Path,
 		xdsMetrics: "http://" + a.xdsMetrics + "/metrics"}
 	defer func() {
 		if err != nil {
@@ -655,7 +656,7 @@ func (s *ctlStack) ready(ctx context.Context, client *http.Client, mode string) 
 		o := ctlSend(ctx, client, s.url, body, false, 0)
 		ok := o.ok() && o.Backend == ctlFaulty
 		if ok && mode == modeController {
-			v, err := healthview.Fetch(ctx, adminClient, s.viewURL, 0)
+			v, err := viewhttp.Fetch(ctx, adminClient, s.viewURL, 0)
 			switch {
 			case err != nil:
 				ok, last = false, err.Error()
@@ -869,7 +870,7 @@ func runCtl(ctx context.Context, c e2eConfig, sims *ctlSims, dir, module string,
 			}
 			at := time.Since(start)
 			if mode == modeController {
-				if v, err := healthview.Fetch(ctx, adminClient, st.viewURL, 0); err == nil {
+				if v, err := viewhttp.Fetch(ctx, adminClient, st.viewURL, 0); err == nil {
 					b := v.Backends[ctlFaulty]
 					cv := ctlView{At: at, State: b.State, Throttled: b.Throttled, FTT: time.Duration(v.FirstTokenTimeout)}
 					mu.Lock()

@@ -1,6 +1,8 @@
-package healthview
+package viewhttp
 
 import (
+	"github.com/detourhq/detour/healthview"
+
 	"context"
 	"encoding/json"
 	"errors"
@@ -17,7 +19,7 @@ const maxBody = 16 << 20
 
 // Fetch reads the view once from url (the control plane's /v1/status),
 // waiting for a version newer than after when after > 0.
-func Fetch(ctx context.Context, c *http.Client, url string, after uint64) (*Snapshot, error) {
+func Fetch(ctx context.Context, c *http.Client, url string, after uint64) (*healthview.Snapshot, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return nil, fmt.Errorf("health view: %w", err)
@@ -35,7 +37,7 @@ func Fetch(ctx context.Context, c *http.Client, url string, after uint64) (*Snap
 	if resp.StatusCode != http.StatusOK {
 		return nil, fmt.Errorf("health view: %s answered %s", url, resp.Status)
 	}
-	var s Snapshot
+	var s healthview.Snapshot
 	if err := json.NewDecoder(io.LimitReader(resp.Body, maxBody)).Decode(&s); err != nil {
 		return nil, fmt.Errorf("health view: decode %s: %w", url, err)
 	}
@@ -51,9 +53,9 @@ func Fetch(ctx context.Context, c *http.Client, url string, after uint64) (*Snap
 type Watcher struct {
 	url    string
 	client *http.Client
-	view   atomic.Pointer[Snapshot]
+	view   atomic.Pointer[healthview.Snapshot]
 	// OnUpdate, OnError are called from Run's goroutine (metrics, logs).
-	OnUpdate func(*Snapshot)
+	OnUpdate func(*healthview.Snapshot)
 	OnError  func(error)
 }
 
@@ -63,10 +65,10 @@ func NewWatcher(url string) *Watcher {
 }
 
 // View is the latest view, or nil before the first.
-func (w *Watcher) View() *Snapshot { return w.view.Load() }
+func (w *Watcher) View() *healthview.Snapshot { return w.view.Load() }
 
 // Set replaces the view (tests, and callers with their own transport).
-func (w *Watcher) Set(s *Snapshot) { w.view.Store(s) }
+func (w *Watcher) Set(s *healthview.Snapshot) { w.view.Store(s) }
 
 // Run polls until ctx ends, backing off up to 2 s while the control plane
 // cannot be reached.

@@ -1,6 +1,8 @@
-package healthview
+package viewhttp
 
 import (
+	"github.com/detourhq/detour/healthview"
+
 	"encoding/json"
 	"net/http"
 	"strconv"
@@ -15,12 +17,12 @@ const Path = "/v1/status"
 // own gets an answer when the view changes or after this long.
 const MaxWait = 25 * time.Second
 
-// Publisher holds the current Snapshot and serves it. Readers may long-poll
+// Publisher holds the current healthview.Snapshot and serves it. Readers may long-poll
 // with ?wait=<version they have>: the answer comes as soon as the view has
 // a newer version (or after MaxWait with the current one).
 type Publisher struct {
 	mu      sync.Mutex
-	current *Snapshot
+	current *healthview.Snapshot
 	changed chan struct{} // closed and replaced on every Publish
 	maxWait time.Duration // bound of a long poll; 0 means MaxWait (tests shorten it)
 }
@@ -30,14 +32,14 @@ type Publisher struct {
 // the ones its readers had, and they take them at once.
 func NewPublisher() *Publisher {
 	return &Publisher{
-		current: &Snapshot{Version: uint64(time.Now().UnixMilli()), Backends: map[string]Backend{}, Routes: map[string]Route{}},
+		current: &healthview.Snapshot{Version: uint64(time.Now().UnixMilli()), Backends: map[string]healthview.Backend{}, Routes: map[string]healthview.Route{}},
 		changed: make(chan struct{}),
 	}
 }
 
 // Publish replaces the view; s.Version is set to the next version. s must
 // not be modified afterwards.
-func (p *Publisher) Publish(s *Snapshot) {
+func (p *Publisher) Publish(s *healthview.Snapshot) {
 	p.mu.Lock()
 	s.Version = p.current.Version + 1
 	p.current = s
@@ -48,7 +50,7 @@ func (p *Publisher) Publish(s *Snapshot) {
 
 // Refresh replaces the view's details (signals, ages) without a new
 // version: readers waiting for a change that matters are not woken.
-func (p *Publisher) Refresh(s *Snapshot) {
+func (p *Publisher) Refresh(s *healthview.Snapshot) {
 	p.mu.Lock()
 	s.Version = p.current.Version
 	p.current = s
@@ -56,7 +58,7 @@ func (p *Publisher) Refresh(s *Snapshot) {
 }
 
 // Current is the view now.
-func (p *Publisher) Current() *Snapshot {
+func (p *Publisher) Current() *healthview.Snapshot {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.current
@@ -67,7 +69,7 @@ func (p *Publisher) Current() *Snapshot {
 // reached (a reader of a previous incarnation whose clock ran ahead, or
 // which published faster than once a millisecond) is not the current one
 // either: the reader gets the view at once rather than after MaxWait.
-func (p *Publisher) wait(after uint64) (*Snapshot, <-chan struct{}) {
+func (p *Publisher) wait(after uint64) (*healthview.Snapshot, <-chan struct{}) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.current.Version != after {

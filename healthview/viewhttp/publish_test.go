@@ -1,6 +1,8 @@
-package healthview
+package viewhttp
 
 import (
+	"github.com/detourhq/detour/healthview"
+
 	"context"
 	"encoding/json"
 	"fmt"
@@ -11,9 +13,9 @@ import (
 	"time"
 )
 
-func decodeBody(t *testing.T, rec *httptest.ResponseRecorder) *Snapshot {
+func decodeBody(t *testing.T, rec *httptest.ResponseRecorder) *healthview.Snapshot {
 	t.Helper()
-	var s Snapshot
+	var s healthview.Snapshot
 	if err := json.Unmarshal(rec.Body.Bytes(), &s); err != nil {
 		t.Fatalf("body is not a view: %v\n%s", err, rec.Body.String())
 	}
@@ -46,13 +48,13 @@ func TestPublisherVersions(t *testing.T) {
 		t.Errorf("initial view has nil maps: %+v", c)
 	}
 	for i := uint64(1); i <= 3; i++ {
-		s := &Snapshot{Version: 999, Source: fmt.Sprint("envoy", i)}
+		s := &healthview.Snapshot{Version: 999, Source: fmt.Sprint("envoy", i)}
 		p.Publish(s)
 		if s.Version != v0+i || p.Current() != s {
 			t.Fatalf("Publish #%d: version %d (current %p, published %p), want %d", i, s.Version, p.Current(), s, v0+i)
 		}
 	}
-	r := &Snapshot{Version: 1, Source: "refreshed"}
+	r := &healthview.Snapshot{Version: 1, Source: "refreshed"}
 	p.Refresh(r)
 	if r.Version != v0+3 || p.Current() != r {
 		t.Errorf("Refresh: version %d, want %d kept", r.Version, v0+3)
@@ -61,7 +63,7 @@ func TestPublisherVersions(t *testing.T) {
 
 func TestPublisherServeImmediate(t *testing.T) {
 	p := NewPublisher()
-	p.Publish(&Snapshot{Source: "envoy", Routes: map[string]Route{"auto": {Shed: Sheddable, HealthyShare: 0.4}}})
+	p.Publish(&healthview.Snapshot{Source: "envoy", Routes: map[string]healthview.Route{"auto": {Shed: healthview.Sheddable, HealthyShare: 0.4}}})
 	cur := p.Current().Version
 	tests := []struct {
 		name    string
@@ -143,15 +145,15 @@ func TestPublisherLongPoll(t *testing.T) {
 	}{
 		{
 			name: "Publish wakes the waiter with the new view",
-			act:  func(p *Publisher, _ context.CancelFunc) { p.Publish(&Snapshot{Source: "new"}) },
+			act:  func(p *Publisher, _ context.CancelFunc) { p.Publish(&healthview.Snapshot{Source: "new"}) },
 			want: func(_ *Publisher, had uint64) uint64 { return had + 1 },
 		},
 		{
 			name: "Refresh does not wake; the next Publish does",
 			act: func(p *Publisher, _ context.CancelFunc) {
-				p.Refresh(&Snapshot{Source: "refreshed"})
+				p.Refresh(&healthview.Snapshot{Source: "refreshed"})
 				time.Sleep(30 * time.Millisecond)
-				p.Publish(&Snapshot{Source: "new"})
+				p.Publish(&healthview.Snapshot{Source: "new"})
 			},
 			want: func(_ *Publisher, had uint64) uint64 { return had + 1 },
 		},
@@ -198,7 +200,7 @@ func TestPublisherLongPollBound(t *testing.T) {
 	had := p.Current().Version
 	start := time.Now()
 	done := serve(p, get(fmt.Sprintf("%s?wait=%d", Path, had)))
-	p.Refresh(&Snapshot{Source: "refreshed"})
+	p.Refresh(&healthview.Snapshot{Source: "refreshed"})
 	rec := answer(t, done)
 	if el := time.Since(start); el < p.maxWait {
 		t.Errorf("answered after %s, before the bound %s", el, p.maxWait)
@@ -216,7 +218,7 @@ func TestPublisherOverHTTP(t *testing.T) {
 	defer srv.Close()
 	had := p.Current().Version
 	const readers = 4
-	got := make(chan *Snapshot, readers)
+	got := make(chan *healthview.Snapshot, readers)
 	errs := make(chan error, readers)
 	for range readers {
 		go func() {
@@ -235,7 +237,7 @@ func TestPublisherOverHTTP(t *testing.T) {
 		t.Fatal(err)
 	case <-time.After(40 * time.Millisecond):
 	}
-	p.Publish(&Snapshot{Source: "new"})
+	p.Publish(&healthview.Snapshot{Source: "new"})
 	for range readers {
 		select {
 		case s := <-got:

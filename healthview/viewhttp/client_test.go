@@ -1,6 +1,8 @@
-package healthview
+package viewhttp
 
 import (
+	"github.com/detourhq/detour/healthview"
+
 	"context"
 	"errors"
 	"fmt"
@@ -22,24 +24,24 @@ func TestFetch(t *testing.T) {
 		body    string
 		wantQ   string // the raw query the server must see
 		wantErr []string
-		check   func(*Snapshot) error
+		check   func(*healthview.Snapshot) error
 	}{
 		{
 			name:   "decodes a view",
 			status: 200,
 			body:   `{"version": 7, "source": "envoy", "first_token_timeout": "1.5s", "backends": {"a": {"state": "OPEN", "signals": {"age": "2s", "window": "1m0s"}}}, "routes": {"auto": {"shed": "standard", "healthy_share": 0.25}}}`,
-			check: func(s *Snapshot) error {
+			check: func(s *healthview.Snapshot) error {
 				b := s.Backends["a"]
 				if s.Version != 7 || s.Source != "envoy" || time.Duration(s.FirstTokenTimeout) != 1500*time.Millisecond ||
-					b.State != Open || time.Duration(b.Signals.Window) != time.Minute || time.Duration(b.Signals.Age) != 2*time.Second ||
-					s.Routes["auto"] != (Route{Shed: Standard, HealthyShare: 0.25}) {
+					b.State != healthview.Open || time.Duration(b.Signals.Window) != time.Minute || time.Duration(b.Signals.Age) != 2*time.Second ||
+					s.Routes["auto"] != (healthview.Route{Shed: healthview.Standard, HealthyShare: 0.25}) {
 					return fmt.Errorf("decoded %+v", s)
 				}
 				return nil
 			},
 		},
 		{name: "passes wait", after: 41, status: 200, body: `{"version": 42}`, wantQ: "wait=41",
-			check: func(s *Snapshot) error {
+			check: func(s *healthview.Snapshot) error {
 				if s.Version != 42 {
 					return fmt.Errorf("version %d", s.Version)
 				}
@@ -125,7 +127,7 @@ func startWatched(t *testing.T) *watched {
 		x.pub.Load().ServeHTTP(w, r)
 	}))
 	x.w = NewWatcher(x.srv.URL + Path)
-	x.w.OnUpdate = func(s *Snapshot) { x.update <- s.Version }
+	x.w.OnUpdate = func(s *healthview.Snapshot) { x.update <- s.Version }
 	x.w.OnError = func(error) { x.errs.Add(1) }
 	ctx, cancel := context.WithCancel(context.Background())
 	x.cancel = cancel
@@ -177,13 +179,13 @@ func TestWatcher(t *testing.T) {
 			p := x.pub.Load()
 			x.next(t, p.Current().Version)
 			for i := range 3 {
-				p.Publish(&Snapshot{Source: fmt.Sprint(i)})
+				p.Publish(&healthview.Snapshot{Source: fmt.Sprint(i)})
 				x.next(t, p.Current().Version)
 				if got := x.w.View().Source; got != fmt.Sprint(i) {
 					t.Errorf("view source %q", got)
 				}
 			}
-			p.Refresh(&Snapshot{Source: "refreshed"})
+			p.Refresh(&healthview.Snapshot{Source: "refreshed"})
 			x.quiet(t, 30*time.Millisecond)
 			if x.errs.Load() != 0 {
 				t.Errorf("%d errors", x.errs.Load())
@@ -191,7 +193,7 @@ func TestWatcher(t *testing.T) {
 		}},
 		{"errors keep the last view; recovery takes the next", func(t *testing.T, x *watched) {
 			p := x.pub.Load()
-			p.Publish(&Snapshot{Source: "before"})
+			p.Publish(&healthview.Snapshot{Source: "before"})
 			x.next(t, p.Current().Version)
 			last := x.w.View()
 			x.fail.Store(2)
@@ -206,7 +208,7 @@ func TestWatcher(t *testing.T) {
 			if x.w.View() != last {
 				t.Errorf("view changed during errors: %+v", x.w.View())
 			}
-			p.Publish(&Snapshot{Source: "after"})
+			p.Publish(&healthview.Snapshot{Source: "after"})
 			x.next(t, p.Current().Version)
 			if got := x.w.View().Source; got != "after" {
 				t.Errorf("view source %q", got)
@@ -215,7 +217,7 @@ func TestWatcher(t *testing.T) {
 		{"a restarted publisher's view is taken", func(t *testing.T, x *watched) {
 			old := x.pub.Load()
 			for range 3 {
-				old.Publish(&Snapshot{Source: "old"})
+				old.Publish(&healthview.Snapshot{Source: "old"})
 			}
 			x.next(t, old.Current().Version)
 			// The restart happens later on the clock than the old
@@ -224,7 +226,7 @@ func TestWatcher(t *testing.T) {
 				time.Sleep(time.Millisecond)
 			}
 			restarted := NewPublisher()
-			restarted.Publish(&Snapshot{Source: "restarted"})
+			restarted.Publish(&healthview.Snapshot{Source: "restarted"})
 			if restarted.Current().Version <= old.Current().Version {
 				t.Fatalf("restarted version %d not newer than %d", restarted.Current().Version, old.Current().Version)
 			}
@@ -237,10 +239,10 @@ func TestWatcher(t *testing.T) {
 		}},
 		{"a restarted publisher with an older clock is taken too", func(t *testing.T, x *watched) {
 			old := x.pub.Load()
-			old.Publish(&Snapshot{Source: "old"})
+			old.Publish(&healthview.Snapshot{Source: "old"})
 			x.next(t, old.Current().Version)
 			restarted := NewPublisher()
-			restarted.Publish(&Snapshot{Source: "restarted"})
+			restarted.Publish(&healthview.Snapshot{Source: "restarted"})
 			// Pretend its clock is behind: rewind its versions.
 			restarted.mu.Lock()
 			restarted.current.Version = old.Current().Version - 100
@@ -281,7 +283,7 @@ func TestWatcherSet(t *testing.T) {
 	if w.View() != nil {
 		t.Fatal("view before Run is not nil")
 	}
-	s := &Snapshot{Version: 3}
+	s := &healthview.Snapshot{Version: 3}
 	w.Set(s)
 	if w.View() != s {
 		t.Error("Set not seen by View")
@@ -299,7 +301,7 @@ func TestWatcherUnreachable(t *testing.T) {
 	var mu sync.Mutex
 	var errs []error
 	w.OnError = func(err error) { mu.Lock(); errs = append(errs, err); mu.Unlock() }
-	w.OnUpdate = func(*Snapshot) { t.Error("update from nowhere") }
+	w.OnUpdate = func(*healthview.Snapshot) { t.Error("update from nowhere") }
 	ctx, cancel := context.WithTimeout(context.Background(), 250*time.Millisecond)
 	defer cancel()
 	start := time.Now()
