@@ -1,8 +1,10 @@
 // Package healthview is the controller's published view of the backends:
 // each backend's state and why, the settings pushed to Envoy, and which
-// routes shed which priorities. The control plane serves it as JSON on
-// /v1/status; the ext_proc service (and `detour status`) read it. It uses
-// the standard library only.
+// routes shed which priorities, and the rules every router applies to it
+// (Rank, Ranks, Route.Refuses). The control plane serves it as JSON on
+// /v1/status (package viewhttp); the ext_proc service, the wasm router and
+// `detour status` read it. Standard library only, without net/http: the
+// proxy-wasm plugin compiles it.
 package healthview
 
 import "time"
