@@ -1,8 +1,6 @@
 package viewhttp
 
 import (
-	"github.com/detourhq/detour/healthview"
-
 	"context"
 	"encoding/json"
 	"errors"
@@ -12,6 +10,8 @@ import (
 	"strconv"
 	"sync/atomic"
 	"time"
+
+	"github.com/detourhq/detour/healthview"
 )
 
 // maxBody bounds a view read from the network.

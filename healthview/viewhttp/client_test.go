@@ -1,8 +1,6 @@
 package viewhttp
 
 import (
-	"github.com/detourhq/detour/healthview"
-
 	"context"
 	"errors"
 	"fmt"
@@ -13,6 +11,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/detourhq/detour/healthview"
 )
 
 func TestFetch(t *testing.T) {

@@ -1,13 +1,13 @@
 package viewhttp
 
 import (
-	"github.com/detourhq/detour/healthview"
-
 	"encoding/json"
 	"net/http"
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/detourhq/detour/healthview"
 )
 
 // Path is where the control plane serves the view.

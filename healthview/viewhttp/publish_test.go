@@ -1,8 +1,6 @@
 package viewhttp
 
 import (
-	"github.com/detourhq/detour/healthview"
-
 	"context"
 	"encoding/json"
 	"fmt"
@@ -11,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/detourhq/detour/healthview"
 )
 
 func decodeBody(t *testing.T, rec *httptest.ResponseRecorder) *healthview.Snapshot {
