@@ -209,13 +209,17 @@ func TestControllerThrottleStorm(t *testing.T) {
 // Shedding: both backends of fast-8k are OPEN. Standard and sheddable
 // requests to it are refused with 429 and Retry-After (in the OpenAI
 // error shape) while critical ones still go, to the OPEN backends as the
-// last resort; auto, with long and vision healthy, sheds nothing.
+// last resort; auto, with long and vision healthy, sheds nothing. In both
+// routing modes: the ext_proc service or the wasm router refuses.
 func TestControllerShedsByPriority(t *testing.T) {
-	s := startStack(t, stackOptions{Controller: `controller:
+	inBothModes(t, stackOptions{Controller: `controller:
   interval: 500ms
   dwell: 2s
   cool_down: 20s
-probes: {disabled: true}`})
+probes: {disabled: true}`}, testShedsByPriority)
+}
+
+func testShedsByPriority(t *testing.T, s *stack) {
 	s.Sim("fast").SetFault(sim.Fault{Status: 500})
 	s.Sim("fast-b").SetFault(sim.Fault{Status: 500})
 	body := chat("fast-8k", nil, user("hello"))
@@ -232,9 +236,11 @@ probes: {disabled: true}`})
 		time.Sleep(50 * time.Millisecond)
 	}
 	// The providers are fine again, but their circuits stay open for the
-	// cool-down: only critical requests reach them.
+	// cool-down: only critical requests reach them. (The routers' long
+	// polls were waiting for this view: each has it a round trip later.)
 	s.Sim("fast").ClearFault()
 	s.Sim("fast-b").ClearFault()
+	time.Sleep(300 * time.Millisecond)
 	for _, prio := range []string{"", "standard", "sheddable"} {
 		var hdr []string
 		if prio != "" {
@@ -245,6 +251,9 @@ probes: {disabled: true}`})
 		if ra := r.Header.Get("retry-after"); ra == "" || ra == "0" {
 			t.Errorf("priority %q: Retry-After %q", prio, ra)
 		}
+		if k := r.Header.Get("x-detour-error"); k != "shed" {
+			t.Errorf("priority %q: x-detour-error %q", prio, k)
+		}
 	}
 	r := post(t, s.URL("/v1/chat/completions"), body, "x-detour-priority", "critical")
 	if r.Status != 200 {
@@ -254,8 +263,15 @@ probes: {disabled: true}`})
 	if r.Status != 200 || r.Header.Get("x-detour-backend") != "long" {
 		t.Errorf("auto (long and vision healthy): %d from %q", r.Status, r.Header.Get("x-detour-backend"))
 	}
-	if n := sumSeries(s.Metrics(), "detour_extproc_shed_total"); n != 3 {
-		t.Errorf("detour_extproc_shed_total = %v, want 3", n)
+	extprocShed, wasmShed := 3.0, 0.0
+	if s.opts.Wasm == "route" {
+		extprocShed, wasmShed = 0, 3
+	}
+	if n := sumSeries(s.Metrics(), "detour_extproc_shed_total"); n != extprocShed {
+		t.Errorf("detour_extproc_shed_total = %v, want %v", n, extprocShed)
+	}
+	if n := sumSeries(s.EnvoyPrometheus(), `detour_wasm_rejections_total{kind="shed"}`); n != wasmShed {
+		t.Errorf("the plugin shed %v requests, want %v", n, wasmShed)
 	}
 }
 
