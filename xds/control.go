@@ -106,8 +106,8 @@ func (c *Control) withFirstToken(p *policy.Policy) *policy.Policy {
 	return &q
 }
 
-// controlledItems are r's resources by type, as a snapshot takes them.
-func controlledItems(r *Resources) map[resourcev3.Type][]cachetypes.Resource {
+// snapshotItems are r's resources by type, as a snapshot takes them.
+func snapshotItems(r *Resources) map[resourcev3.Type][]cachetypes.Resource {
 	items := map[resourcev3.Type][]cachetypes.Resource{}
 	for _, l := range r.Listeners {
 		items[resourcev3.ListenerType] = append(items[resourcev3.ListenerType], l)

@@ -11,7 +11,6 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-	cachetypes "github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
@@ -242,25 +241,13 @@ func (s *Server) build(p *policy.Policy, node nodeKey, region string) (*cachev3.
 		}
 	}
 	s.metrics.BuildTime.Observe(time.Since(start).Seconds())
-	items := map[resourcev3.Type][]cachetypes.Resource{}
-	for _, l := range res.Listeners {
-		items[resourcev3.ListenerType] = append(items[resourcev3.ListenerType], l)
-	}
-	for _, r := range res.Routes {
-		items[resourcev3.RouteType] = append(items[resourcev3.RouteType], r)
-	}
-	for _, c := range res.Clusters {
-		items[resourcev3.ClusterType] = append(items[resourcev3.ClusterType], c)
-	}
-	for _, e := range res.Endpoints {
-		items[resourcev3.EndpointType] = append(items[resourcev3.EndpointType], e)
-	}
+	items := snapshotItems(res)
 	version, err := Version(res)
 	if err != nil {
 		return nil, err
 	}
 	if controlled != nil {
-		items = controlledItems(controlled)
+		items = snapshotItems(controlled)
 	}
 	snap, err := cachev3.NewSnapshot(version, items)
 	if err != nil {
