@@ -481,8 +481,12 @@ func TestNonStreamingTTFBIsHeaders(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkInvariants(t, res)
-	if res.OK == 0 || res.TTFB.Max+delay > res.Latency.Max || res.Latency.Min < delay {
-		t.Errorf("TTFB %v, Latency %v: want TTFB at headers, ≥ %v before end", res.TTFB, res.Latency, delay)
+	// TTFB at the headers: every request's first byte came long before
+	// the slowest-starting body could (the server waits delay after the
+	// headers). Comparing TTFB.Max+delay with Latency.Max instead compared
+	// two different requests and failed on a few ms of scheduling jitter.
+	if res.OK == 0 || res.TTFB.Max >= res.Latency.Min-delay/2 || res.Latency.Min < delay {
+		t.Errorf("TTFB %v, Latency %v: want TTFB at headers, long before the end (%v later)", res.TTFB, res.Latency, delay)
 	}
 }
 
