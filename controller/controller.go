@@ -58,11 +58,23 @@ type Prober interface {
 // SourceFunc builds the signal source for a policy.
 type SourceFunc func(p *policy.Policy) (signals.Source, error)
 
+// HostSource gives each backend's endpoints' outcomes over the window
+// (*signals.HostSource: Envoy's /clusters).
+type HostSource interface {
+	Collect(ctx context.Context, now time.Time) (map[string]map[string]signals.HostWindow, error)
+}
+
+// HostSourceFunc builds the endpoint source for a policy; it may return
+// nil (none: no endpoint weights, as with a Prometheus source).
+type HostSourceFunc func(p *policy.Policy) (HostSource, error)
+
 // Config assembles a Controller.
 type Config struct {
 	Policy    *policy.Policy
 	NewSource SourceFunc
-	Pusher    Pusher
+	// NewHosts is optional: without it endpoints keep equal weights.
+	NewHosts HostSourceFunc
+	Pusher   Pusher
 	// Prober is optional: without it only traffic is judged.
 	Prober    Prober
 	Publisher *viewhttp.Publisher
@@ -89,6 +101,7 @@ type Controller struct {
 	pending   *policy.Policy
 	policy    *policy.Policy
 	source    signals.Source
+	hosts     HostSource
 	sourceKey string
 	machine   *health.Machine
 	healthCfg health.Config
@@ -182,7 +195,13 @@ func (c *Controller) apply(p *policy.Policy) error {
 		if err != nil {
 			return fmt.Errorf("controller: signal source: %w", err)
 		}
-		c.source, c.sourceKey = src, k
+		var hosts HostSource
+		if c.cfg.NewHosts != nil {
+			if hosts, err = c.cfg.NewHosts(p); err != nil {
+				return fmt.Errorf("controller: endpoint source: %w", err)
+			}
+		}
+		c.source, c.hosts, c.sourceKey = src, hosts, k
 	}
 	if c.policy != nil {
 		for _, b := range c.policy.Backends {
@@ -242,6 +261,16 @@ func (c *Controller) Step(ctx context.Context) error {
 		c.lastGood = now
 	}
 	c.drainProbes(now)
+	var hostWin map[string]map[string]signals.HostWindow
+	if c.hosts != nil {
+		hctx, hcancel := context.WithTimeout(ctx, max(p.Controller.Interval.D(), time.Second))
+		var herr error
+		hostWin, herr = c.hosts.Collect(hctx, now)
+		hcancel()
+		if herr != nil {
+			c.log.Debug("controller endpoint signals incomplete", "err", herr)
+		}
+	}
 
 	inputs := make([]backendInput, 0, len(p.Backends))
 	obs := make([]health.Observation, 0, len(p.Backends))
@@ -265,7 +294,7 @@ func (c *Controller) Step(ctx context.Context) error {
 			}
 		}
 		obs = append(obs, c.observation(b.Name, s, now))
-		inputs = append(inputs, backendInput{name: b.Name, stats: s})
+		inputs = append(inputs, backendInput{name: b.Name, stats: s, hosts: hostWin[b.Name], endpoints: len(b.Endpoints)})
 	}
 	for _, t := range c.machine.ObserveAll(obs, nil) {
 		c.record(t)
@@ -317,12 +346,12 @@ func (c *Controller) push(ctx context.Context, next *xds.Control) error {
 		if prev != nil {
 			old = prev.Backends[name]
 		}
-		if old.Health != bc.Health || old.Weight != bc.Weight {
+		if old.Health != bc.Health || !reflect.DeepEqual(old.EndpointWeights, bc.EndpointWeights) {
 			endpoints = true
 		}
 		o, n := old, bc
-		o.Health, o.Weight, n.Health, n.Weight = 0, 0, 0, 0
-		if o != n {
+		o.Health, o.EndpointWeights, n.Health, n.EndpointWeights = 0, nil, 0, nil
+		if !reflect.DeepEqual(o, n) {
 			clusters = true
 		}
 	}

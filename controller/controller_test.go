@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -431,5 +432,58 @@ func TestPushFailureIsReported(t *testing.T) {
 	h.mu.Unlock()
 	if err := h.c.Step(context.Background()); err == nil {
 		t.Error("a failed push was not reported")
+	}
+}
+
+// fakeHosts serves scripted endpoint windows.
+type fakeHosts struct{ w map[string]map[string]signals.HostWindow }
+
+func (f *fakeHosts) Collect(context.Context, time.Time) (map[string]map[string]signals.HostWindow, error) {
+	return f.w, nil
+}
+
+func TestEndpointWeightsFollowErrorRate(t *testing.T) {
+	p := quickstart(t)
+	// fast gets a second endpoint.
+	p.Backends[0].Endpoints = append(p.Backends[0].Endpoints, policy.Endpoint{Address: "127.0.0.1:8111", Region: "local"})
+	hosts := &fakeHosts{w: map[string]map[string]signals.HostWindow{
+		"fast": {"127.0.0.1:8101": {Requests: 200, Errors: 20}, "127.0.0.1:8111": {Requests: 200}},
+		// A single-endpoint backend is never weighted.
+		"fast-b": {"127.0.0.1:8102": {Requests: 200, Errors: 100}},
+	}}
+	h := newHarness(t, p, nil)
+	h.c.cfg.NewHosts = func(*policy.Policy) (HostSource, error) { return hosts, nil }
+	h.c.sourceKey = "" // rebuild the sources with the hosts
+	if err := h.c.apply(p); err != nil {
+		t.Fatal(err)
+	}
+	h.step(time.Second)
+	w := h.push.last.Backends["fast"].EndpointWeights
+	if w["127.0.0.1:8101"] != 80 || w["127.0.0.1:8111"] != 100 {
+		t.Errorf("weights %v, want 80 for the endpoint failing 10 %%, 100 for the other", w)
+	}
+	if got := h.push.last.Backends["fast-b"].EndpointWeights; got != nil {
+		t.Errorf("single-endpoint backend weighted: %v", got)
+	}
+	found := false
+	for _, s := range h.pub.Current().Backends["fast"].Settings {
+		if s.Name == "endpoint_weights" && strings.Contains(s.Why, "10.0% errors of 200") {
+			found = true
+		}
+	}
+	if !found {
+		t.Errorf("weights not explained: %+v", h.pub.Current().Backends["fast"].Settings)
+	}
+	// A small change is noise: the pushed weight stays.
+	hosts.w["fast"]["127.0.0.1:8101"] = signals.HostWindow{Requests: 200, Errors: 22}
+	h.step(time.Second)
+	if got := h.push.last.Backends["fast"].EndpointWeights["127.0.0.1:8101"]; got != 80 {
+		t.Errorf("after 11%% errors weight %d, want 80 kept", got)
+	}
+	// Fixed: back to equal weights, nothing pushed for the backend.
+	hosts.w["fast"]["127.0.0.1:8101"] = signals.HostWindow{Requests: 200}
+	h.step(time.Second)
+	if got := h.push.last.Backends["fast"].EndpointWeights; got != nil {
+		t.Errorf("recovered endpoints still weighted: %v", got)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"math"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -38,19 +39,24 @@ const (
 	// share falls under throttleLeave.
 	throttleEnter, throttleLeave = 0.10, 0.02
 	minThrottleRequests          = 20
+	// minHostRequests before an endpoint's error rate moves its weight;
+	// weightStep: a weight is pushed again only when it moves this much.
+	minHostRequests = 20
+	weightStep      = 10
 )
 
 // tuner turns states and signals into pushed settings, remembering what it
 // pushed for hysteresis.
 type tuner struct {
 	widespread  bool
+	weights     map[string]map[string]uint32 // pushed, by backend and endpoint
 	maxRequests map[string]uint32
 	firstToken  time.Duration
 	throttled   map[string]bool
 }
 
 func newTuner() *tuner {
-	return &tuner{maxRequests: map[string]uint32{}, throttled: map[string]bool{}}
+	return &tuner{maxRequests: map[string]uint32{}, throttled: map[string]bool{}, weights: map[string]map[string]uint32{}}
 }
 
 // backendInput is what is known of one backend at an evaluation.
@@ -58,6 +64,10 @@ type backendInput struct {
 	name   string
 	status health.Status
 	stats  signals.Stats
+	// hosts are the backend's endpoints' outcomes over the window;
+	// endpoints is how many the policy gives it.
+	hosts     map[string]signals.HostWindow
+	endpoints int
 }
 
 // tune computes the control for every backend, with explanations.
@@ -124,6 +134,11 @@ func (t *tuner) tune(p *policy.Policy, in []backendInput) (*xds.Control, map[str
 		bc.MaxRequests, bc.MaxPending = want, want
 		add("max_requests", strconv.Itoa(int(want)), fmt.Sprintf("measured concurrency %.1f (%.1f req/s × %v mean) × %d headroom, clamped to [%d, %d]",
 			conc, rate(x.stats), x.stats.MeanLatency.Round(time.Millisecond), littleHeadroom, b.MaxRequests.Min, b.MaxRequests.Max))
+
+		if w, reason := t.endpointWeights(x); w != nil {
+			bc.EndpointWeights = w
+			add("endpoint_weights", weightsText(w), reason)
+		}
 
 		c.Backends[x.name] = bc
 		why[x.name] = sets
@@ -210,4 +225,68 @@ func moved(prev, next float64) bool {
 		return next != 0
 	}
 	return math.Abs(next-prev)/prev > stickyChange
+}
+
+// endpointWeights weighs a backend's endpoints by their own error rate
+// over the window: FullWeight × (1 − 2 × rate), at least 1, so an endpoint
+// failing 10 % of its requests takes 80 % of a healthy one's share and
+// one failing half or more a token share (outlier detection ejects it
+// outright after consecutive failures). Latency is the load balancer's:
+// least request sends fewer requests to an endpoint that holds more. Nil
+// when every endpoint is at full weight (nothing to push) or the backend
+// has a single endpoint.
+func (t *tuner) endpointWeights(x backendInput) (map[string]uint32, string) {
+	if x.endpoints < 2 || len(x.hosts) == 0 {
+		delete(t.weights, x.name)
+		return nil, ""
+	}
+	prev := t.weights[x.name]
+	w := map[string]uint32{}
+	reduced := false
+	var parts []string
+	for _, h := range sortedKeys(x.hosts) {
+		hw := x.hosts[h]
+		want := uint32(xds.FullWeight)
+		if hw.Requests >= minHostRequests {
+			want = uint32(max(1, math.Round(xds.FullWeight*(1-2*hw.ErrorRate()))))
+		}
+		if p, ok := prev[h]; ok && absDiff(p, want) < weightStep && want != xds.FullWeight {
+			want = p
+		}
+		w[h] = want
+		if want != xds.FullWeight {
+			reduced = true
+			parts = append(parts, fmt.Sprintf("%s %.1f%% errors of %d", h, 100*hw.ErrorRate(), hw.Requests))
+		}
+	}
+	if !reduced {
+		delete(t.weights, x.name)
+		return nil, ""
+	}
+	t.weights[x.name] = w
+	return w, fmt.Sprintf("%d × (1 − 2 × error rate) over the window: %s; least request weighs latency", xds.FullWeight, strings.Join(parts, ", "))
+}
+
+func weightsText(w map[string]uint32) string {
+	var parts []string
+	for _, h := range sortedKeys(w) {
+		parts = append(parts, fmt.Sprintf("%s=%d", h, w[h]))
+	}
+	return strings.Join(parts, " ")
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}
+
+func absDiff(a, b uint32) uint32 {
+	if a > b {
+		return a - b
+	}
+	return b - a
 }

@@ -335,3 +335,59 @@ probes:
 		t.Errorf("%v client decisions", n)
 	}
 }
+
+// Endpoint weights: fast has two endpoints (fast and fast-far, both in
+// this Envoy's priority) and one of them fails 40 % of its requests. The
+// thresholds are raised so the backend as a whole stays HEALTHY (its
+// overall error rate is about 20 %): the controller weighs the failing
+// endpoint down (100 × (1 − 2 × 0.4) ≈ 20) over EDS, and Envoy sends it a
+// smaller share of fast's requests than before.
+func TestControllerEndpointWeights(t *testing.T) {
+	backends := quickstartBackends()
+	backends[0].FarRegion = "far"
+	s := startStack(t, stackOptions{Backends: backends, Controller: controllerYAML + `
+health: {error_rate: 0.5}
+circuit_breaker: {error_rate: 0.6}`})
+	share := func(d time.Duration) (float64, int64) {
+		s.ResetSims()
+		s.Sim("fast-far").SetFault(sim.Fault{Status: 500, Rate: 0.4, Even: true})
+		tl := runTimeline(t, s, d, []load{{rate: 40, body: chat("auto", nil, user("hello"))}}, nil)
+		if failed, total := tl.failed(); failed != 0 {
+			t.Errorf("%d of %d requests failed", failed, total)
+		}
+		near, far := s.Sim("fast").Stats().Requests, s.Sim("fast-far").Stats().Requests
+		return float64(far) / float64(near+far), near + far
+	}
+	before, n := share(4 * time.Second)
+	t.Logf("before weights: fast-far took %.0f%% of fast's %d attempts", 100*before, n)
+	deadline := time.Now().Add(20 * time.Second)
+	var weights, low string
+	for weights == "" {
+		for _, st := range s.controllerView().Backends["fast"].Settings {
+			if st.Name == "endpoint_weights" {
+				weights = st.Value + " (" + st.Why + ")"
+				for _, kv := range strings.Fields(st.Value) {
+					if _, w, _ := strings.Cut(kv, "="); w != "100" {
+						low = w
+					}
+				}
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no endpoint weights pushed: %+v", s.controllerView().Backends["fast"])
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	after, n := share(8 * time.Second)
+	t.Logf("weights %s; after: fast-far took %.0f%% of fast's %d attempts", weights, 100*after, n)
+	if st := s.controllerView().Backends["fast"].State; st != healthview.Healthy {
+		t.Errorf("fast is %s: the test wants it HEALTHY, weighed per endpoint", st)
+	}
+	if after >= 0.35 || after >= before {
+		t.Errorf("fast-far's share %.2f with weights (%.2f before): not weighed down", after, before)
+	}
+	dump := s.EnvoyStatsPath("/config_dump?include_eds")
+	if !strings.Contains(dump, `"load_balancing_weight": `+low) || !strings.Contains(dump, `"load_balancing_weight": 100`) {
+		t.Errorf("Envoy's config does not hold the weights %s", weights)
+	}
+}

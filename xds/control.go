@@ -4,6 +4,8 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"net"
+	"strconv"
 	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
@@ -37,8 +39,10 @@ type Control struct {
 type BackendControl struct {
 	// Health is given to each of the backend's endpoints over EDS.
 	Health corev3.HealthStatus
-	// Weight is each endpoint's load-balancing weight.
-	Weight uint32
+	// EndpointWeights are load-balancing weights by endpoint ("ip:port"),
+	// from each endpoint's own error rate, out of FullWeight; when any is
+	// set, an endpoint without one gets FullWeight.
+	EndpointWeights map[string]uint32
 	// ConsecutiveErrors tightens outlier detection (5xx and gateway
 	// failures in a row before an ejection).
 	ConsecutiveErrors uint32
@@ -48,6 +52,9 @@ type BackendControl struct {
 	// MaxRequests and MaxPending are the cluster's concurrency limits.
 	MaxRequests, MaxPending uint32
 }
+
+// FullWeight is the weight of an endpoint with nothing against it.
+const FullWeight = 100
 
 func (c *Control) backend(name string) BackendControl {
 	if c == nil {
@@ -80,7 +87,7 @@ func (bc BackendControl) applyCluster(c *clusterv3.Cluster) {
 
 // applyEndpoints lays bc over a backend's load assignment.
 func (bc BackendControl) applyEndpoints(cla *endpointv3.ClusterLoadAssignment) {
-	if cla == nil || (bc.Health == corev3.HealthStatus_UNKNOWN && bc.Weight == 0) {
+	if cla == nil || (bc.Health == corev3.HealthStatus_UNKNOWN && len(bc.EndpointWeights) == 0) {
 		return
 	}
 	for _, l := range cla.Endpoints {
@@ -88,8 +95,14 @@ func (bc BackendControl) applyEndpoints(cla *endpointv3.ClusterLoadAssignment) {
 			if bc.Health != corev3.HealthStatus_UNKNOWN {
 				e.HealthStatus = bc.Health
 			}
-			if bc.Weight > 0 {
-				e.LoadBalancingWeight = wrapperspb.UInt32(bc.Weight)
+			if sa := e.GetEndpoint().GetAddress().GetSocketAddress(); sa != nil && len(bc.EndpointWeights) > 0 {
+				// Every endpoint gets a weight on the same scale: an unset
+				// one would count as 1 against the others' 100.
+				w := bc.EndpointWeights[net.JoinHostPort(sa.GetAddress(), strconv.Itoa(int(sa.GetPortValue())))]
+				if w == 0 {
+					w = FullWeight
+				}
+				e.LoadBalancingWeight = wrapperspb.UInt32(w)
 			}
 		}
 	}

@@ -18,7 +18,7 @@ func TestControlAppliedToResources(t *testing.T) {
 	p := loadPolicy(t, twoRegions)
 	c := &Control{
 		Backends: map[string]BackendControl{
-			"alpha": {Health: corev3.HealthStatus_UNHEALTHY, Weight: 7, ConsecutiveErrors: 2,
+			"alpha": {Health: corev3.HealthStatus_UNHEALTHY, EndpointWeights: map[string]uint32{"10.0.0.1:8001": 7}, ConsecutiveErrors: 2,
 				RetryBudgetPercent: 20, MinRetryConcurrency: 10, MaxRequests: 4096, MaxPending: 4096},
 		},
 		FirstTokenTimeout: 3 * time.Second,
@@ -57,7 +57,10 @@ func TestControlAppliedToResources(t *testing.T) {
 			for _, e := range l.LbEndpoints {
 				wantHealth, wantWeight := corev3.HealthStatus_UNKNOWN, uint32(0)
 				if cla.ClusterName == "alpha" {
-					wantHealth, wantWeight = corev3.HealthStatus_UNHEALTHY, 7
+					wantHealth, wantWeight = corev3.HealthStatus_UNHEALTHY, FullWeight // the other endpoint: nothing against it
+					if e.GetEndpoint().GetAddress().GetSocketAddress().GetAddress() == "10.0.0.1" {
+						wantWeight = 7
+					}
 				}
 				if e.HealthStatus != wantHealth || e.GetLoadBalancingWeight().GetValue() != wantWeight {
 					t.Errorf("%s endpoint: health %v weight %d, want %v %d", cla.ClusterName, e.HealthStatus, e.GetLoadBalancingWeight().GetValue(), wantHealth, wantWeight)

@@ -693,7 +693,11 @@ func backendCluster(p *policy.Policy, b *policy.Backend, o Options) (*clusterv3.
 		Name:                 b.Name,
 		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC},
 		ConnectTimeout:       durationpb.New(2 * time.Second),
-		LbPolicy:             clusterv3.Cluster_ROUND_ROBIN,
+		// Least request: an endpoint that answers slowly holds more
+		// requests in flight and gets fewer new ones (generations vary from
+		// milliseconds to minutes, so round robin would pile up on a slow
+		// one); the controller's weights add each endpoint's error rate.
+		LbPolicy: clusterv3.Cluster_LEAST_REQUEST,
 		// The per-attempt filter buffers the body as the listener does.
 		PerConnectionBufferLimitBytes: wrapperspb.UInt32(uint32(p.Limits.MaxBodyBytes) + bodyLimitHeadroom),
 		TypedExtensionProtocolOptions: map[string]*anypb.Any{"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": opts},

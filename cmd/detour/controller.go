@@ -33,7 +33,7 @@ func startController(ctx context.Context, p *policy.Policy, srv *xds.Server, reg
 		return nil, nil, err
 	}
 	c, err := controller.New(controller.Config{
-		Policy: p, NewSource: signalSource, Pusher: srv, Prober: prober, Publisher: pub,
+		Policy: p, NewSource: signalSource, NewHosts: hostSource, Pusher: srv, Prober: prober, Publisher: pub,
 		Metrics: controller.NewMetrics(reg), Log: log.With("component", "controller"),
 	})
 	if err != nil {
@@ -45,16 +45,10 @@ func startController(ctx context.Context, p *policy.Policy, srv *xds.Server, reg
 
 // signalSource builds where the controller reads its signals.
 func signalSource(p *policy.Policy) (signals.Source, error) {
-	names := make([]string, len(p.Backends))
-	for i, b := range p.Backends {
-		names[i] = b.Name
-	}
+	names := backendNames(p)
 	win := signals.DefaultWindowConfig()
 	win.Length = p.CircuitBreaker.Window.D()
 	win.StaleAfter = p.Controller.StaleAfter.D()
-	// A scrape must end well within one interval, so one hung Envoy does
-	// not hold up the verdict on the others.
-	timeout := min(max(p.Controller.Interval.D()*8/10, 200*time.Millisecond), 5*time.Second)
 	switch p.Controller.Source {
 	case policy.SourcePrometheus:
 		src, err := signals.NewPrometheusSource(signals.PrometheusSourceConfig{
@@ -67,12 +61,8 @@ func signalSource(p *policy.Policy) (signals.Source, error) {
 		}
 		return src, nil
 	default:
-		admins := make([]string, len(p.EnvoyAdmins()))
-		for i, a := range p.EnvoyAdmins() {
-			admins[i] = "http://" + a
-		}
 		src, err := signals.NewEnvoySource(signals.EnvoySourceConfig{
-			Admins: admins, Client: &http.Client{Timeout: timeout},
+			Admins: adminURLs(p), Client: &http.Client{Timeout: scrapeTimeout(p)},
 			Backend: signals.Backends(names...), Window: win,
 		})
 		if err != nil {
@@ -80,4 +70,41 @@ func signalSource(p *policy.Policy) (signals.Source, error) {
 		}
 		return src, nil
 	}
+}
+
+// hostSource reads each Envoy's /clusters for the endpoints' own error
+// rates (their weights). A Prometheus source has no per-endpoint series:
+// none there.
+func hostSource(p *policy.Policy) (controller.HostSource, error) {
+	if p.Controller.Source != policy.SourceEnvoy {
+		return nil, nil
+	}
+	hs, err := signals.NewHostSource(adminURLs(p), &http.Client{Timeout: scrapeTimeout(p)}, signals.Backends(backendNames(p)...), p.CircuitBreaker.Window.D())
+	if err != nil {
+		return nil, fmt.Errorf("endpoint source: %w", err)
+	}
+	return hs, nil
+}
+
+func backendNames(p *policy.Policy) []string {
+	names := make([]string, len(p.Backends))
+	for i, b := range p.Backends {
+		names[i] = b.Name
+	}
+	return names
+}
+
+// adminURLs are the Envoys' admin base URLs.
+func adminURLs(p *policy.Policy) []string {
+	admins := make([]string, len(p.EnvoyAdmins()))
+	for i, a := range p.EnvoyAdmins() {
+		admins[i] = "http://" + a
+	}
+	return admins
+}
+
+// scrapeTimeout: a scrape must end well within one interval, so one hung
+// Envoy does not hold up the verdict on the others.
+func scrapeTimeout(p *policy.Policy) time.Duration {
+	return min(max(p.Controller.Interval.D()*8/10, 200*time.Millisecond), 5*time.Second)
 }

@@ -1,0 +1,206 @@
+package signals
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// HostCounters are one endpoint's request outcomes as Envoy's admin
+// /clusters reports them: every attempt it served (rq_total) and those that
+// ended in a 5xx or a reset (rq_error), retried ones included.
+type HostCounters struct {
+	Total, Errors uint64
+}
+
+// clustersJSON is the part of /clusters?format=json read here.
+type clustersJSON struct {
+	ClusterStatuses []struct {
+		Name         string `json:"name"`
+		HostStatuses []struct {
+			Address struct {
+				SocketAddress struct {
+					Address   string `json:"address"`
+					PortValue uint32 `json:"port_value"`
+				} `json:"socket_address"`
+			} `json:"address"`
+			Stats []struct {
+				Name  string `json:"name"`
+				Value string `json:"value"` // uint64 as a JSON string; absent when 0
+			} `json:"stats"`
+		} `json:"host_statuses"`
+	} `json:"cluster_statuses"`
+}
+
+// ParseHosts reads Envoy's /clusters?format=json into counters per backend
+// and endpoint ("ip:port"), skipping clusters backendOf does not accept.
+// Errors wrap ErrMalformed.
+func ParseHosts(r io.Reader, backendOf BackendFunc) (map[string]map[string]HostCounters, error) {
+	var cj clustersJSON
+	if err := json.NewDecoder(r).Decode(&cj); err != nil {
+		return nil, fmt.Errorf("%w: clusters: %w", ErrMalformed, err)
+	}
+	out := map[string]map[string]HostCounters{}
+	for _, c := range cj.ClusterStatuses {
+		b, ok := backendOf(c.Name)
+		if !ok {
+			continue
+		}
+		for _, h := range c.HostStatuses {
+			sa := h.Address.SocketAddress
+			if sa.Address == "" {
+				continue
+			}
+			var hc HostCounters
+			for _, s := range h.Stats {
+				var dst *uint64
+				switch s.Name {
+				case "rq_total":
+					dst = &hc.Total
+				case "rq_error":
+					dst = &hc.Errors
+				default:
+					continue
+				}
+				if s.Value == "" {
+					continue
+				}
+				v, err := strconv.ParseUint(s.Value, 10, 64)
+				if err != nil {
+					return nil, fmt.Errorf("%w: clusters: %s %s of %s: %q", ErrMalformed, c.Name, s.Name, sa.Address, s.Value)
+				}
+				*dst = v
+			}
+			if out[b] == nil {
+				out[b] = map[string]HostCounters{}
+			}
+			out[b][net.JoinHostPort(sa.Address, strconv.Itoa(int(sa.PortValue)))] = hc
+		}
+	}
+	return out, nil
+}
+
+// HostWindow is one endpoint's outcomes over a window.
+type HostWindow struct {
+	Requests, Errors uint64
+}
+
+// ErrorRate is Errors / Requests; 0 without requests.
+func (w HostWindow) ErrorRate() float64 {
+	if w.Requests == 0 {
+		return 0
+	}
+	return float64(w.Errors) / float64(w.Requests)
+}
+
+// HostSource reads every Envoy's /clusters and keeps, per Envoy, the
+// samples of a window, so Collect can give each endpoint's outcomes over
+// it, summed across Envoys. A counter that went down (Envoy restarted, or
+// the host was removed and added back) starts its window again.
+type HostSource struct {
+	admins  []string
+	client  *http.Client
+	backend BackendFunc
+	length  time.Duration
+
+	mu      sync.Mutex
+	samples map[string][]hostSample // by admin address
+}
+
+type hostSample struct {
+	at     time.Time
+	counts map[string]map[string]HostCounters
+}
+
+// NewHostSource reads admins (base URLs such as http://127.0.0.1:9901)
+// with client over windows of length.
+func NewHostSource(admins []string, client *http.Client, backend BackendFunc, length time.Duration) (*HostSource, error) {
+	if len(admins) == 0 || client == nil || backend == nil || length <= 0 {
+		return nil, errors.New("signals: HostSource needs admins, a client, a BackendFunc and a window")
+	}
+	return &HostSource{admins: admins, client: client, backend: backend, length: length, samples: map[string][]hostSample{}}, nil
+}
+
+// Collect scrapes every Envoy and returns each backend's endpoints'
+// outcomes over the window, with an error naming the Envoys that failed.
+func (s *HostSource) Collect(ctx context.Context, now time.Time) (map[string]map[string]HostWindow, error) {
+	type result struct {
+		admin  string
+		counts map[string]map[string]HostCounters
+		err    error
+	}
+	results := make([]result, len(s.admins))
+	var wg sync.WaitGroup
+	for i, a := range s.admins {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := s.scrape(ctx, a)
+			results[i] = result{a, c, err}
+		}()
+	}
+	wg.Wait()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var errs []error
+	out := map[string]map[string]HostWindow{}
+	for _, r := range results {
+		if r.err != nil {
+			errs = append(errs, fmt.Errorf("envoy %s: %w", r.admin, r.err))
+		} else {
+			s.samples[r.admin] = append(s.samples[r.admin], hostSample{at: now, counts: r.counts})
+		}
+		ss := s.samples[r.admin]
+		// Keep the newest sample at or before the window's start, and
+		// everything after it.
+		first := 0
+		for first+1 < len(ss) && !ss[first+1].at.After(now.Add(-s.length)) {
+			first++
+		}
+		ss = ss[first:]
+		s.samples[r.admin] = ss
+		if len(ss) < 2 || r.err != nil {
+			continue
+		}
+		old, cur := ss[0].counts, ss[len(ss)-1].counts
+		for b, hosts := range cur {
+			for h, c := range hosts {
+				base := old[b][h]
+				if c.Total < base.Total || c.Errors < base.Errors {
+					base = HostCounters{} // restarted: the new values are the increase
+				}
+				if out[b] == nil {
+					out[b] = map[string]HostWindow{}
+				}
+				w := out[b][h]
+				w.Requests += c.Total - base.Total
+				w.Errors += c.Errors - base.Errors
+				out[b][h] = w
+			}
+		}
+	}
+	return out, errors.Join(errs...)
+}
+
+func (s *HostSource) scrape(ctx context.Context, admin string) (map[string]map[string]HostCounters, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, admin+"/clusters?format=json", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := s.client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, &StatusError{URL: req.URL.String(), Code: resp.StatusCode}
+	}
+	return ParseHosts(io.LimitReader(resp.Body, DefaultMaxBytes), s.backend)
+}

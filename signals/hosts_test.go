@@ -1,0 +1,93 @@
+package signals
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+func TestParseHosts(t *testing.T) {
+	f, err := os.Open("testdata/clusters/quickstart.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	got, err := ParseHosts(f, Backends("fast", "fast-b", "long", "vision"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A real Envoy 1.40 capture: fast served 4 attempts, one a 503.
+	if h := got["fast"]["127.0.0.1:8101"]; h != (HostCounters{Total: 4, Errors: 1}) {
+		t.Errorf("fast = %+v", h)
+	}
+	if h := got["fast-b"]["127.0.0.1:8102"]; h != (HostCounters{Total: 1}) {
+		t.Errorf("fast-b = %+v", h)
+	}
+	if _, ok := got["long"]["127.0.0.1:8103"]; !ok {
+		t.Error("an idle host is missing")
+	}
+	if _, ok := got["detour_extproc"]; ok {
+		t.Error("a cluster that is no backend was kept")
+	}
+	for _, bad := range []string{`{`, `{"cluster_statuses":[{"name":"fast","host_statuses":[{"address":{"socket_address":{"address":"a","port_value":1}},"stats":[{"name":"rq_total","value":"x"}]}]}]}`} {
+		if _, err := ParseHosts(strings.NewReader(bad), Backends("fast")); !errors.Is(err, ErrMalformed) {
+			t.Errorf("%q: %v, want ErrMalformed", bad, err)
+		}
+	}
+}
+
+func TestHostSourceWindows(t *testing.T) {
+	var total, errs atomic.Uint64
+	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/clusters" || r.URL.Query().Get("format") != "json" {
+			http.NotFound(w, r)
+			return
+		}
+		w.Write([]byte(`{"cluster_statuses":[{"name":"fast","host_statuses":[{"address":{"socket_address":{"address":"10.0.0.1","port_value":80}},"stats":[{"name":"rq_total","value":"` +
+			strconv.FormatUint(total.Load(), 10) + `"},{"name":"rq_error","value":"` + strconv.FormatUint(errs.Load(), 10) + `"}]}]}]}`))
+	}))
+	defer ts.Close()
+	s, err := NewHostSource([]string{ts.URL}, ts.Client(), Backends("fast"), 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Date(2026, 11, 26, 0, 0, 0, 0, time.UTC)
+	ctx := context.Background()
+	total.Store(100)
+	if w, err := s.Collect(ctx, t0); err != nil || len(w) != 0 {
+		t.Fatalf("first sample: %v %v, want no window yet", w, err)
+	}
+	total.Store(200)
+	errs.Store(30)
+	w, err := s.Collect(ctx, t0.Add(10*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h := w["fast"]["10.0.0.1:80"]; h != (HostWindow{Requests: 100, Errors: 30}) || h.ErrorRate() != 0.3 {
+		t.Errorf("window = %+v", h)
+	}
+	// 40 s later the first sample has left the window.
+	total.Store(250)
+	w, _ = s.Collect(ctx, t0.Add(40*time.Second))
+	if h := w["fast"]["10.0.0.1:80"]; h != (HostWindow{Requests: 50}) {
+		t.Errorf("slid window = %+v", h)
+	}
+	// A restart: counters go back; the new values are the increase.
+	total.Store(5)
+	errs.Store(1)
+	w, _ = s.Collect(ctx, t0.Add(41*time.Second))
+	if h := w["fast"]["10.0.0.1:80"]; h != (HostWindow{Requests: 5, Errors: 1}) {
+		t.Errorf("after a restart = %+v", h)
+	}
+	ts.Close()
+	if _, err := s.Collect(ctx, t0.Add(42*time.Second)); err == nil || !strings.Contains(err.Error(), "envoy "+ts.URL) {
+		t.Errorf("a dead Envoy: %v", err)
+	}
+}
