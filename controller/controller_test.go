@@ -436,7 +436,9 @@ func TestPushFailureIsReported(t *testing.T) {
 }
 
 // fakeHosts serves scripted endpoint windows.
-type fakeHosts struct{ w map[string]map[string]signals.HostWindow }
+type fakeHosts struct {
+	w map[string]map[string]signals.HostWindow
+}
 
 func (f *fakeHosts) Collect(context.Context, time.Time) (map[string]map[string]signals.HostWindow, error) {
 	return f.w, nil
