@@ -60,6 +60,9 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzProcess$$' -fuzztime $(FUZZTIME) ./extproc/
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodePairs$$' -fuzztime $(FUZZTIME) ./wasm/proxywasm/
 	$(GO) test -run '^$$' -fuzz '^FuzzUsageScanner$$' -fuzztime $(FUZZTIME) ./wasm/plugin/
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./signals/
+	$(GO) test -run '^$$' -fuzz '^FuzzParseHosts$$' -fuzztime $(FUZZTIME) ./signals/
+	$(GO) test -run '^$$' -fuzz '^FuzzAnswer$$' -fuzztime $(FUZZTIME) ./probe/
 
 schema: build
 	./$(BIN) schema > policy/detour-policy.schema.json

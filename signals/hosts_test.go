@@ -1,6 +1,7 @@
 package signals
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"net/http"
@@ -90,4 +91,17 @@ func TestHostSourceWindows(t *testing.T) {
 	if _, err := s.Collect(ctx, t0.Add(42*time.Second)); err == nil || !strings.Contains(err.Error(), "envoy "+ts.URL) {
 		t.Errorf("a dead Envoy: %v", err)
 	}
+}
+
+// FuzzParseHosts: an Envoy's /clusters answer must never crash the
+// controller.
+func FuzzParseHosts(f *testing.F) {
+	if b, err := os.ReadFile("testdata/clusters/quickstart.json"); err == nil {
+		f.Add(b)
+	}
+	f.Add([]byte(`{"cluster_statuses":[{"name":"fast","host_statuses":[{"address":{"socket_address":{"address":"::1","port_value":1}},"stats":[{"name":"rq_total","value":"18446744073709551615"}]}]}]}`))
+	f.Add([]byte(`{"cluster_statuses":null}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		_, _ = ParseHosts(bytes.NewReader(b), Backends("fast", "fast-b"))
+	})
 }
