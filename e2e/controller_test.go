@@ -15,6 +15,12 @@ import (
 // trialShare is controller.trial_share's default.
 const trialShare = 0.05
 
+// brownout fails 30 % of a provider's requests, spread evenly: the
+// 20-odd trial requests that judge a degraded backend see 30 %. Drawn at
+// random, 30 % is too close to the 25 % threshold for 20 requests to tell
+// (the verdict would be luck).
+var brownout = sim.Fault{Status: 500, Rate: 0.3, Even: true}
+
 const controllerYAML = `controller:
   interval: 500ms
   dwell: 2s
@@ -30,15 +36,7 @@ func TestControllerBrownout(t *testing.T) {
 	s := startStack(t, stackOptions{Controller: controllerYAML})
 	var faultAt, clearAt time.Duration
 	tl := runTimeline(t, s, 45*time.Second, []load{{rate: 40, body: chat("auto", nil, user("hello"))}}, func(tl *timeline) {
-		time.Sleep(3 * time.Second)
-		faultAt = tl.now()
-		// Spread evenly: the 20-odd trial requests that judge a degraded
-		// backend see 30 %. Drawn at random, 30 % is too close to the 25 %
-		// threshold for 20 requests to tell (the verdict would be luck).
-		s.Sim("fast").SetFault(sim.Fault{Status: 500, Rate: 0.3, Even: true})
-		time.Sleep(25 * time.Second)
-		clearAt = tl.now()
-		s.Sim("fast").ClearFault()
+		faultAt, clearAt = tl.fault("fast", brownout, 3*time.Second, 25*time.Second)
 	})
 	failed, total := tl.failed()
 	t.Logf("brownout: %s; fast went %v", tl.summary(), tl.transitions("fast"))
@@ -98,11 +96,7 @@ func TestControllerSlowBackend(t *testing.T) {
 			time.Sleep(100 * time.Millisecond)
 		}
 		deadlineAt = tl.now()
-		faultAt = tl.now()
-		s.Sim("fast").SetFault(sim.Fault{TTFTMS: 3000})
-		time.Sleep(20 * time.Second)
-		clearAt = tl.now()
-		s.Sim("fast").ClearFault()
+		faultAt, clearAt = tl.fault("fast", sim.Fault{TTFTMS: 3000}, 0, 20*time.Second)
 	})
 	failed, total := tl.failed()
 	t.Logf("slow backend: %s; fast went %v; fast-b went %v", tl.summary(), tl.transitions("fast"), tl.transitions("fast-b"))
@@ -173,12 +167,7 @@ func TestControllerThrottleStorm(t *testing.T) {
 	s := startStack(t, stackOptions{Controller: controllerYAML})
 	var faultAt, clearAt time.Duration
 	tl := runTimeline(t, s, 30*time.Second, []load{{rate: 40, body: chat("auto", nil, user("hello"))}}, func(tl *timeline) {
-		time.Sleep(3 * time.Second)
-		faultAt = tl.now()
-		s.Sim("fast").SetFault(sim.Fault{Status: 429, Rate: 0.6, RetryAfterS: 5})
-		time.Sleep(15 * time.Second)
-		clearAt = tl.now()
-		s.Sim("fast").ClearFault()
+		faultAt, clearAt = tl.fault("fast", sim.Fault{Status: 429, Rate: 0.6, RetryAfterS: 5}, 3*time.Second, 15*time.Second)
 	})
 	failed, total := tl.failed()
 	t.Logf("429 storm: %d of %d failed; fast went %v", failed, total, tl.transitions("fast"))

@@ -21,7 +21,6 @@ import (
 	"github.com/detourhq/detour/healthview"
 	"github.com/detourhq/detour/healthview/viewhttp"
 	"github.com/detourhq/detour/signals"
-	"github.com/detourhq/detour/sim"
 )
 
 // prometheusBin is $PROMETHEUS_BIN (`make e2e` sets it from
@@ -210,13 +209,7 @@ func runBrownout(t *testing.T, source string) brownoutRun {
 		}
 	}()
 	tl := runTimeline(t, s, 45*time.Second, []load{{rate: 40, body: chat("auto", nil, user("hello"))}}, func(tl *timeline) {
-		time.Sleep(3 * time.Second)
-		faultAt = tl.now()
-		// Even: see TestControllerBrownout.
-		s.Sim("fast").SetFault(sim.Fault{Status: 500, Rate: 0.3, Even: true})
-		time.Sleep(25 * time.Second)
-		clearAt = tl.now()
-		s.Sim("fast").ClearFault()
+		faultAt, clearAt = tl.fault("fast", brownout, 3*time.Second, 25*time.Second)
 	})
 	cancel()
 	wg.Wait()

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/detourhq/detour/healthview/viewhttp"
+	"github.com/detourhq/detour/sim"
 )
 
 // outcome is one client request of a timeline.
@@ -113,6 +114,18 @@ func runTimeline(t *testing.T, s *stack, d time.Duration, loads []load, script f
 }
 
 func (tl *timeline) now() time.Duration { return time.Since(tl.start) }
+
+// fault waits before, puts f on backend's provider for during, then
+// clears it; it returns when the fault began and ended on tl's clock.
+func (tl *timeline) fault(backend string, f sim.Fault, before, during time.Duration) (began, ended time.Duration) {
+	time.Sleep(before)
+	began = tl.now()
+	tl.s.Sim(backend).SetFault(f)
+	time.Sleep(during)
+	ended = tl.now()
+	tl.s.Sim(backend).ClearFault()
+	return began, ended
+}
 
 func (tl *timeline) do(c *http.Client, l load) outcome {
 	o := outcome{at: tl.now(), stream: l.stream}

@@ -5,7 +5,6 @@ import (
 	"time"
 
 	"github.com/detourhq/detour/healthview"
-	"github.com/detourhq/detour/sim"
 )
 
 // Wasm mode follows the controller's view: the router plugin long-polls
@@ -29,12 +28,7 @@ func TestWasmHealthBrownout(t *testing.T) {
 
 	var faultAt, clearAt time.Duration
 	tl := runTimeline(t, s, 22*time.Second, []load{{rate: 40, body: chat("auto", nil, user("hello"))}}, func(tl *timeline) {
-		time.Sleep(3 * time.Second)
-		faultAt = tl.now()
-		s.Sim("fast").SetFault(sim.Fault{Status: 500, Rate: 0.3, Even: true})
-		time.Sleep(15 * time.Second)
-		clearAt = tl.now()
-		s.Sim("fast").ClearFault()
+		faultAt, clearAt = tl.fault("fast", brownout, 3*time.Second, 15*time.Second)
 	})
 	failed, total := tl.failed()
 	t.Logf("wasm brownout: %s; fast went %v", tl.summary(), tl.transitions("fast"))
