@@ -438,6 +438,9 @@ func (x *exchange) generate(chat bool, req *genRequest, ov overrides, f Fault) {
 	if f.DropAfterTokens > 0 {
 		x.applied = append(x.applied, "drop_after_tokens")
 	}
+	if f.StallAfterTokens > 0 {
+		x.applied = append(x.applied, "stall_after_tokens")
+	}
 	if req.Stream {
 		x.stream(&o, f)
 	} else {
@@ -462,6 +465,9 @@ func (x *exchange) respond(o *output, f Fault) {
 	k := o.n
 	if f.DropAfterTokens > 0 {
 		k = min(k, f.DropAfterTokens)
+	}
+	if f.StallAfterTokens > 0 {
+		k = min(k, f.StallAfterTokens)
 	}
 	if sleep(x.r.Context(), pace(f, k)) != nil {
 		return
@@ -493,11 +499,14 @@ func (x *exchange) respond(o *output, f Fault) {
 			Usage:             u,
 		}
 	}
-	if f.DropAfterTokens == 0 {
+	// A response no longer than the stall point completes.
+	stall := f.StallAfterTokens > 0 && o.n > f.StallAfterTokens
+	if f.DropAfterTokens == 0 && !stall {
 		writeJSON(x.w, http.StatusOK, v)
 		return
 	}
-	// Promise the whole body, send half of it, hang up.
+	// Promise the whole body, send half of it, then hang up (drop) or
+	// hang (stall).
 	body, _ := json.Marshal(v)
 	body = append(body, '\n')
 	h := x.w.Header()
@@ -506,6 +515,10 @@ func (x *exchange) respond(o *output, f Fault) {
 	x.w.WriteHeader(http.StatusOK)
 	_, _ = x.w.Write(body[:len(body)/2])
 	_ = http.NewResponseController(x.w).Flush()
+	if f.DropAfterTokens == 0 {
+		<-x.r.Context().Done()
+		return
+	}
 	x.abort()
 }
 
@@ -583,6 +596,10 @@ func (x *exchange) stream(o *output, f Fault) {
 	for i := range o.n {
 		if f.DropAfterTokens > 0 && i >= f.DropAfterTokens {
 			x.abort()
+		}
+		if f.StallAfterTokens > 0 && i >= f.StallAfterTokens {
+			<-ctx.Done()
+			return
 		}
 		d := f.interval()
 		if i == 0 {

@@ -46,6 +46,12 @@ type Fault struct {
 	// full Content-Length) and part of the body, then closes. A response
 	// shorter than N tokens is cut after its last token. 0 = off.
 	DropAfterTokens int `json:"drop_after_tokens"`
+	// StallAfterTokens stops the response after this many tokens and holds
+	// the connection open, sending nothing more, until the client goes
+	// away: a stream stalls mid-way; a non-streaming response sends its
+	// headers and part of the body. A provider that hangs, unlike
+	// DropAfterTokens, gives the client no error to react to. 0 = off.
+	StallAfterTokens int `json:"stall_after_tokens,omitempty"`
 	// Reset closes the TCP connection with an RST after reading the
 	// request, without any response.
 	Reset bool `json:"reset"`
@@ -86,6 +92,8 @@ func (f Fault) Validate() error {
 		return fmt.Errorf("tokens_per_second %v: must be in [0, %g]", f.TokensPerSecond, maxTPS)
 	case f.DropAfterTokens < 0 || f.DropAfterTokens > maxTokens:
 		return fmt.Errorf("drop_after_tokens %d: must be in [0, %d]", f.DropAfterTokens, maxTokens)
+	case f.StallAfterTokens < 0 || f.StallAfterTokens > maxTokens:
+		return fmt.Errorf("stall_after_tokens %d: must be in [0, %d]", f.StallAfterTokens, maxTokens)
 	}
 	return nil
 }
@@ -101,6 +109,7 @@ func (f Fault) sanitize() Fault {
 	clampInt(&f.LatencyMS, maxDelayMS)
 	clampInt(&f.TTFTMS, maxDelayMS)
 	clampInt(&f.DropAfterTokens, maxTokens)
+	clampInt(&f.StallAfterTokens, maxTokens)
 	if math.IsNaN(f.Rate) || f.Rate < 0 {
 		f.Rate = 0
 	}

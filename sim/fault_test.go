@@ -3,6 +3,7 @@ package sim
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -290,6 +291,47 @@ func TestDropAfterTokens(t *testing.T) {
 		}
 		if len(r.body) == 0 || strings.HasSuffix(string(r.body), "}\n") {
 			t.Errorf("body %q: want a truncated prefix", r.body)
+		}
+	})
+}
+
+// A stalled response sends its first tokens and then nothing, holding the
+// connection until the client gives up.
+func TestStallAfterTokens(t *testing.T) {
+	s := startSim(t, Config{})
+	s.SetFault(Fault{StallAfterTokens: 3})
+	defer s.ClearFault()
+	for _, stream := range []bool{true, false} {
+		t.Run(fmt.Sprintf("stream=%t", stream), func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+			defer cancel()
+			body := chatBody(fmt.Sprintf(`"stream":%t,"max_tokens":8`, stream))
+			req, err := http.NewRequestWithContext(ctx, http.MethodPost, apiURL(s, "/v1/chat/completions"), strings.NewReader(body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			req.Header.Set("Content-Type", "application/json")
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			got, err := io.ReadAll(resp.Body)
+			if resp.StatusCode != 200 || !errors.Is(err, context.DeadlineExceeded) {
+				t.Fatalf("status %d, body ended with %v: want 200 and the client's deadline", resp.StatusCode, err)
+			}
+			if stream && (strings.Count(string(got), `"content":"`) != 4 || strings.Contains(string(got), "[DONE]")) {
+				t.Errorf("want the role chunk and 3 tokens, then nothing; got %q", got)
+			}
+			if !stream && (len(got) == 0 || strings.HasSuffix(string(got), "}\n")) {
+				t.Errorf("body %q: want a truncated prefix", got)
+			}
+		})
+	}
+	t.Run("shorter than the stall point", func(t *testing.T) {
+		r := call(t, newClient(t), http.MethodPost, apiURL(s, "/v1/chat/completions"), chatBody(`"max_tokens":2`), nil)
+		if r.status != 200 || r.err != nil {
+			t.Errorf("status %d, err %v", r.status, r.err)
 		}
 	})
 }
