@@ -45,6 +45,9 @@ func testRouting(t *testing.T, s *stack) {
 			if got := r.Header.Get("x-detour-model"); got != tc.model {
 				t.Errorf("x-detour-model %q, want %q", got, tc.model)
 			}
+			if got := r.Header.Get("x-detour-reason"); got == "" {
+				t.Error("no x-detour-reason")
+			}
 			if got := r.Header.Get("x-sim-name"); got != tc.backend {
 				t.Errorf("answered by %q, want %q", got, tc.backend)
 			}

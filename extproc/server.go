@@ -32,6 +32,10 @@ const (
 	HeaderModel   = "x-detour-model"
 	HeaderRoute   = "x-detour-route"
 	HeaderError   = "x-detour-error"
+	// HeaderReason tells the client why its first choice was made
+	// ("cheapest", "health", "trial", ...: route.Reason); Envoy adds it
+	// to responses from the decision's dynamic metadata.
+	HeaderReason = "x-detour-reason"
 	// HeaderStream marks a streaming request, so Envoy routes it by the
 	// route with the first-token deadline (see firsttoken.go).
 	HeaderStream = "x-detour-stream"
@@ -403,7 +407,7 @@ func (s *Server) route(ctx context.Context, st *state, w *work) *extprocv3.Proce
 				ClearRouteCache: true,
 			},
 		}},
-		DynamicMetadata: decisionMetadata(b.Name, w.dec.UpstreamModel, w.dec.Target,
+		DynamicMetadata: decisionMetadata(b.Name, w.dec.UpstreamModel, w.dec.Target, w.dec.Reason.String(),
 			priorityGroups(r, &w.dec, st.attempts)),
 	}
 }
@@ -477,13 +481,14 @@ func headerValue(h *corev3.HeaderValue) string {
 	return h.Value
 }
 
-func decisionMetadata(backend, model, target string, groups *structpb.Value) *structpb.Struct {
+func decisionMetadata(backend, model, target, reason string, groups *structpb.Value) *structpb.Struct {
 	return &structpb.Struct{Fields: map[string]*structpb.Value{
 		PriorityGroupsNamespace: groups,
 		MetadataNamespace: structpb.NewStructValue(&structpb.Struct{Fields: map[string]*structpb.Value{
 			"backend": structpb.NewStringValue(backend),
 			"model":   structpb.NewStringValue(model),
 			"route":   structpb.NewStringValue(target),
+			"reason":  structpb.NewStringValue(reason),
 		}}),
 	}}
 }

@@ -425,6 +425,10 @@ func checkRouted(t testing.TB, r reply, in []byte, backend, model, target string
 		t.Errorf("rewriting changed more than the model:\n got %.300s\nwant %.300s", mustJSON(got), mustJSON(orig))
 	}
 	md := metadataFields(t, r.metadata)
+	if reason, _ := md["reason"].(string); reason == "" {
+		t.Errorf("dynamic metadata %v: no reason", md)
+	}
+	delete(md, "reason")
 	wantMD := map[string]any{"backend": backend, "model": model, "route": target}
 	if !reflect.DeepEqual(md, wantMD) {
 		t.Errorf("dynamic metadata %v, want %v", md, wantMD)

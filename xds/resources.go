@@ -321,6 +321,9 @@ func routeConfig(p *policy.Policy, o Options) (*routev3.RouteConfiguration, erro
 				// the one first chosen: read from the endpoint's metadata.
 				responseHeader(extproc.HeaderBackend, "%UPSTREAM_METADATA("+extproc.MetadataNamespace+":backend)%"),
 				responseHeader(extproc.HeaderModel, "%UPSTREAM_METADATA("+extproc.MetadataNamespace+":model)%"),
+				// Why the first choice was made (empty, so not added,
+				// when no processor decided: wasm routing, fallback).
+				responseHeader(extproc.HeaderReason, "%DYNAMIC_METADATA("+extproc.MetadataNamespace+":reason)%"),
 			},
 		}},
 	}
@@ -461,7 +464,7 @@ func EarlyHeaderMutation() (*corev3.TypedExtensionConfig, error) {
 	var muts []*mutationrulesv3.HeaderMutation
 	// x-envoy-attempt-count picks a wasm-routed request's backend per
 	// attempt: a client's copy would skip the first choice.
-	for _, h := range []string{extproc.HeaderBackend, extproc.HeaderModel, extproc.HeaderRoute, extproc.HeaderStream, attemptCountHdr} {
+	for _, h := range []string{extproc.HeaderBackend, extproc.HeaderModel, extproc.HeaderRoute, extproc.HeaderStream, extproc.HeaderReason, attemptCountHdr} {
 		muts = append(muts, &mutationrulesv3.HeaderMutation{Action: &mutationrulesv3.HeaderMutation_Remove{Remove: h}})
 	}
 	a, err := pack(&earlyhmv3.HeaderMutation{Mutations: muts})

@@ -338,6 +338,7 @@ func TestRouteConfig(t *testing.T) {
 			want := map[string]string{
 				extproc.HeaderBackend: "%UPSTREAM_METADATA(detour:backend)%",
 				extproc.HeaderModel:   "%UPSTREAM_METADATA(detour:model)%",
+				extproc.HeaderReason:  "%DYNAMIC_METADATA(detour:reason)%",
 			}
 			got := map[string]string{}
 			for _, h := range vh.ResponseHeadersToAdd {

@@ -40,6 +40,8 @@ const (
 	HeaderModel   = "x-detour-model"
 	HeaderRoute   = "x-detour-route"
 	HeaderError   = "x-detour-error"
+	// HeaderReason tells the client why its first choice was made.
+	HeaderReason = "x-detour-reason"
 	// HeaderStream marks a streaming request the ext_proc service routed.
 	HeaderStream = "x-detour-stream"
 	// HeaderPriority is a request's priority (critical, standard,

@@ -19,6 +19,7 @@ type routerStream struct {
 	kind    route.Kind
 	path    string
 	routing bool // a body is being collected to decide on
+	decided bool // dec chose the backend: responses carry its reason
 	req     route.Request
 	dec     route.Decision
 	// priority is the request's x-detour-priority ("" for the route's
@@ -149,6 +150,7 @@ func (s *routerStream) OnHttpRequestBody(size int, endOfStream bool) (a types.Ac
 		return s.fail("clear route cache: " + err.Error())
 	}
 	s.p.vm.metrics.decided(b.Name)
+	s.decided = true
 	return types.ActionContinue
 }
 
@@ -156,6 +158,11 @@ func (s *routerStream) OnHttpResponseHeaders(_ int, endOfStream bool) (a types.A
 	defer s.guard(&a, "response headers")
 	s.p.vm.injected("response headers")
 	s.measure.responseHeaders(s.p.vm.clock(), endOfStream)
+	if s.decided {
+		// As the ext_proc path does (there through dynamic metadata,
+		// which a wasm filter cannot write).
+		_ = proxywasm.ReplaceHttpResponseHeader(HeaderReason, s.dec.Reason.String())
+	}
 	return types.ActionContinue
 }
 
