@@ -189,6 +189,35 @@ func pack(m proto.Message) (*anypb.Any, error) {
 	return a, nil
 }
 
+// extProcRetry retries opening a request's processing stream that could
+// not reach a processor (a replica killed or restarting): at once on
+// another replica when there is one, else after a short back-off. Only
+// failures before the processor answered are retried (connect failure,
+// refused stream, UNAVAILABLE), so no request is processed twice. The
+// retries stay inside the filter's message timeout.
+func extProcRetry() *corev3.RetryPolicy {
+	return &corev3.RetryPolicy{
+		RetryOn:    "connect-failure,refused-stream,unavailable",
+		NumRetries: wrapperspb.UInt32(extProcRetries),
+		RetryBackOff: &corev3.BackoffStrategy{
+			BaseInterval: durationpb.New(extProcRetryBase),
+			MaxInterval:  durationpb.New(extProcRetryMax),
+		},
+	}
+}
+
+// The processing stream's retries: 6 retries with jittered back-off from
+// 50 ms up to 400 ms span about a second, within the default 2 s message
+// timeout.
+const (
+	extProcRetries   = 6
+	extProcRetryBase = 50 * time.Millisecond
+	extProcRetryMax  = 400 * time.Millisecond
+	// extProcMaxStreams bounds concurrent processing streams (and their
+	// retries): as many as the listener takes connections by default.
+	extProcMaxStreams = policy.DefaultMaxConnections
+)
+
 // extProcBase is what both of detour's ext_proc filters share: the
 // service, its failure behaviour, and request headers only (each adds what
 // it needs).
@@ -197,6 +226,7 @@ func extProcBase(p *policy.Policy, statPrefix string) *extprocfilterv3.ExternalP
 		GrpcService: &corev3.GrpcService{
 			TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{ClusterName: ExtProcCluster}},
 			Timeout:         durationpb.New(10 * time.Second),
+			RetryPolicy:     extProcRetry(),
 		},
 		FailureModeAllow: p.ExtProc.FailureModeAllow,
 		// A dead or hung processor is an unavailable service, not a bug
@@ -564,9 +594,19 @@ func extProcCluster(p *policy.Policy) (*clusterv3.Cluster, error) {
 		return nil, err
 	}
 	return &clusterv3.Cluster{
-		Name:                          ExtProcCluster,
-		ClusterDiscoveryType:          &clusterv3.Cluster_Type{Type: clusterTypeFor(host)},
-		ConnectTimeout:                durationpb.New(time.Second),
+		Name:                 ExtProcCluster,
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterTypeFor(host)},
+		ConnectTimeout:       durationpb.New(time.Second),
+		// Every client request holds one processing stream: Envoy's
+		// default thresholds (1024 requests, 3 concurrent retries) would
+		// refuse requests past 1024 in flight, and all but 3 of the
+		// stream retries that carry requests over a processor restart.
+		CircuitBreakers: &clusterv3.CircuitBreakers{Thresholds: []*clusterv3.CircuitBreakers_Thresholds{{
+			MaxConnections:     wrapperspb.UInt32(extProcMaxStreams),
+			MaxPendingRequests: wrapperspb.UInt32(extProcMaxStreams),
+			MaxRequests:        wrapperspb.UInt32(extProcMaxStreams),
+			MaxRetries:         wrapperspb.UInt32(extProcMaxStreams),
+		}}},
 		TypedExtensionProtocolOptions: map[string]*anypb.Any{"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": opts},
 		LoadAssignment: &endpointv3.ClusterLoadAssignment{
 			ClusterName: ExtProcCluster,
