@@ -266,6 +266,12 @@ func checkExtProc(t *testing.T, ep *extprocfilterv3.ExternalProcessor, p *policy
 	if got := ep.GetGrpcService().GetEnvoyGrpc().GetClusterName(); got != ExtProcCluster {
 		t.Errorf("ext_proc cluster %q", got)
 	}
+	// A processor restart or a killed replica: the stream is retried,
+	// only for failures before the processor answered.
+	rp := ep.GetGrpcService().GetRetryPolicy()
+	if rp.GetRetryOn() != "connect-failure,refused-stream,unavailable" || rp.GetNumRetries().GetValue() == 0 || rp.GetRetryBackOff() == nil {
+		t.Errorf("ext_proc stream retry policy %v", rp)
+	}
 	pm := ep.GetProcessingMode()
 	want := &extprocfilterv3.ProcessingMode{
 		RequestHeaderMode:   extprocfilterv3.ProcessingMode_SEND,
@@ -523,6 +529,12 @@ func checkExtProcCluster(t *testing.T, c *clusterv3.Cluster, host string, port u
 	hpo := unpack(t, opts, &upstreamhttpv3.HttpProtocolOptions{})
 	if hpo.GetExplicitHttpConfig().GetHttp2ProtocolOptions() == nil {
 		t.Errorf("ext_proc cluster does not speak HTTP/2: %v", hpo)
+	}
+	// Envoy's defaults (1024 requests, 3 retries) would cap client
+	// requests in flight and the stream retries.
+	th := c.GetCircuitBreakers().GetThresholds()
+	if len(th) != 1 || th[0].GetMaxRequests().GetValue() < 50000 || th[0].GetMaxRetries().GetValue() < 50000 {
+		t.Errorf("ext_proc cluster thresholds %v", th)
 	}
 }
 
