@@ -219,6 +219,15 @@ func (x *exchange) serve(raw http.ResponseWriter) {
 	}
 	switch ep {
 	case epChat, epCompletions:
+		if c := s.cfg.Capacity; c > 0 {
+			defer s.working.Add(-1)
+			if s.working.Add(1) > int64(c) {
+				x.applied = append(x.applied, "capacity")
+				x.w.Header().Set("Retry-After", "1")
+				x.fail(faultError(http.StatusTooManyRequests))
+				return
+			}
+		}
 		x.generate(ep == epChat, &gen, ov, f)
 	case epEmbeddings:
 		x.embeddings(&emb)

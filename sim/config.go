@@ -44,6 +44,10 @@ type Config struct {
 	// its arguments filled from the function's parameter schema. Default
 	// false: every answer is the plain "tok0 tok1 …" text.
 	Structured bool
+	// Capacity bounds the completions in flight, as a provider's
+	// concurrency limit does: past it a request gets 429
+	// rate_limit_exceeded with Retry-After: 1. 0 = unbounded.
+	Capacity int
 	// Seed seeds the generator that decides which requests a fault with
 	// rate < 1 hits. 0 picks a random seed. With a fixed seed, the hit
 	// sequence is deterministic for a given order of requests.
@@ -91,6 +95,9 @@ func (c Config) normalize() (Config, error) {
 		c.AdminAddr = net.JoinHostPort(host, strconv.Itoa(adminPort))
 	} else if _, err := splitPort(c.AdminAddr); err != nil {
 		return c, fmt.Errorf("sim: AdminAddr %q: %w", c.AdminAddr, err)
+	}
+	if c.Capacity < 0 {
+		return c, fmt.Errorf("sim: Capacity %d: must be >= 0", c.Capacity)
 	}
 	switch {
 	case c.DefaultTokens < 0 || c.DefaultTokens > maxTokens:

@@ -295,6 +295,39 @@ func TestDropAfterTokens(t *testing.T) {
 	})
 }
 
+// Past its capacity a provider refuses with 429 and Retry-After, as a
+// concurrency limit does; a finished request frees its place.
+func TestCapacity(t *testing.T) {
+	s := startSim(t, Config{Capacity: 2})
+	s.SetFault(Fault{TTFTMS: 300})
+	c := newClient(t)
+	statuses := make(chan int, 3)
+	for range 3 {
+		go func() {
+			r := call(t, c, http.MethodPost, apiURL(s, "/v1/chat/completions"), chatBody(""), nil)
+			if r.status == http.StatusTooManyRequests && r.header.Get("Retry-After") != "1" {
+				t.Errorf("429 without Retry-After: 1: %v", r.header)
+			}
+			statuses <- r.status
+		}()
+		time.Sleep(50 * time.Millisecond) // in order: the third finds two in flight
+	}
+	got := map[int]int{}
+	for range 3 {
+		got[<-statuses]++
+	}
+	if got[200] != 2 || got[429] != 1 {
+		t.Errorf("statuses %v, want two 200 and one 429", got)
+	}
+	s.ClearFault()
+	if r := call(t, c, http.MethodPost, apiURL(s, "/v1/chat/completions"), chatBody(""), nil); r.status != 200 {
+		t.Errorf("after the others finished: status %d", r.status)
+	}
+	if _, err := New(Config{Capacity: -1}); err == nil {
+		t.Error("negative capacity accepted")
+	}
+}
+
 // A stalled response sends its first tokens and then nothing, holding the
 // connection until the client gives up.
 func TestStallAfterTokens(t *testing.T) {

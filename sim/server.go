@@ -26,6 +26,7 @@ type Server struct {
 	ids       atomic.Uint64
 	lastModel atomic.Pointer[string]
 	inflight  tracker
+	working   atomic.Int64 // completions in flight, against cfg.Capacity
 	created   int64 // reported as the models' creation time
 
 	baseCtx    context.Context // parent of every request context

@@ -21,6 +21,7 @@ func runSim(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	keyEnv := fs.String("api-key-env", "", "require Authorization: Bearer $VAR (names an environment variable)")
 	tokens := fs.Int("tokens", 16, "completion length when a request sets no max_tokens")
 	structured := fs.Bool("structured", true, "answer JSON-mode requests with a JSON object and tool requests with a tool call, as a real model would")
+	capacity := fs.Int("capacity", 0, "completions in flight before answering 429 with Retry-After: 1, as a provider's concurrency limit (0: unbounded)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -29,7 +30,7 @@ func runSim(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
-	cfg := sim.Config{Name: *name, Addr: *listen, AdminAddr: *admin, Models: models, DefaultTokens: *tokens, Structured: *structured, Logger: log}
+	cfg := sim.Config{Name: *name, Addr: *listen, AdminAddr: *admin, Models: models, DefaultTokens: *tokens, Structured: *structured, Capacity: *capacity, Logger: log}
 	if *keyEnv != "" {
 		cfg.APIKey = os.Getenv(*keyEnv)
 	}
