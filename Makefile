@@ -1,6 +1,6 @@
 # detour: two commands matter on a fresh clone.
 #   make run    builds everything, obtains Envoy if missing, starts the quickstart stack
-#   make test   the whole suite: lint, unit tests (race), e2e against a real Envoy
+#   make test   the whole suite: lint, unit tests (race), e2e against a real Envoy, a 2-minute soak
 SHELL := /bin/bash
 GO ?= go
 BIN := bin/detour
@@ -9,7 +9,7 @@ ENVOY = $(shell scripts/get-envoy.sh --path)
 UNIT_PKGS = $(shell $(GO) list ./... | grep -v /e2e)
 FUZZTIME ?= 30s
 
-.PHONY: all build wasm run test unit e2e bench bench-micro envoy lint fuzz schema clean
+.PHONY: all build wasm run test unit e2e bench bench-micro envoy lint fuzz schema clean chaos soak soak-ci
 
 all: build
 
@@ -27,7 +27,7 @@ envoy:
 run: build
 	@ENVOY_BIN="$(ENVOY)" ./$(BIN) up
 
-test: lint unit e2e
+test: lint unit e2e soak-ci
 
 # Unit tests include a check of the generated bootstrap by the real Envoy.
 unit: wasm
@@ -53,6 +53,25 @@ bench-micro:
 bench: build
 	@scripts/get-envoy.sh
 	ENVOY_BIN="$(ENVOY)" $(GO) run ./bench/cmd/detour-bench -detour $(CURDIR)/$(BIN) -out BENCHMARKS.md
+
+# The chaos suite, about 25 minutes: every fault of the catalogue with
+# detour and against plain Envoy; writes reports/chaos.md, a plot per
+# scenario in reports/chaos/ and the summary in README.md.
+chaos: build
+	@scripts/get-envoy.sh
+	ENVOY_BIN="$(ENVOY)" $(GO) run ./bench/cmd/detour-bench -detour $(CURDIR)/$(BIN) -wasm $(CURDIR)/$(WASM) -only chaos
+
+# The soak: $(SOAK) of mixed load with faults coming and going; writes
+# reports/soak.md and fails on a crash, a leak or growing memory.
+SOAK ?= 20m
+soak: build
+	@scripts/get-envoy.sh
+	ENVOY_BIN="$(ENVOY)" $(GO) run ./bench/cmd/detour-bench -detour $(CURDIR)/$(BIN) -wasm $(CURDIR)/$(WASM) -only soak -soak-duration $(SOAK)
+
+# The soak's short version in `make test` (report in bin/, not committed).
+soak-ci: build
+	@scripts/get-envoy.sh
+	ENVOY_BIN="$(ENVOY)" $(GO) run ./bench/cmd/detour-bench -detour $(CURDIR)/$(BIN) -wasm $(CURDIR)/$(WASM) -only soak -soak-duration 2m -soak-out $(CURDIR)/bin/soak-ci.md
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParseRequest$$' -fuzztime $(FUZZTIME) ./route/

@@ -24,10 +24,16 @@ import (
 // early header mutation, local reply mapping, clusters) stays as detour
 // generates it, so the two sides differ only by detour's work.
 func baselineBootstrap(p *policy.Policy) (*bootstrapv3.Bootstrap, error) {
+	return baselineBootstrapFor(p, xds.Options{})
+}
+
+// baselineBootstrapFor is baselineBootstrap with the resources shaped by o
+// (the Envoy's region, say).
+func baselineBootstrapFor(p *policy.Policy, o xds.Options) (*bootstrapv3.Bootstrap, error) {
 	if len(p.Backends) == 0 {
 		return nil, errors.New("policy has no backend")
 	}
-	b, err := xds.StaticBootstrap(p)
+	b, err := xds.StaticBootstrapFor(p, o)
 	if err != nil {
 		return nil, err
 	}
@@ -166,7 +172,13 @@ func withoutUpstreamFilters(c *clusterv3.Cluster) error {
 // pending and active requests, 3 concurrent retries). The second backend's
 // cluster stays defined but nothing routes to it.
 func failoverBaselineBootstrap(p *policy.Policy) (*bootstrapv3.Bootstrap, error) {
-	b, err := baselineBootstrap(p)
+	return plainEnvoyBootstrap(p, xds.Options{})
+}
+
+// plainEnvoyBootstrap is failoverBaselineBootstrap with the resources
+// shaped by o (the chaos suite's baseline: Envoy in region east).
+func plainEnvoyBootstrap(p *policy.Policy, o xds.Options) (*bootstrapv3.Bootstrap, error) {
+	b, err := baselineBootstrapFor(p, o)
 	if err != nil {
 		return nil, err
 	}

@@ -21,6 +21,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -127,6 +128,8 @@ var ctlBackends = []ctlBackend{
 type ctlLoad struct {
 	Rate   float64
 	Stream bool
+	// Priority, when set, is sent as x-detour-priority.
+	Priority string
 }
 
 // ctlScenario is one fault pattern on fast.
@@ -187,6 +190,14 @@ type ctlOutcome struct {
 	Status int
 	// Backend is the x-detour-backend response header.
 	Backend string
+	// Sim is the simulated provider that answered (x-sim-name), Reason
+	// detour's reason for its first choice (x-detour-reason).
+	Sim, Reason string
+	// Priority is the x-detour-priority the request carried.
+	Priority string
+	// ErrCode is a non-200 answer's OpenAI error code ("capacity_shed",
+	// "rate_limit_exceeded", ...); RetryAfter its Retry-After header.
+	ErrCode, RetryAfter string
 	// Attempts is Envoy's x-envoy-attempt-count (0 if absent).
 	Attempts int
 	// TTFT is, for a 200 stream, the time to its first content chunk.
@@ -727,6 +738,11 @@ func ctlChatBody(stream bool) []byte {
 // ctlSend sends one chat and records it; at is its start, from the run's
 // start.
 func ctlSend(ctx context.Context, client *http.Client, url string, body []byte, stream bool, at time.Duration) ctlOutcome {
+	return sendChat(ctx, client, url, body, stream, nil, at)
+}
+
+// sendChat is ctlSend with request headers.
+func sendChat(ctx context.Context, client *http.Client, url string, body []byte, stream bool, hdr map[string]string, at time.Duration) ctlOutcome {
 	o := ctlOutcome{At: at, Stream: stream}
 	ctx, cancel := context.WithTimeout(ctx, ctlTimeout)
 	defer cancel()
@@ -736,6 +752,9 @@ func ctlSend(ctx context.Context, client *http.Client, url string, body []byte, 
 		return o
 	}
 	req.Header.Set("Content-Type", "application/json")
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
 	t0 := time.Now()
 	resp, err := client.Do(req)
 	if err != nil {
@@ -746,6 +765,8 @@ func ctlSend(ctx context.Context, client *http.Client, url string, body []byte, 
 	defer resp.Body.Close()
 	o.Status = resp.StatusCode
 	o.Backend = resp.Header.Get("x-detour-backend")
+	o.Sim = resp.Header.Get(sim.HeaderName)
+	o.Reason = resp.Header.Get("x-detour-reason")
 	o.Attempts, _ = strconv.Atoi(resp.Header.Get("x-envoy-attempt-count"))
 	if stream && resp.StatusCode == http.StatusOK {
 		// The first content chunk: the first data line after the role
@@ -763,6 +784,19 @@ func ctlSend(ctx context.Context, client *http.Client, url string, body []byte, 
 				break
 			}
 		}
+	} else if resp.StatusCode != http.StatusOK {
+		o.RetryAfter = resp.Header.Get("Retry-After")
+		var e struct {
+			Error struct {
+				Code string `json:"code"`
+			} `json:"error"`
+		}
+		data, err := io.ReadAll(io.LimitReader(resp.Body, 1<<16))
+		if err != nil {
+			o.Err = "body " + errKind(err)
+		} else if json.Unmarshal(data, &e) == nil {
+			o.ErrCode = e.Error.Code
+		}
 	} else if _, err := io.Copy(io.Discard, resp.Body); err != nil {
 		o.Err = "body " + errKind(err)
 	}
@@ -774,7 +808,7 @@ func ctlSend(ctx context.Context, client *http.Client, url string, body []byte, 
 // request i of a load is due at start + i/rate and is timed when it
 // starts. Requests due while ctlMaxInFlight are in flight are recorded as
 // dropped.
-func ctlLoop(ctx context.Context, client *http.Client, url string, loads []ctlLoad, start time.Time, stop <-chan struct{}) []ctlOutcome {
+func ctlLoop(ctx context.Context, client *http.Client, url string, loads []ctlLoad, body func(stream bool) []byte, start time.Time, stop <-chan struct{}) []ctlOutcome {
 	var (
 		mu  sync.Mutex
 		out []ctlOutcome
@@ -788,7 +822,7 @@ func ctlLoop(ctx context.Context, client *http.Client, url string, loads []ctlLo
 	sem := make(chan struct{}, ctlMaxInFlight)
 	var loops sync.WaitGroup
 	for _, l := range loads {
-		body := ctlChatBody(l.Stream)
+		body := body(l.Stream)
 		loops.Go(func() {
 			timer := time.NewTimer(0)
 			<-timer.C
@@ -806,12 +840,18 @@ func ctlLoop(ctx context.Context, client *http.Client, url string, loads []ctlLo
 				select {
 				case sem <- struct{}{}:
 				default:
-					record(ctlOutcome{At: time.Since(start), Stream: l.Stream, Err: errDropped})
+					record(ctlOutcome{At: time.Since(start), Stream: l.Stream, Priority: l.Priority, Err: errDropped})
 					continue
 				}
 				wg.Go(func() {
 					defer func() { <-sem }()
-					record(ctlSend(ctx, client, url, body, l.Stream, time.Since(start)))
+					var hdr map[string]string
+					if l.Priority != "" {
+						hdr = map[string]string{"x-detour-priority": l.Priority}
+					}
+					o := sendChat(ctx, client, url, body, l.Stream, hdr, time.Since(start))
+					o.Priority = l.Priority
+					record(o)
 				})
 			}
 		})
@@ -892,7 +932,7 @@ func runCtl(ctx context.Context, c e2eConfig, sims *ctlSims, dir, module string,
 	})
 	var outcomes []ctlOutcome
 	var load sync.WaitGroup
-	load.Go(func() { outcomes = ctlLoop(ctx, client, st.url, sc.Loads, start, stop) })
+	load.Go(func() { outcomes = ctlLoop(ctx, client, st.url, sc.Loads, ctlChatBody, start, stop) })
 
 	script := func() error {
 		lead := sc.Lead + jitter

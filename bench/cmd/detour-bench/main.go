@@ -14,6 +14,9 @@
 //     latency, throughput, time to ready, memory (see wasm.go);
 //   - detour's live-metrics controller against the static baseline: time to
 //     detect and time to shift in four fault scenarios (see controller.go);
+//   - with -only chaos (`make chaos`), the chaos suite: twelve faults, detour
+//     against plain Envoy, written to reports/chaos.md with a plot per
+//     scenario (see chaos.go);
 //
 // and writes the figures into BENCHMARKS.md between the markers
 // <!-- bench:begin --> and <!-- bench:end --> (see report.go); the wasm and
@@ -40,23 +43,32 @@ import (
 
 // options are the command-line flags.
 type options struct {
-	detour         string // detour binary; empty: build one
-	out            string // report file; "-": stdout only
-	rate           float64
-	duration       time.Duration
-	warmup         time.Duration
-	rounds         int
-	workers        int
-	closedDuration time.Duration
-	closedWarmup   time.Duration
-	skipMicro      bool
-	skipE2E        bool
-	skipFailover   bool
-	skipWasm       bool
-	skipController bool
-	wasm           string
-	only           string
-	verbose        bool
+	detour          string // detour binary; empty: build one
+	out             string // report file; "-": stdout only
+	rate            float64
+	duration        time.Duration
+	warmup          time.Duration
+	rounds          int
+	workers         int
+	closedDuration  time.Duration
+	closedWarmup    time.Duration
+	skipMicro       bool
+	skipE2E         bool
+	skipFailover    bool
+	skipWasm        bool
+	skipController  bool
+	skipChaos       bool
+	chaosOut        string
+	chaosOnly       string
+	chaosPlotFormat string
+	chaosRaw        string
+	skipSoak        bool
+	soakDuration    time.Duration
+	soakOut         string
+	readme          string
+	wasm            string
+	only            string
+	verbose         bool
 
 	failoverRate     float64
 	failoverDuration time.Duration
@@ -71,6 +83,8 @@ const (
 	partMicro    = "micro"
 	partWasm     = "wasm"
 	partCtl      = "controller"
+	partChaos    = "chaos"
+	partSoak     = "soak"
 )
 
 func parseFlags(args []string, stderr io.Writer) (options, error) {
@@ -92,7 +106,14 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.BoolVar(&o.skipWasm, "skip-wasm", false, "skip the proxy-wasm plugin comparison (report section 7)")
 	fs.BoolVar(&o.skipController, "skip-controller", false, "skip the live-metrics controller scenarios (report section 8)")
 	fs.StringVar(&o.wasm, "wasm", "", "path of detour.wasm (default: $DETOUR_WASM, else detour.wasm beside the detour binary, else build ./wasm)")
-	fs.StringVar(&o.only, "only", "", "run only these parts, comma-separated: latency (sections 1-3), failover (4-5), micro (6), wasm (7), controller (8)")
+	fs.StringVar(&o.only, "only", "", "run only these parts, comma-separated: latency (sections 1-3), failover (4-5), micro (6), wasm (7), controller (8), chaos (the chaos suite), soak (the soak); chaos and soak run only when named")
+	fs.StringVar(&o.chaosOut, "chaos-out", "reports/chaos.md", "chaos: report file (the plots go beside it, in chaos/)")
+	fs.DurationVar(&o.soakDuration, "soak-duration", 20*time.Minute, "soak: how long the load runs")
+	fs.StringVar(&o.soakOut, "soak-out", "reports/soak.md", "soak: report file")
+	fs.StringVar(&o.chaosRaw, "chaos-raw", "", "chaos: directory to write every run's requests and views to, as JSON (default: none)")
+	fs.StringVar(&o.chaosPlotFormat, "chaos-plots", "svg", "chaos: plot format, svg or png")
+	fs.StringVar(&o.chaosOnly, "chaos-scenarios", "", "chaos: run only these scenarios, comma-separated (default: the whole catalogue)")
+	fs.StringVar(&o.readme, "readme", "README.md", `chaos: file whose summary section (between <!-- chaos-summary:begin/end -->) is replaced ("": none)`)
 	fs.Float64Var(&o.failoverRate, "failover-rate", 200, "failover: fixed-rate (open loop) requests per second")
 	fs.DurationVar(&o.failoverDuration, "failover-duration", 20*time.Second, "failover: duration of each side's run")
 	fs.DurationVar(&o.failoverFaultAt, "failover-fault-at", 5*time.Second, "failover: when the primary provider starts answering 503, from the start of the run")
@@ -104,6 +125,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	if fs.NArg() > 0 {
 		return o, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
 	}
+	o.skipChaos, o.skipSoak = true, true
 	if o.only != "" {
 		o.skipE2E, o.skipFailover, o.skipMicro, o.skipWasm, o.skipController = true, true, true, true, true
 		for part := range strings.SplitSeq(o.only, ",") {
@@ -118,8 +140,12 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 				o.skipWasm = false
 			case partCtl:
 				o.skipController = false
+			case partChaos:
+				o.skipChaos = false
+			case partSoak:
+				o.skipSoak = false
 			default:
-				return o, fmt.Errorf("-only: unknown part %q (want %s, %s, %s, %s or %s)", part, partLatency, partFailover, partMicro, partWasm, partCtl)
+				return o, fmt.Errorf("-only: unknown part %q (want %s, %s, %s, %s, %s, %s or %s)", part, partLatency, partFailover, partMicro, partWasm, partCtl, partChaos, partSoak)
 			}
 		}
 	}
@@ -136,9 +162,13 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		return o, errors.New("-workers must be >= 1")
 	case o.failoverFaultAt <= 0 || o.failoverFaultAt >= o.failoverDuration:
 		return o, errors.New("-failover-fault-at must lie within -failover-duration")
+	case o.chaosPlotFormat != "svg" && o.chaosPlotFormat != "png":
+		return o, errors.New("-chaos-plots must be svg or png")
 	case o.reloadEdits < 0:
 		return o, errors.New("-reload-edits must be >= 0")
-	case o.skipE2E && o.skipMicro && o.skipFailover && o.skipWasm && o.skipController:
+	case o.soakDuration < time.Minute:
+		return o, errors.New("-soak-duration must be at least 1m")
+	case o.skipE2E && o.skipMicro && o.skipFailover && o.skipWasm && o.skipController && o.skipChaos && o.skipSoak:
 		return o, errors.New("nothing left to measure (-skip-e2e, -skip-failover, -skip-micro, -skip-wasm and -skip-controller all set)")
 	}
 	return o, nil
@@ -198,7 +228,11 @@ func bench(ctx context.Context, o options, args []string, stdout, stderr io.Writ
 	var failures []error
 	var ctl *controllerResult
 	var ctlErr string
-	if !o.skipE2E || !o.skipFailover || !o.skipWasm || !o.skipController {
+	var chaos *chaosResult
+	var chaosErr string
+	var soak *soakResult
+	var soakErr string
+	if !o.skipE2E || !o.skipFailover || !o.skipWasm || !o.skipController || !o.skipChaos || !o.skipSoak {
 		envoyBin, envoyVer, err := findEnvoy(ctx, root)
 		if err != nil {
 			return err
@@ -268,6 +302,36 @@ func bench(ctx context.Context, o options, args []string, stdout, stderr io.Writ
 				failures = append(failures, fmt.Errorf("controller benchmark: %w", err))
 			}
 		}
+		if !o.skipChaos && ctx.Err() == nil {
+			module := o.wasm
+			if module == "" {
+				module, err = locateWasm(ctx, root, detourBin, work, log)
+			}
+			if err == nil {
+				chaos, err = runChaos(ctx, cfg, module, splitList(o.chaosOnly))
+			}
+			switch {
+			case ctx.Err() != nil:
+			case err != nil:
+				chaosErr = err.Error()
+				failures = append(failures, fmt.Errorf("chaos suite: %w", err))
+			}
+		}
+		if !o.skipSoak && ctx.Err() == nil {
+			module := o.wasm
+			if module == "" {
+				module, err = locateWasm(ctx, root, detourBin, work, log)
+			}
+			if err == nil {
+				soak, err = runSoak(ctx, cfg, module, o.soakDuration)
+			}
+			switch {
+			case ctx.Err() != nil:
+			case err != nil:
+				soakErr = err.Error()
+				failures = append(failures, fmt.Errorf("soak: %w", err))
+			}
+		}
 	}
 	if !o.skipMicro && ctx.Err() == nil {
 		micro, err := runMicro(ctx, root, log)
@@ -298,6 +362,12 @@ func bench(ctx context.Context, o options, args []string, stdout, stderr io.Writ
 		if err == nil && !o.skipController {
 			_, err = stdout.Write(controllerMarkdown(rep, ctl, ctlErr))
 		}
+		if err == nil && !o.skipChaos {
+			_, err = stdout.Write(chaosMarkdown(rep, chaos, chaosErr, "", ""))
+		}
+		if err == nil && !o.skipSoak {
+			_, err = stdout.Write(soakMarkdown(rep, soak, soakErr))
+		}
 	} else {
 		if mainPart {
 			err = updateFile(o.out, rep.markdown())
@@ -307,6 +377,15 @@ func bench(ctx context.Context, o options, args []string, stdout, stderr io.Writ
 		}
 		if err == nil && !o.skipController {
 			err = updateFileBetween(o.out, controllerMarkdown(rep, ctl, ctlErr), ctlBeginMarker, ctlEndMarker)
+		}
+		if err == nil && !o.skipChaos {
+			err = writeChaosReport(o, rep, chaos, chaosErr)
+		}
+		if !o.skipSoak {
+			// A failed check is reported in the file and fails the run.
+			if serr := writeSoakReport(o.soakOut, rep, soak, soakErr); serr != nil {
+				failures = append(failures, serr)
+			}
 		}
 		if err == nil {
 			log.Info("report written", "file", o.out, "elapsed", rep.Elapsed.Round(time.Second))

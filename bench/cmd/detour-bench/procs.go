@@ -75,6 +75,18 @@ func (c *child) stop(grace time.Duration) {
 	}
 }
 
+// kill ends the process at once (SIGKILL: a crash, no clean-up) and waits
+// for the exit.
+func (c *child) kill() {
+	select {
+	case <-c.done:
+		return
+	default:
+	}
+	_ = c.cmd.Process.Kill()
+	<-c.done
+}
+
 // exited reports whether the process has exited, with its error.
 func (c *child) exited() (bool, error) {
 	select {
