@@ -179,6 +179,10 @@ func writeBootstrap(path string, b *bootstrapv3.Bootstrap) error {
 	return nil
 }
 
+// envoyReadyTimeout bounds Envoy's start: loading detour.wasm (V8 compiles
+// a few MB of Go) took over 30 s on a 2-core machine under heavy load.
+const envoyReadyTimeout = 90 * time.Second
+
 func startEnvoy(ctx context.Context, name, bin, cfg, admin, dir string, tee io.Writer) (*envoyProc, error) {
 	logPath := filepath.Join(dir, name+".log")
 	f, err := os.Create(logPath)
@@ -195,7 +199,7 @@ func startEnvoy(ctx context.Context, name, bin, cfg, admin, dir string, tee io.W
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
 	e := &envoyProc{name: name, proc: p, logPath: logPath, logFile: f}
-	if err := p.WaitReady(ctx, 30*time.Second); err != nil {
+	if err := p.WaitReady(ctx, envoyReadyTimeout); err != nil {
 		e.stop()
 		return nil, fmt.Errorf("%s: %w; log:\n%s", name, err, fileTail(logPath, 30))
 	}
