@@ -144,7 +144,9 @@ func (a *answer) add(c *chunk, t time.Time) {
 			for len(a.tools) <= tc.Index && tc.Index < 128 {
 				a.tools = append(a.tools, calledTool{})
 			}
-			if tc.Index < len(a.tools) {
+			// The index is the provider's: a negative one names no call
+			// (it used to index the slice and crash the controller).
+			if tc.Index >= 0 && tc.Index < len(a.tools) {
 				ct := &a.tools[tc.Index]
 				ct.name += tc.Function.Name
 				ct.args.WriteString(tc.Function.Arguments)
