@@ -23,6 +23,10 @@ func TestUsageScanner(t *testing.T) {
 		{"no usage", `{"choices":[]}`, 0},
 		{"cut number at end", `{"completion_tokens":12`, 0},
 		{"not a number", `{"completion_tokens":"x"}`, 0},
+		// Found by FuzzUsageScanner: a key beginning at the closing quote
+		// of another was skipped when whole, found when the carried tail
+		// began at that quote.
+		{"a key at the closing quote of another", `"completion_tokens"completion_tokens":5,` + strings.Repeat(" ", 26) + "\n", 5},
 	} {
 		// Every split into chunks of every size gives the same answer.
 		for size := 1; size <= len(tt.body); size++ {
