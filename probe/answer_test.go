@@ -31,6 +31,11 @@ func TestReadStream(t *testing.T) {
 		// controller (index out of range).
 		{"negative tool index", tool("-1", "f", "{}") + done, "", nil, 0, true},
 		{"tool index past the bound", tool("128", "f", "{}") + done, "", nil, 0, true},
+		// Found by FuzzAnswer's corpus: a second parallel call grew the
+		// slice, copying the first call's strings.Builder, and its next
+		// arguments panicked ("copied by value").
+		{"parallel calls, arguments after the second began", tool("0", "f", "") + tool("1", "g", "{}") + tool("0", "", "{}") + done,
+			"", []string{"f{}", "g{}"}, 3, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
