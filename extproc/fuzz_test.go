@@ -1,6 +1,7 @@
 package extproc
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"strconv"
@@ -190,4 +191,54 @@ func checkFuzzImmediate(t *testing.T, code int32, body []byte, reply bool) {
 	if err := json.Unmarshal(body, &e); err != nil || e.Error == nil || e.Error.Message == "" {
 		t.Fatalf("immediate %d body is not an OpenAI error: %q", code, body)
 	}
+}
+
+// FuzzScanFirstToken drives the first-token stage's event stream reader as
+// holdFirstToken does, the body arriving in chunks of size bytes. However
+// the network splits a stream, the same line releases it; an incomplete
+// line is never read; CRLF line ends read as LF; and only data lines
+// count: the stream with every line made a comment holds no token.
+func FuzzScanFirstToken(f *testing.F) {
+	for _, tt := range scanFirstTokenTests {
+		f.Add([]byte(tt.in), uint8(1))
+		f.Add([]byte(tt.in), uint8(7))
+	}
+	f.Add([]byte(roleChunk+": ping\n\n"+contentChunk+"data: [DONE]\n\n"), uint8(0))
+	f.Fuzz(func(t *testing.T, stream []byte, size uint8) {
+		next, found := scanFirstToken(stream, 0)
+		if next < 0 || next > len(stream) || (next > 0 && stream[next-1] != '\n' && stream[next-1] != '\r') {
+			t.Fatalf("next %d is not after a line end in %q", next, stream)
+		}
+		if !found && bytes.ContainsAny(stream[next:], "\r\n") {
+			t.Fatalf("a complete line after %d left unread in %q", next, stream)
+		}
+
+		n := int(size)
+		if n == 0 {
+			n = len(stream) + 1
+		}
+		var held []byte
+		scanned, got := 0, false
+		for i := 0; i < len(stream) && !got; i += n {
+			held = append(held, stream[i:min(i+n, len(stream))]...)
+			prev := scanned
+			if scanned, got = scanFirstToken(held, scanned); scanned < prev {
+				t.Fatalf("went back from %d to %d", prev, scanned)
+			}
+		}
+		if got != found || scanned != next {
+			t.Fatalf("in chunks of %d: (%d, %v), whole: (%d, %v)", n, scanned, got, next, found)
+		}
+
+		crlf := bytes.ReplaceAll(stream, []byte("\n"), []byte("\r\n"))
+		if _, got := scanFirstToken(crlf, 0); got != found {
+			t.Fatalf("CRLF line ends: %v, LF: %v", got, found)
+		}
+		commented := append([]byte(":"), stream...)
+		commented = bytes.ReplaceAll(commented, []byte("\n"), []byte("\n:"))
+		commented = bytes.ReplaceAll(commented, []byte("\r"), []byte("\r:"))
+		if _, got := scanFirstToken(commented, 0); got {
+			t.Fatalf("a token in comments: %q", commented)
+		}
+	})
 }
