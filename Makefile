@@ -1,15 +1,29 @@
 # detour: two commands matter on a fresh clone.
 #   make run    builds everything, obtains Envoy if missing, starts the quickstart stack
-#   make test   the whole suite: lint, unit tests (race), e2e against a real Envoy, a 2-minute soak
+#   make test   the whole suite: lint, unit tests (race), short fuzzing, e2e against a real Envoy, a 2-minute soak
 SHELL := /bin/bash
 GO ?= go
 BIN := bin/detour
 WASM := bin/detour.wasm
 ENVOY = $(shell scripts/get-envoy.sh --path)
 UNIT_PKGS = $(shell $(GO) list ./... | grep -v /e2e)
-FUZZTIME ?= 30s
+FUZZTIME ?= 2m
+FUZZ_CI_TIME ?= 5s
+# Every fuzz target, as package:FuzzName; their seed corpora are in each
+# package's testdata/fuzz/FuzzName/.
+FUZZ_TARGETS = \
+	./route/:FuzzParseRequest \
+	./route/:FuzzAPIErrorJSON \
+	./policy/:FuzzParse \
+	./extproc/:FuzzProcess \
+	./extproc/:FuzzScanFirstToken \
+	./wasm/proxywasm/:FuzzDecodePairs \
+	./wasm/plugin/:FuzzUsageScanner \
+	./signals/:FuzzParse \
+	./signals/:FuzzParseHosts \
+	./probe/:FuzzAnswer
 
-.PHONY: all build wasm run test unit e2e bench bench-micro envoy lint fuzz schema clean chaos soak soak-ci
+.PHONY: all build wasm run test unit e2e bench bench-micro envoy lint fuzz fuzz-ci schema clean chaos soak soak-ci
 
 all: build
 
@@ -27,7 +41,7 @@ envoy:
 run: build
 	@ENVOY_BIN="$(ENVOY)" ./$(BIN) up
 
-test: lint unit e2e soak-ci
+test: lint unit fuzz-ci e2e soak-ci
 
 # Unit tests include a check of the generated bootstrap by the real Envoy.
 unit: wasm
@@ -74,14 +88,11 @@ soak-ci: build
 	ENVOY_BIN="$(ENVOY)" $(GO) run ./bench/cmd/detour-bench -detour $(CURDIR)/$(BIN) -wasm $(CURDIR)/$(WASM) -only soak -soak-duration 2m -soak-out $(CURDIR)/bin/soak-ci.md
 
 fuzz:
-	$(GO) test -run '^$$' -fuzz '^FuzzParseRequest$$' -fuzztime $(FUZZTIME) ./route/
-	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./policy/
-	$(GO) test -run '^$$' -fuzz '^FuzzProcess$$' -fuzztime $(FUZZTIME) ./extproc/
-	$(GO) test -run '^$$' -fuzz '^FuzzDecodePairs$$' -fuzztime $(FUZZTIME) ./wasm/proxywasm/
-	$(GO) test -run '^$$' -fuzz '^FuzzUsageScanner$$' -fuzztime $(FUZZTIME) ./wasm/plugin/
-	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./signals/
-	$(GO) test -run '^$$' -fuzz '^FuzzParseHosts$$' -fuzztime $(FUZZTIME) ./signals/
-	$(GO) test -run '^$$' -fuzz '^FuzzAnswer$$' -fuzztime $(FUZZTIME) ./probe/
+	@GO="$(GO)" scripts/fuzz.sh $(FUZZTIME) $(FUZZ_TARGETS)
+
+# A short run of every target: part of `make test`.
+fuzz-ci:
+	@GO="$(GO)" scripts/fuzz.sh $(FUZZ_CI_TIME) $(FUZZ_TARGETS)
 
 schema: build
 	./$(BIN) schema > policy/detour-policy.schema.json

@@ -18,32 +18,35 @@ const (
 	contentChunk = `data: {"id":"c1","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"Hello"},"logprobs":null,"finish_reason":null}]}` + "\n\n"
 )
 
+// scanFirstTokenTests are event streams as providers send them; they seed
+// FuzzScanFirstToken too.
+var scanFirstTokenTests = []struct {
+	name string
+	in   string
+	want bool
+}{
+	{"nothing yet", "", false},
+	{"role chunk", roleChunk, false},
+	{"role chunk, then a token", roleChunk + contentChunk, true},
+	{"a token split before its newline", contentChunk[:len(contentChunk)-2], false},
+	{"keep-alive comments and event names", ": ping\n\n: OPENROUTER PROCESSING\n\nevent: message\nid: 7\nretry: 100\n\n", false},
+	{"empty data line", "data:\n\ndata: \n\n", false},
+	{"CRLF line ends", "data: {\"choices\":[{\"delta\":{\"role\":\"assistant\"}}]}\r\n\r\ndata: {\"choices\":[{\"delta\":{\"content\":\"x\"}}]}\r\n", true},
+	{"CR line ends", "data: {\"choices\":[{\"delta\":{\"content\":\"x\"}}]}\r", true},
+	{"Azure's filter results before the role", `data: {"choices":[],"prompt_filter_results":[{"prompt_index":0}]}` + "\n\n" + roleChunk, false},
+	{"role with null content", `data: {"choices":[{"index":0,"delta":{"role":"assistant","content":null},"finish_reason":null}]}` + "\n", false},
+	{"first tool call", `data: {"choices":[{"index":0,"delta":{"role":"assistant","content":null,"tool_calls":[{"index":0,"id":"call_1","type":"function","function":{"name":"f","arguments":""}}]},"finish_reason":null}]}` + "\n", true},
+	{"reasoning before the answer", `data: {"choices":[{"delta":{"reasoning_content":"Let me"}}]}` + "\n", true},
+	{"finish with no content", `data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}` + "\n", true},
+	{"completions: empty text", `data: {"object":"text_completion","choices":[{"text":"","index":0,"finish_reason":null}]}` + "\n", false},
+	{"completions: text", `data: {"object":"text_completion","choices":[{"text":" tok0","index":0,"finish_reason":null}]}` + "\n", true},
+	{"done", "data: [DONE]\n", true},
+	{"not JSON: never held for it", "data: hello\n", true},
+	{"JSON of another shape", `data: {"type":"message_start"}` + "\n", true},
+}
+
 func TestScanFirstToken(t *testing.T) {
-	tests := []struct {
-		name string
-		in   string
-		want bool
-	}{
-		{"nothing yet", "", false},
-		{"role chunk", roleChunk, false},
-		{"role chunk, then a token", roleChunk + contentChunk, true},
-		{"a token split before its newline", contentChunk[:len(contentChunk)-2], false},
-		{"keep-alive comments and event names", ": ping\n\n: OPENROUTER PROCESSING\n\nevent: message\nid: 7\nretry: 100\n\n", false},
-		{"empty data line", "data:\n\ndata: \n\n", false},
-		{"CRLF line ends", "data: {\"choices\":[{\"delta\":{\"role\":\"assistant\"}}]}\r\n\r\ndata: {\"choices\":[{\"delta\":{\"content\":\"x\"}}]}\r\n", true},
-		{"CR line ends", "data: {\"choices\":[{\"delta\":{\"content\":\"x\"}}]}\r", true},
-		{"Azure's filter results before the role", `data: {"choices":[],"prompt_filter_results":[{"prompt_index":0}]}` + "\n\n" + roleChunk, false},
-		{"role with null content", `data: {"choices":[{"index":0,"delta":{"role":"assistant","content":null},"finish_reason":null}]}` + "\n", false},
-		{"first tool call", `data: {"choices":[{"index":0,"delta":{"role":"assistant","content":null,"tool_calls":[{"index":0,"id":"call_1","type":"function","function":{"name":"f","arguments":""}}]},"finish_reason":null}]}` + "\n", true},
-		{"reasoning before the answer", `data: {"choices":[{"delta":{"reasoning_content":"Let me"}}]}` + "\n", true},
-		{"finish with no content", `data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}` + "\n", true},
-		{"completions: empty text", `data: {"object":"text_completion","choices":[{"text":"","index":0,"finish_reason":null}]}` + "\n", false},
-		{"completions: text", `data: {"object":"text_completion","choices":[{"text":" tok0","index":0,"finish_reason":null}]}` + "\n", true},
-		{"done", "data: [DONE]\n", true},
-		{"not JSON: never held for it", "data: hello\n", true},
-		{"JSON of another shape", `data: {"type":"message_start"}` + "\n", true},
-	}
-	for _, tt := range tests {
+	for _, tt := range scanFirstTokenTests {
 		t.Run(tt.name, func(t *testing.T) {
 			// Whole, and a byte at a time as chunks may split it.
 			if _, got := scanFirstToken([]byte(tt.in), 0); got != tt.want {

@@ -2,16 +2,23 @@ package policy
 
 import (
 	"errors"
+	"fmt"
+	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/goccy/go-yaml"
 
 	"github.com/detourhq/detour/examples"
 	"github.com/detourhq/detour/route"
 )
 
-// FuzzParse: Parse never panics; an error is always a *ValidationError
-// with problems; and an accepted policy is complete: it passes Validate and
-// its route table builds a router.
+// FuzzParse: Parse never panics and is deterministic (the same problems,
+// in the same order, or the same policy); an error is always a
+// *ValidationError with positioned problems; an accepted policy is
+// complete: it passes Validate, its route table builds a router, and
+// written back as YAML it loads to the same policy (defaults are a fixed
+// point, and nothing accepted is lost in the round trip).
 func FuzzParse(f *testing.F) {
 	q := string(examples.QuickstartPolicy)
 	seeds := []string{
@@ -43,6 +50,10 @@ func FuzzParse(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		p, err := Parse("fuzz.yaml", data)
+		p2, err2 := Parse("fuzz.yaml", data)
+		if fmt.Sprint(err) != fmt.Sprint(err2) || !reflect.DeepEqual(p, p2) {
+			t.Fatalf("two parses differ:\n%v\n%v", err, err2)
+		}
 		if err != nil {
 			if p != nil {
 				t.Fatal("a policy and an error")
@@ -70,6 +81,17 @@ func FuzzParse(f *testing.F) {
 		}
 		if _, err := route.New(p.RouteTable()); err != nil {
 			t.Fatalf("accepted, but route.New: %v", err)
+		}
+		out, err := yaml.Marshal(p)
+		if err != nil {
+			t.Fatalf("accepted, but cannot be written back: %v", err)
+		}
+		again, err := Parse("again.yaml", out)
+		if err != nil {
+			t.Fatalf("written back, it is rejected: %v\n%s", err, out)
+		}
+		if !reflect.DeepEqual(p, again) {
+			t.Fatalf("written back, it loads differently:\n%+v\n%+v\n%s", p, again, out)
 		}
 	})
 }

@@ -15,10 +15,10 @@ import (
 type answer struct {
 	text      strings.Builder // content
 	reasoning bool            // reasoning text came (reasoning_content or reasoning)
-	tools     []calledTool
-	finished  bool // a finish_reason or [DONE] was seen
-	usage     int  // completion_tokens, when reported
-	chunks    int  // chunks that carried a token
+	tools     []*calledTool   // pointers: growing the slice must not copy a Builder in use
+	finished  bool            // a finish_reason or [DONE] was seen
+	usage     int             // completion_tokens, when reported
+	chunks    int             // chunks that carried a token
 	first     time.Time
 	last      time.Time
 	streamErr string // an error object sent inside the stream
@@ -142,10 +142,12 @@ func (a *answer) add(c *chunk, t time.Time) {
 		for _, tc := range d.ToolCalls {
 			// Streamed calls are keyed by index; the name comes first.
 			for len(a.tools) <= tc.Index && tc.Index < 128 {
-				a.tools = append(a.tools, calledTool{})
+				a.tools = append(a.tools, &calledTool{})
 			}
-			if tc.Index < len(a.tools) {
-				ct := &a.tools[tc.Index]
+			// The index is the provider's: a negative one names no call
+			// (it used to index the slice and crash the controller).
+			if tc.Index >= 0 && tc.Index < len(a.tools) {
+				ct := a.tools[tc.Index]
 				ct.name += tc.Function.Name
 				ct.args.WriteString(tc.Function.Arguments)
 				token = token || tc.Function.Name != "" || tc.Function.Arguments != ""

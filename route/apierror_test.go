@@ -106,13 +106,34 @@ func TestErrorConstructors(t *testing.T) {
 	}
 }
 
+// FuzzAPIErrorJSON: the error body is valid JSON in OpenAI's shape that
+// decodes back to the fields, invalid UTF-8 replaced as encoding/json does
+// (one U+FFFD per bad byte); an empty param or code is null.
 func FuzzAPIErrorJSON(f *testing.F) {
 	f.Add("msg", "param", "code")
 	f.Add("\x00\"\\\xff", "", "")
+	f.Add("unknown model \"gpt-5\u2028\"; known: auto, fast", "model", "model_not_found")
+	f.Add("caf\xc3\xa9 \xed\xa0\x80 \U0001F600 <b>&amp;</b>\t\x7f", "messages[0].content", "")
 	f.Fuzz(func(t *testing.T, msg, param, code string) {
 		b := (&APIError{Type: "t", Message: msg, Param: param, Code: code}).JSON()
 		if !json.Valid(b) {
 			t.Fatalf("invalid JSON %q", b)
+		}
+		var e struct {
+			Error struct {
+				Message string  `json:"message"`
+				Type    string  `json:"type"`
+				Param   *string `json:"param"`
+				Code    *string `json:"code"`
+			} `json:"error"`
+		}
+		if err := json.Unmarshal(b, &e); err != nil {
+			t.Fatal(err)
+		}
+		valid := func(s string) string { return string([]rune(s)) }
+		if e.Error.Message != valid(msg) || e.Error.Type != "t" || deref(e.Error.Param) != valid(param) || deref(e.Error.Code) != valid(code) ||
+			(param == "") != (e.Error.Param == nil) || (code == "") != (e.Error.Code == nil) {
+			t.Fatalf("%q decodes to %+v", b, e.Error)
 		}
 	})
 }

@@ -94,7 +94,8 @@ func TestHostSourceWindows(t *testing.T) {
 }
 
 // FuzzParseHosts: an Envoy's /clusters answer must never crash the
-// controller.
+// controller; an error wraps ErrMalformed; only the backends asked for are
+// kept.
 func FuzzParseHosts(f *testing.F) {
 	if b, err := os.ReadFile("testdata/clusters/quickstart.json"); err == nil {
 		f.Add(b)
@@ -102,6 +103,17 @@ func FuzzParseHosts(f *testing.F) {
 	f.Add([]byte(`{"cluster_statuses":[{"name":"fast","host_statuses":[{"address":{"socket_address":{"address":"::1","port_value":1}},"stats":[{"name":"rq_total","value":"18446744073709551615"}]}]}]}`))
 	f.Add([]byte(`{"cluster_statuses":null}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		_, _ = ParseHosts(bytes.NewReader(b), Backends("fast", "fast-b"))
+		got, err := ParseHosts(bytes.NewReader(b), Backends("fast", "fast-b"))
+		if err != nil {
+			if !errors.Is(err, ErrMalformed) {
+				t.Fatalf("error does not wrap ErrMalformed: %v", err)
+			}
+			return
+		}
+		for backend := range got {
+			if backend != "fast" && backend != "fast-b" {
+				t.Fatalf("backend %q was not asked for", backend)
+			}
+		}
 	})
 }

@@ -53,6 +53,9 @@ func (u *usageScanner) find(b []byte) {
 		if k > j && k < len(b) && (b[k] == ',' || b[k] == '}' || b[k] == ' ' || b[k] == '\n' || b[k] == '\r') {
 			u.completionTokens = n
 		}
-		i = j - 1
+		// The scan goes on at the next byte, not past the key: another key
+		// can begin at its closing quote, and skipping it made the count
+		// depend on where the chunks were cut (the carried tail may start
+		// at that quote).
 	}
 }
