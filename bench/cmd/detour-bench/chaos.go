@@ -110,6 +110,9 @@ type chaosScenario struct {
 	// DetourOnly: the fault is of a detour process, which the baseline
 	// does not have.
 	DetourOnly bool
+	// NoShift, when set, says why the traffic is not expected to move
+	// (the fault stays within the policy's thresholds).
+	NoShift string
 	inject     func(ctx context.Context, e *chaosEnv) error
 	clear      func(ctx context.Context, e *chaosEnv) error
 }
@@ -143,7 +146,8 @@ func chaosCatalogue() []chaosScenario {
 		{Name: "throttled", Title: "Throttled: fast answers 429 with Retry-After to 60 % of its requests", Fault: `sim fault {"status":429,"rate":0.6,"retry_after_s":5} (random)`, Kind: kindStatistical, Target: chaosFast, For: 20 * time.Second},
 		{Name: "slow-start", Title: "Slow start: fast's first token comes after 3 s", Fault: `sim fault {"ttft_ms":3000}`, Kind: kindLatency, Target: chaosFast, For: 20 * time.Second},
 		{Name: "stall", Title: "Stall: fast's answers stop after 20 tokens and hang", Fault: `sim fault {"stall_after_tokens":20} (answers are 40 tokens; the connection stays open)`, Kind: kindLatency, Target: chaosFast, For: 20 * time.Second},
-		{Name: "slow-network", Title: "Slow network: +400 ms latency and 50 KB/s to fast", Fault: "Toxiproxy latency 400 ms and bandwidth 50 KB/s on fast's responses", Kind: kindLatency, Target: chaosFast, For: 20 * time.Second},
+		{Name: "slow-network", Title: "Slow network: +400 ms latency and 50 KB/s to fast", Fault: "Toxiproxy latency 400 ms and bandwidth 50 KB/s on fast's responses", Kind: kindLatency, Target: chaosFast, For: 20 * time.Second,
+			NoShift: "+400 ms keeps fast's time to first token under the policy's 500 ms threshold (answers are a few hundred bytes, so 50 KB/s adds little): by the policy fast is slower but healthy, and it stays the cheapest choice"},
 		{Name: "resets", Title: "Resets: fast's connections are reset once the request is sent", Fault: "Toxiproxy reset_peer (timeout 0) on requests to fast", Kind: kindHard, Target: chaosFast, For: 20 * time.Second},
 		{Name: "region-loss", Title: "Region loss: every endpoint in region east is unreachable", Fault: "Toxiproxy timeout (0: black hole, connections stay open, no data) on every east endpoint (fast, fast-b, long, vision); Envoy is in east", Kind: kindHard, Target: []string{"fast-east", "fastb-east"}, For: 20 * time.Second},
 		{Name: "flapping", Title: "Flapping: fast alternates down and up every 5 s", Fault: "fast's proxies stopped 5 s, started 5 s, for 30 s", Kind: kindHard, Target: chaosFast, For: 30 * time.Second, Flap: 5 * time.Second,

@@ -80,7 +80,7 @@ func judge(sc chaosScenario, d, b *chaosFigures) chaosVerdict {
 	if d.Failed == 0 {
 		v.ZeroFailed = "met"
 	}
-	if sc.Target != nil {
+	if sc.Target != nil && sc.NoShift == "" {
 		v.ShiftOK = "missed"
 		if d.Shifted && d.Shift < v.ShiftTarget {
 			v.ShiftOK = "met"
@@ -250,6 +250,9 @@ func writeChaosScenario(b *bytes.Buffer, sr chaosScenarioResult, plotDir, plotFo
 	sc := sr.Scenario
 	fmt.Fprintf(b, "<a id=\"%s\"></a>\n## %s\n\n", sc.Name, sc.Title)
 	fmt.Fprintf(b, "Fault (%s): %s.", sc.Kind, sc.Fault)
+	if sc.NoShift != "" {
+		fmt.Fprintf(b, " No shift expected: %s.", sc.NoShift)
+	}
 	if r := sr.Runs[modeDetour]; r != nil {
 		fmt.Fprintf(b, " On at %s into the run for %s.", fmtSec(r.FaultAt), sc.For)
 	}
