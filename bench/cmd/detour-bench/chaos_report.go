@@ -119,7 +119,7 @@ func chaosMarkdown(rep *report, res *chaosResult, runErr, plotDir, plotFormat st
 	fmt.Fprintf(&b, "- **Software:** %s, Envoy %s, detour at commit %s\n", m.Go, m.Envoy, m.Commit)
 	fmt.Fprintf(&b, "- **Load average (1/5/15 min):** %s before, %s after\n\n", rep.LoadBefore, rep.LoadAfter)
 	if runErr != "" {
-		fmt.Fprintf(&b, "**Some scenarios failed to run:** %s\n\n", mdEscape(runErr))
+		fmt.Fprintf(&b, "**Some scenarios failed to run:** %s\n\n", mdEscape(firstLine(runErr, 400)))
 	}
 	if res == nil {
 		return b.Bytes()
@@ -136,7 +136,7 @@ func chaosMarkdown(rep *report, res *chaosResult, runErr, plotDir, plotFormat st
 			verdict = "**missed:** " + strings.Join(v.missed(), ", ")
 		}
 		if sr.Err != "" {
-			verdict = "**did not run:** " + mdEscape(sr.Err)
+			verdict = "**did not run:** " + mdEscape(firstLine(sr.Err, 120))
 		}
 		fmt.Fprintf(&b, "| [%s](#%s) | %s | %s | %s | %s | %s | %s | %s |\n", sr.Scenario.Name, sr.Scenario.Name,
 			failedOf(d), failedOf(bl), shiftOf(sr.Scenario, d), shiftOf(sr.Scenario, bl), recoverOf(d), recoverOf(bl), verdict)
@@ -364,6 +364,15 @@ func chaosSummary(rep *report, res *chaosResult, link string) []byte {
 	}
 	b.WriteString("\n")
 	return b.Bytes()
+}
+
+// firstLine is s up to its first newline, cut to n bytes.
+func firstLine(s string, n int) string {
+	s, _, _ = strings.Cut(s, "\n")
+	if len(s) > n {
+		s = s[:n] + "…"
+	}
+	return s
 }
 
 func mdEscape(s string) string {
