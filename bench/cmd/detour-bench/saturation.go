@@ -81,7 +81,7 @@ func runSaturation(ctx context.Context, c e2eConfig, module string) (*saturation
 	}
 	defer prov.close()
 	defer net.close()
-	st, err := startChaosStack(ctx, c, prov, dir, "saturation", module, modeDetour)
+	st, err := startChaosStack(ctx, c, prov, dir, "saturation", module, modeDetour, 1)
 	if err != nil {
 		return nil, err
 	}

@@ -100,7 +100,7 @@ func runSoak(ctx context.Context, c e2eConfig, module string, d time.Duration) (
 	}
 	defer prov.close()
 	defer net.close()
-	st, err := startChaosStack(ctx, c, prov, dir, "soak", module, modeDetour)
+	st, err := startChaosStack(ctx, c, prov, dir, "soak", module, modeDetour, 1)
 	if err != nil {
 		return nil, err
 	}
