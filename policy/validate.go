@@ -197,6 +197,7 @@ func (p *Policy) Validate() []Problem {
 	}
 	p.validateController(&v)
 	p.validateProbes(&v)
+	p.validateCache(&v)
 	return v.problems
 }
 
