@@ -87,12 +87,12 @@ const (
 	CacheRedis  = "redis"
 	CacheOff    = "off"
 
-	DefaultCacheRetention     = 24 * time.Hour
-	DefaultCacheMaxBytes Size = 64 << 20
-	DefaultCacheMaxEntry Size = 1 << 20
-	DefaultRedisAddress       = "127.0.0.1:6379"
-	DefaultRedisTimeout       = 50 * time.Millisecond
-	DefaultQueueDepth         = 100
+	DefaultCacheRetention      = 24 * time.Hour
+	DefaultCacheMaxBytes  Size = 64 << 20
+	DefaultCacheMaxEntry  Size = 1 << 20
+	DefaultRedisAddress        = "127.0.0.1:6379"
+	DefaultRedisTimeout        = 50 * time.Millisecond
+	DefaultQueueDepth          = 100
 )
 
 func (p *Policy) applyCacheDefaults() {
