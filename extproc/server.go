@@ -22,6 +22,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/detourhq/detour/policy"
+	"github.com/detourhq/detour/respcache"
 	"github.com/detourhq/detour/route"
 )
 
@@ -52,6 +53,8 @@ type Config struct {
 	// Health is the controller's view of the backends (a
 	// *viewhttp.Watcher); nil routes as if every backend were healthy.
 	Health HealthSource
+	// Cache is the response cache; nil: no cache, whatever the policy says.
+	Cache *respcache.Cache
 }
 
 // Server implements envoy.service.ext_proc.v3.ExternalProcessor.
@@ -64,6 +67,9 @@ type Server struct {
 	tokens  TokenCounter
 	work    sync.Pool
 	health  *healthState
+	cache   *respcache.Cache
+	queue   *queue
+	stop    context.CancelFunc
 }
 
 // state is everything a policy decides; swapped whole on reload so one
@@ -82,6 +88,9 @@ type state struct {
 	stripUpstream []string
 	// priorities are the routes' default priorities by name.
 	priorities map[string]string
+	// cache and queue settings.
+	cache          cacheState
+	messageTimeout time.Duration
 }
 
 // work is the per-request scratch reused across requests.
@@ -102,6 +111,10 @@ type work struct {
 	upstream bool
 	cluster  string
 	backend  *route.Backend // the attempt's backend; nil if the policy does not name it
+	cache    cacheWork
+	// early sends an answer ahead of the one being prepared (a message
+	// timeout extension before a queue wait).
+	early func(*extprocv3.ProcessingResponse) error
 }
 
 // New builds a server on cfg.Policy.
@@ -109,10 +122,14 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Metrics == nil {
 		return nil, errors.New("extproc: Config.Metrics is required")
 	}
-	s := &Server{metrics: cfg.Metrics, log: cfg.Logger, tokens: cfg.Tokenizer, health: &healthState{src: cfg.Health}}
+	s := &Server{metrics: cfg.Metrics, log: cfg.Logger, tokens: cfg.Tokenizer, health: &healthState{src: cfg.Health}, cache: cfg.Cache}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
+	s.queue = newQueue(cfg.Metrics)
+	ctx, stop := context.WithCancel(context.Background())
+	s.stop = stop
+	go s.queue.run(ctx)
 	s.work.New = func() any { return new(work) }
 	if err := s.SetPolicy(cfg.Policy); err != nil {
 		return nil, err
@@ -148,10 +165,19 @@ func (s *Server) SetPolicy(p *policy.Policy) error {
 		creds:         creds,
 		stripUpstream: strip,
 		priorities:    priorities,
+		cache:          newCacheState(p),
+		messageTimeout: p.ExtProc.MessageTimeout.D(),
 	})
 	s.metrics.PolicyVersion.SetToCurrentTime()
 	return nil
 }
+
+// HealthChanged wakes the queue: the controller's view changed, so some
+// waiting requests may have a backend again.
+func (s *Server) HealthChanged() { s.queue.Notify() }
+
+// Close stops the queue's dispatcher.
+func (s *Server) Close() { s.stop() }
 
 // Process serves one HTTP request's ext_proc stream.
 func (s *Server) Process(stream extprocv3.ExternalProcessor_ProcessServer) error {
@@ -162,6 +188,7 @@ func (s *Server) Process(stream extprocv3.ExternalProcessor_ProcessServer) error
 	w.reset()
 	defer s.work.Put(w)
 	ctx := stream.Context()
+	w.early = stream.Send
 	for {
 		msg, err := stream.Recv()
 		if err != nil {
@@ -192,6 +219,8 @@ func (w *work) reset() {
 	w.body = w.body[:0]
 	w.kind, w.path, w.method, w.gotBody, w.priority = route.KindUnknown, "", "", false, ""
 	w.upstream, w.cluster, w.backend = false, "", nil
+	w.cache.reset()
+	w.early = nil
 	// Very large bodies are not kept for the next request.
 	if cap(w.body) > 1<<20 {
 		w.body = nil
@@ -236,9 +265,9 @@ func (s *Server) handle(ctx context.Context, st *state, w *work, msg *extprocv3.
 	case *extprocv3.ProcessingRequest_RequestTrailers:
 		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestTrailers{RequestTrailers: &extprocv3.TrailersResponse{}}}
 	case *extprocv3.ProcessingRequest_ResponseHeaders:
-		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseHeaders{ResponseHeaders: &extprocv3.HeadersResponse{}}}
+		return s.onResponseHeaders(ctx, st, w, m.ResponseHeaders)
 	case *extprocv3.ProcessingRequest_ResponseBody:
-		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseBody{ResponseBody: &extprocv3.BodyResponse{}}}
+		return s.onResponseBody(w, m.ResponseBody)
 	case *extprocv3.ProcessingRequest_ResponseTrailers:
 		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseTrailers{ResponseTrailers: &extprocv3.TrailersResponse{}}}
 	}
@@ -270,6 +299,10 @@ func (s *Server) onRequestHeaders(st *state, w *work, h *extprocv3.HttpHeaders) 
 			w.method = headerValue(hv)
 		case HeaderPriority:
 			w.priority = headerValue(hv)
+		default:
+			if st.cache.on {
+				w.cache.readHeader(st.cache.tenantHeader, hv.Key, headerValue(hv))
+			}
 		}
 	}
 	w.kind = route.KindFromPath(w.path)
@@ -285,7 +318,11 @@ func (s *Server) onRequestHeaders(st *state, w *work, h *extprocv3.HttpHeaders) 
 	if h.EndOfStream {
 		return s.reject(w, route.ErrEmptyBody())
 	}
-	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestHeaders{RequestHeaders: &extprocv3.HeadersResponse{}}}
+	resp := &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestHeaders{RequestHeaders: &extprocv3.HeadersResponse{}}}
+	if w.cache.wantsResponse(&st.cache) && s.cache != nil {
+		resp.ModeOverride = responseHeadersMode()
+	}
+	return resp
 }
 
 func (s *Server) onRequestBody(ctx context.Context, st *state, w *work, b *extprocv3.HttpBody) *extprocv3.ProcessingResponse {
@@ -341,6 +378,25 @@ func (s *Server) route(ctx context.Context, st *state, w *work) *extprocv3.Proce
 	h, view := s.health.forRequest(r, &w.health)
 	if err := r.DecideHealth(&w.req, &w.dec, h); err != nil {
 		return s.rejectDecision(w, err)
+	}
+	s.prepareKey(st, w)
+	allOpen := candidatesOpen(view, r, &w.dec)
+	if resp := s.lookup(ctx, st, w, allOpen); resp != nil {
+		return resp
+	}
+	if allOpen {
+		if q := st.cache.queueFor(w.dec.Target); q.MaxWait > 0 {
+			resp, done := s.waitInQueue(ctx, st, w, q)
+			defer done()
+			if resp != nil {
+				return resp
+			}
+			// A backend recovered: decide again on the new view.
+			h, view = s.health.forRequest(r, &w.health)
+			if err := r.DecideHealth(&w.req, &w.dec, h); err != nil {
+				return s.rejectDecision(w, err)
+			}
+		}
 	}
 	if view != nil {
 		if rt, ok := view.Routes[w.dec.Target]; ok && rt.Shed != "" {

@@ -134,7 +134,7 @@ limits: {max_body_bytes: 1MiB}
 	before.Backends = slices.Clone(p.Backends)
 	p.ApplyDefaults()
 	if p.Retry != before.Retry || p.Health != before.Health || p.CircuitBreaker != before.CircuitBreaker ||
-		p.Limits != before.Limits || p.Envoy != before.Envoy || p.ExtProc != before.ExtProc ||
+		p.Limits != before.Limits || p.Envoy != before.Envoy || !reflect.DeepEqual(p.ExtProc, before.ExtProc) ||
 		!slices.Equal(p.Backends[0].Capabilities.APIs, before.Backends[0].Capabilities.APIs) {
 		t.Error("a second ApplyDefaults changed the policy")
 	}

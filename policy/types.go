@@ -278,6 +278,12 @@ type EnvoySettings struct {
 type ExtProcSettings struct {
 	// Listen is the gRPC address Envoy calls. Default 127.0.0.1:9002.
 	Listen string `yaml:"listen,omitempty"`
+	// Replicas are the gRPC addresses of every ext_proc replica (host:port)
+	// when several run: Envoy balances requests over them, checks each
+	// with gRPC health checks every second and ejects one that stops
+	// answering. Replicas share nothing but the Redis cache (cache.store:
+	// redis). Default: listen alone.
+	Replicas []string `yaml:"replicas,omitempty"`
 	// Metrics is the Prometheus /metrics address. Default 127.0.0.1:9190.
 	Metrics string `yaml:"metrics,omitempty"`
 	// MessageTimeout is how long Envoy waits for each answer. Default 2s:

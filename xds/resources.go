@@ -220,6 +220,14 @@ func extProcBase(p *policy.Policy, statPrefix string) *extprocfilterv3.ExternalP
 func ExtProcFilterConfig(p *policy.Policy) *extprocfilterv3.ExternalProcessor {
 	c := extProcBase(p, extProcStatName)
 	c.ProcessingMode.RequestBodyMode = extprocfilterv3.ProcessingMode_BUFFERED
+	// The response cache asks for response phases per request (decision
+	// 0012): only requests it may store or replace pay for them.
+	c.AllowModeOverride = p.CacheOn()
+	// A queued request's answer comes after the wait: detour extends the
+	// message timeout for it, up to the longest wait plus the usual one.
+	if wait := p.LongestQueueWait(); wait > 0 {
+		c.MaxMessageTimeout = durationpb.New(wait + p.ExtProc.MessageTimeout.D())
+	}
 	c.MetadataOptions = &extprocfilterv3.MetadataOptions{
 		ReceivingNamespaces: &extprocfilterv3.MetadataOptions_MetadataNamespaces{Untyped: []string{extproc.MetadataNamespace, extproc.PriorityGroupsNamespace}},
 	}
@@ -546,9 +554,21 @@ func localReplyConfig(p *policy.Policy) (*hcmv3.LocalReplyConfig, error) {
 }
 
 func extProcCluster(p *policy.Policy) (*clusterv3.Cluster, error) {
-	host, port, err := splitHostPort(p.ExtProc.Listen)
-	if err != nil {
-		return nil, fmt.Errorf("extproc.listen: %w", err)
+	addrs := p.ExtProc.Replicas
+	if len(addrs) == 0 {
+		addrs = []string{p.ExtProc.Listen}
+	}
+	var eps []*endpointv3.LbEndpoint
+	typ := clusterv3.Cluster_STATIC
+	for _, a := range addrs {
+		host, port, err := splitHostPort(a)
+		if err != nil {
+			return nil, fmt.Errorf("extproc: %w", err)
+		}
+		if clusterTypeFor(host) == clusterv3.Cluster_STRICT_DNS {
+			typ = clusterv3.Cluster_STRICT_DNS
+		}
+		eps = append(eps, lbEndpoint(host, port))
 	}
 	opts, err := pack(&upstreamhttpv3.HttpProtocolOptions{
 		UpstreamProtocolOptions: &upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig_{ExplicitHttpConfig: &upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig{
@@ -560,16 +580,42 @@ func extProcCluster(p *policy.Policy) (*clusterv3.Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &clusterv3.Cluster{
+	c := &clusterv3.Cluster{
 		Name:                          ExtProcCluster,
-		ClusterDiscoveryType:          &clusterv3.Cluster_Type{Type: clusterTypeFor(host)},
+		ClusterDiscoveryType:          &clusterv3.Cluster_Type{Type: typ},
 		ConnectTimeout:                durationpb.New(time.Second),
 		TypedExtensionProtocolOptions: map[string]*anypb.Any{"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": opts},
 		LoadAssignment: &endpointv3.ClusterLoadAssignment{
 			ClusterName: ExtProcCluster,
-			Endpoints:   []*endpointv3.LocalityLbEndpoints{{LbEndpoints: []*endpointv3.LbEndpoint{lbEndpoint(host, port)}}},
+			Endpoints:   []*endpointv3.LocalityLbEndpoints{{LbEndpoints: eps}},
 		},
-	}, nil
+	}
+	if len(eps) > 1 {
+		// Several replicas: one that dies is found by the next gRPC health
+		// check (1 s) or by its first failed connection, and its requests
+		// go to the others. A single replica keeps no checks: with it
+		// down there is nowhere else to go.
+		c.HealthChecks = []*corev3.HealthCheck{{
+			Timeout:            durationpb.New(500 * time.Millisecond),
+			Interval:           durationpb.New(time.Second),
+			UnhealthyThreshold: wrapperspb.UInt32(1),
+			HealthyThreshold:   wrapperspb.UInt32(1),
+			HealthChecker: &corev3.HealthCheck_GrpcHealthCheck_{GrpcHealthCheck: &corev3.HealthCheck_GrpcHealthCheck{
+				ServiceName: "envoy.service.ext_proc.v3.ExternalProcessor",
+			}},
+		}}
+		c.OutlierDetection = &clusterv3.OutlierDetection{
+			Consecutive_5Xx:                    wrapperspb.UInt32(1),
+			ConsecutiveGatewayFailure:          wrapperspb.UInt32(1),
+			ConsecutiveLocalOriginFailure:      wrapperspb.UInt32(1),
+			EnforcingConsecutive_5Xx:           wrapperspb.UInt32(100),
+			EnforcingConsecutiveGatewayFailure: wrapperspb.UInt32(100),
+			Interval:                           durationpb.New(time.Second),
+			BaseEjectionTime:                   durationpb.New(5 * time.Second),
+			MaxEjectionPercent:                 wrapperspb.UInt32(50),
+		}
+	}
+	return c, nil
 }
 
 // UpstreamExtProcConfig is the per-attempt ext_proc filter in each backend
