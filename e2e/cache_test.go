@@ -151,3 +151,188 @@ func TestCacheStaleWhenEveryAttemptFails(t *testing.T) {
 
 // HeaderCacheName is the response header of a cached answer.
 const HeaderCacheName = "x-detour-cache"
+
+// queueYAML: the controller decides fast (half-second evaluations) and
+// keeps an OPEN backend out for 6 s; model fast-8k (global queue) waits up
+// to 15 s, the alias auto (fast and fast-b only) up to 1 s.
+const queueController = `controller:
+  interval: 500ms
+  dwell: 2s
+  cool_down: 6s
+probes: {disabled: true}`
+
+const queueExtra = `queue:
+  max_wait: 15s
+  max_depth: 20`
+
+const queueRoute = `    backends: [fast, fast-b]
+    queue: {max_wait: 1s, max_depth: 20}`
+
+// openBoth fails fast and fast-b until the controller has opened both
+// circuits, then clears the faults: the providers are fine again but stay
+// OPEN for the cool-down. It returns when both were seen OPEN.
+func openBoth(t *testing.T, s *stack) time.Time {
+	t.Helper()
+	s.Sim("fast").SetFault(sim.Fault{Status: 500})
+	s.Sim("fast-b").SetFault(sim.Fault{Status: 500})
+	deadline := time.Now().Add(20 * time.Second)
+	body := chat("fast-8k", nil, user("load"))
+	for {
+		v := s.controllerView()
+		if v.Backends["fast"].State == "OPEN" && v.Backends["fast-b"].State == "OPEN" {
+			s.Sim("fast").ClearFault()
+			s.Sim("fast-b").ClearFault()
+			return time.Now()
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("fast and fast-b never both OPEN: %+v %+v", v.Backends["fast"].State, v.Backends["fast-b"].State)
+		}
+		// Short client timeout: once both are OPEN a request would queue.
+		c := &http.Client{Timeout: 300 * time.Millisecond}
+		if resp, err := c.Post(s.URL("/v1/chat/completions"), "application/json", bytes.NewReader(body)); err == nil {
+			resp.Body.Close()
+		}
+	}
+}
+
+// Every backend of a route OPEN in the controller's view: a cached
+// request gets its stored answer at once, without a backend being tried;
+// an uncached one waits the route's max_wait (1 s) and gets 503 with
+// Retry-After in the OpenAI shape; requests queued meanwhile all succeed
+// once the cool-down ends (HALF_OPEN), critical first, then standard,
+// then sheddable.
+func TestQueueAndStaleWhileAllOpen(t *testing.T) {
+	s := startStack(t, stackOptions{Controller: queueController, Extra: queueExtra, RouteExtra: queueRoute})
+	key := []string{"authorization", "Bearer sk-queue"}
+	cached := reusable("cached question", nil)
+	if r := post(t, s.URL("/v1/chat/completions"), cached, key...); r.Status != 200 {
+		t.Fatalf("priming: %d %s", r.Status, r.Body)
+	}
+	waitMetric(t, s.MetricsAddr, storeSeries, 1, 5*time.Second)
+
+	openedAt := openBoth(t, s)
+	time.Sleep(100 * time.Millisecond) // the ext_proc service's long poll has the view
+	s.ResetSims()
+
+	// (a) cached: served before anything is tried.
+	start := time.Now()
+	r := post(t, s.URL("/v1/chat/completions"), cached, key...)
+	if r.Status != 200 || r.Header.Get(HeaderCacheName) != "stale" {
+		t.Fatalf("cached request while all OPEN: %d cache=%q %s", r.Status, r.Header.Get(HeaderCacheName), r.Body)
+	}
+	t.Logf("stale answer while all OPEN in %v", time.Since(start).Round(time.Millisecond))
+	if n := s.Sim("fast").Stats().Requests + s.Sim("fast-b").Stats().Requests; n != 0 {
+		t.Errorf("%d requests reached the OPEN backends for a cached answer", n)
+	}
+
+	// (c) queued requests, enqueued lowest priority first; their
+	// max_tokens tells them apart at the providers.
+	prios := []string{"sheddable", "sheddable", "standard", "standard", "critical", "critical"}
+	type result struct {
+		prio   string
+		status int
+		body   string
+	}
+	results := make(chan result, len(prios))
+	for i, p := range prios {
+		body := chat("fast-8k", map[string]any{"max_tokens": 10*rank(p) + i}, user("queued "+p))
+		go func() {
+			req, _ := http.NewRequest(http.MethodPost, s.URL("/v1/chat/completions"), bytes.NewReader(body))
+			req.Header.Set("content-type", "application/json")
+			req.Header.Set("x-detour-priority", p)
+			resp, err := client.Do(req)
+			if err != nil {
+				results <- result{p, 0, err.Error()}
+				return
+			}
+			defer resp.Body.Close()
+			var b bytes.Buffer
+			b.ReadFrom(resp.Body)
+			results <- result{p, resp.StatusCode, b.String()}
+		}()
+		time.Sleep(40 * time.Millisecond)
+	}
+	if d := waitMetric(t, s.MetricsAddr, `detour_queue_depth{route="fast-8k"}`, float64(len(prios)), 2*time.Second); d != float64(len(prios)) {
+		t.Errorf("queue depth %v, want %d", d, len(prios))
+	}
+
+	// (b) uncached, to auto (max_wait 1 s): 503 + Retry-After.
+	start = time.Now()
+	r = post(t, s.URL("/v1/chat/completions"), reusable("never cached", nil), key...)
+	waited := time.Since(start)
+	assertOpenAIError(t, r, 503, "all_backends_down")
+	if ra := r.Header.Get("retry-after"); ra == "" || ra == "0" {
+		t.Errorf("no Retry-After on the 503: %v", r.Header)
+	}
+	if waited < 900*time.Millisecond || waited > 3*time.Second {
+		t.Errorf("the uncached request waited %v, want about the route's max_wait (1 s)", waited)
+	}
+	t.Logf("uncached: 503 after %v, Retry-After %s: %s", waited.Round(time.Millisecond), r.Header.Get("retry-after"), r.Body)
+
+	for range prios {
+		select {
+		case res := <-results:
+			if res.status != 200 {
+				t.Errorf("queued %s request: %d %s", res.prio, res.status, res.body)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatal("queued requests never answered")
+		}
+	}
+	t.Logf("queued requests answered %v after both circuits opened", time.Since(openedAt).Round(100*time.Millisecond))
+	var recs []sim.RequestRecord
+	for _, name := range []string{"fast", "fast-b"} {
+		for _, rec := range s.Sim(name).Requests(100) {
+			rec.Path = name // which provider, for the log below
+			recs = append(recs, rec)
+		}
+	}
+	sortRecords(recs)
+	var order []string
+	for _, rec := range recs {
+		if rec.MaxTokens > 0 {
+			order = append(order, prioOf(rec.MaxTokens))
+			t.Logf("%s max_tokens=%d at %s status %d attempt %s", rec.Path, rec.MaxTokens, rec.Time.Format("15:04:05.000000"), rec.Status, rec.Headers["x-envoy-attempt-count"])
+		}
+	}
+	want := []string{"critical", "critical", "standard", "standard", "sheddable", "sheddable"}
+	if strings.Join(order, ",") != strings.Join(want, ",") {
+		t.Errorf("queued requests reached the providers in the order %v, want %v", order, want)
+	}
+	m := s.Metrics()
+	if v := metricValue(m, `detour_queue_outcomes_total{outcome="released",route="fast-8k"}`); v != float64(len(prios)) {
+		t.Errorf("released %v:\n%s", v, grepLines(m, "detour_queue"))
+	}
+	if v := metricValue(m, `detour_queue_outcomes_total{outcome="timeout",route="auto"}`); v != 1 {
+		t.Errorf("timeouts %v:\n%s", v, grepLines(m, "detour_queue"))
+	}
+	t.Logf("order at the providers: %v", order)
+}
+
+func rank(p string) int {
+	switch p {
+	case "critical":
+		return 1
+	case "standard":
+		return 2
+	}
+	return 3
+}
+
+func prioOf(maxTokens int) string {
+	switch maxTokens / 10 {
+	case 1:
+		return "critical"
+	case 2:
+		return "standard"
+	}
+	return "sheddable"
+}
+
+func sortRecords(recs []sim.RequestRecord) {
+	for i := 1; i < len(recs); i++ {
+		for j := i; j > 0 && recs[j].Time.Before(recs[j-1].Time); j-- {
+			recs[j], recs[j-1] = recs[j-1], recs[j]
+		}
+	}
+}

@@ -39,8 +39,10 @@ type queue struct {
 	notify  chan struct{}
 	metrics *Metrics
 	// gap bounds how long the release of one request waits for the one
-	// before it to have its answer, so they reach Envoy in order.
-	gap time.Duration
+	// before it to have its answer; pace is the least time between two
+	// releases, so they reach the providers in order (and a recovering
+	// backend is not hit by the whole queue at once).
+	gap, pace time.Duration
 }
 
 type waiter struct {
@@ -52,7 +54,7 @@ type waiter struct {
 }
 
 func newQueue(m *Metrics) *queue {
-	q := &queue{routes: map[string][]*waiter{}, notify: make(chan struct{}, 1), metrics: m, gap: 20 * time.Millisecond}
+	q := &queue{routes: map[string][]*waiter{}, notify: make(chan struct{}, 1), metrics: m, gap: 20 * time.Millisecond, pace: 10 * time.Millisecond}
 	return q
 }
 
@@ -121,6 +123,7 @@ func (q *queue) dispatch(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		}
+		time.Sleep(q.pace)
 	}
 }
 

@@ -384,6 +384,7 @@ func (s *Server) route(ctx context.Context, st *state, w *work) *extprocv3.Proce
 	if resp := s.lookup(ctx, st, w, allOpen); resp != nil {
 		return resp
 	}
+	released := false
 	if allOpen {
 		if q := st.cache.queueFor(w.dec.Target); q.MaxWait > 0 {
 			resp, done := s.waitInQueue(ctx, st, w, q)
@@ -391,14 +392,16 @@ func (s *Server) route(ctx context.Context, st *state, w *work) *extprocv3.Proce
 			if resp != nil {
 				return resp
 			}
-			// A backend recovered: decide again on the new view.
+			// A backend recovered: decide again on the new view. The
+			// request waited its turn in priority order: it is not shed.
+			released = true
 			h, view = s.health.forRequest(r, &w.health)
 			if err := r.DecideHealth(&w.req, &w.dec, h); err != nil {
 				return s.rejectDecision(w, err)
 			}
 		}
 	}
-	if view != nil {
+	if view != nil && !released {
 		if rt, ok := view.Routes[w.dec.Target]; ok && rt.Shed != "" {
 			prio := w.priority
 			if prio == "" {
