@@ -157,14 +157,14 @@ func (s *Server) SetPolicy(p *policy.Policy) error {
 		priorities[rt.Name] = rt.Priority
 	}
 	s.state.Store(&state{
-		router:        r,
-		maxBody:       int64(p.Limits.MaxBodyBytes),
-		logPrompts:    p.ExtProc.LogPrompts,
-		modelsJSON:    route.ModelsList(r.Known()),
-		attempts:      p.Retry.Attempts,
-		creds:         creds,
-		stripUpstream: strip,
-		priorities:    priorities,
+		router:         r,
+		maxBody:        int64(p.Limits.MaxBodyBytes),
+		logPrompts:     p.ExtProc.LogPrompts,
+		modelsJSON:     route.ModelsList(r.Known()),
+		attempts:       p.Retry.Attempts,
+		creds:          creds,
+		stripUpstream:  strip,
+		priorities:     priorities,
 		cache:          newCacheState(p),
 		messageTimeout: p.ExtProc.MessageTimeout.D(),
 	})
