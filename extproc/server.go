@@ -112,6 +112,8 @@ type work struct {
 	cluster  string
 	backend  *route.Backend // the attempt's backend; nil if the policy does not name it
 	cache    cacheWork
+	// closeAfter ends the stream once the answer is sent.
+	closeAfter bool
 	// early sends an answer ahead of the one being prepared (a message
 	// timeout extension before a queue wait).
 	early func(*extprocv3.ProcessingResponse) error
@@ -211,6 +213,13 @@ func (s *Server) Process(stream extprocv3.ExternalProcessor_ProcessServer) error
 			}
 			return fmt.Errorf("extproc: send: %w", err)
 		}
+		if w.closeAfter {
+			// Nothing more to do for this request: closing the stream
+			// tells Envoy so (it skips the response phases the cache
+			// asked for), and a replica that dies later costs the
+			// request nothing.
+			return nil
+		}
 	}
 }
 
@@ -221,6 +230,7 @@ func (w *work) reset() {
 	w.upstream, w.cluster, w.backend = false, "", nil
 	w.cache.reset()
 	w.early = nil
+	w.closeAfter = false
 	// Very large bodies are not kept for the next request.
 	if cap(w.body) > 1<<20 {
 		w.body = nil
@@ -445,6 +455,7 @@ func (s *Server) route(ctx context.Context, st *state, w *work) *extprocv3.Proce
 	}
 	// The body is copied into the response: w.out is reused after Send.
 	body := append([]byte(nil), w.out...)
+	w.closeAfter = w.cache.key == ""
 	set := []*corev3.HeaderValueOption{
 		setHeader(HeaderBackend, b.Name),
 		setHeader(HeaderModel, w.dec.UpstreamModel),
