@@ -578,16 +578,16 @@ func localReplyConfig(p *policy.Policy) (*hcmv3.LocalReplyConfig, error) {
 }
 
 func extProcCluster(p *policy.Policy) (*clusterv3.Cluster, error) {
-	addrs := p.ExtProc.Replicas
+	addrs, field := p.ExtProc.Replicas, "extproc.replicas"
 	if len(addrs) == 0 {
-		addrs = []string{p.ExtProc.Listen}
+		addrs, field = []string{p.ExtProc.Listen}, "extproc.listen"
 	}
 	var eps []*endpointv3.LbEndpoint
 	typ := clusterv3.Cluster_STATIC
 	for _, a := range addrs {
 		host, port, err := splitHostPort(a)
 		if err != nil {
-			return nil, fmt.Errorf("extproc: %w", err)
+			return nil, fmt.Errorf("%s: %w", field, err)
 		}
 		if clusterTypeFor(host) == clusterv3.Cluster_STRICT_DNS {
 			typ = clusterv3.Cluster_STRICT_DNS
