@@ -33,13 +33,15 @@ test: lint unit e2e
 unit: wasm
 	@scripts/get-envoy.sh
 	@scripts/get-prometheus.sh
-	ENVOY_BIN="$(ENVOY)" PROMETHEUS_BIN="$$(scripts/get-prometheus.sh --path)" DETOUR_WASM="$(CURDIR)/$(WASM)" $(GO) test -race -count=1 $(UNIT_PKGS)
+	@scripts/get-redis.sh
+	ENVOY_BIN="$(ENVOY)" PROMETHEUS_BIN="$$(scripts/get-prometheus.sh --path)" REDIS_BIN="$$(scripts/get-redis.sh --path)" DETOUR_WASM="$(CURDIR)/$(WASM)" $(GO) test -race -count=1 $(UNIT_PKGS)
 	$(GO) test -count=1 -run 'Allocs$$' ./route/   # exact allocation counts: not under -race
 
 e2e: build
 	@scripts/get-envoy.sh
 	@scripts/get-prometheus.sh
-	ENVOY_BIN="$(ENVOY)" PROMETHEUS_BIN="$$(scripts/get-prometheus.sh --path)" DETOUR_BIN="$(CURDIR)/$(BIN)" DETOUR_WASM="$(CURDIR)/$(WASM)" $(GO) test -count=1 -timeout 20m -v ./e2e/ 2>&1 | scripts/testsummary.sh
+	@scripts/get-redis.sh
+	ENVOY_BIN="$(ENVOY)" PROMETHEUS_BIN="$$(scripts/get-prometheus.sh --path)" REDIS_BIN="$$(scripts/get-redis.sh --path)" DETOUR_BIN="$(CURDIR)/$(BIN)" DETOUR_WASM="$(CURDIR)/$(WASM)" $(GO) test -count=1 -timeout 20m -v ./e2e/ 2>&1 | scripts/testsummary.sh
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "not gofmt'ed:"; echo "$$out"; exit 1; fi
@@ -52,7 +54,8 @@ bench-micro:
 
 bench: build
 	@scripts/get-envoy.sh
-	ENVOY_BIN="$(ENVOY)" $(GO) run ./bench/cmd/detour-bench -detour $(CURDIR)/$(BIN) -out BENCHMARKS.md
+	@scripts/get-redis.sh
+	ENVOY_BIN="$(ENVOY)" REDIS_BIN="$$(scripts/get-redis.sh --path)" $(GO) run ./bench/cmd/detour-bench -detour $(CURDIR)/$(BIN) -out BENCHMARKS.md
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParseRequest$$' -fuzztime $(FUZZTIME) ./route/
@@ -63,6 +66,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./signals/
 	$(GO) test -run '^$$' -fuzz '^FuzzParseHosts$$' -fuzztime $(FUZZTIME) ./signals/
 	$(GO) test -run '^$$' -fuzz '^FuzzAnswer$$' -fuzztime $(FUZZTIME) ./probe/
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./respcache/
 
 schema: build
 	./$(BIN) schema > policy/detour-policy.schema.json

@@ -14,6 +14,8 @@
 //     latency, throughput, time to ready, memory (see wasm.go);
 //   - detour's live-metrics controller against the static baseline: time to
 //     detect and time to shift in four fault scenarios (see controller.go);
+//   - the response cache: a hit through Envoy, in memory and in Redis,
+//     against a miss and an uncacheable request (see cache.go);
 //
 // and writes the figures into BENCHMARKS.md between the markers
 // <!-- bench:begin --> and <!-- bench:end --> (see report.go); the wasm and
@@ -54,6 +56,8 @@ type options struct {
 	skipFailover   bool
 	skipWasm       bool
 	skipController bool
+	skipCache      bool
+	cacheRequests  int
 	wasm           string
 	only           string
 	verbose        bool
@@ -91,8 +95,10 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.BoolVar(&o.skipFailover, "skip-failover", false, "skip the failover and policy-edit measurements (report sections 4-5)")
 	fs.BoolVar(&o.skipWasm, "skip-wasm", false, "skip the proxy-wasm plugin comparison (report section 7)")
 	fs.BoolVar(&o.skipController, "skip-controller", false, "skip the live-metrics controller scenarios (report section 8)")
+	fs.BoolVar(&o.skipCache, "skip-cache", false, "skip the response cache measurement (report section 9)")
+	fs.IntVar(&o.cacheRequests, "cache-requests", 1000, "cache: measured requests of each kind per store")
 	fs.StringVar(&o.wasm, "wasm", "", "path of detour.wasm (default: $DETOUR_WASM, else detour.wasm beside the detour binary, else build ./wasm)")
-	fs.StringVar(&o.only, "only", "", "run only these parts, comma-separated: latency (sections 1-3), failover (4-5), micro (6), wasm (7), controller (8)")
+	fs.StringVar(&o.only, "only", "", "run only these parts, comma-separated: latency (sections 1-3), failover (4-5), micro (6), wasm (7), controller (8), cache (9)")
 	fs.Float64Var(&o.failoverRate, "failover-rate", 200, "failover: fixed-rate (open loop) requests per second")
 	fs.DurationVar(&o.failoverDuration, "failover-duration", 20*time.Second, "failover: duration of each side's run")
 	fs.DurationVar(&o.failoverFaultAt, "failover-fault-at", 5*time.Second, "failover: when the primary provider starts answering 503, from the start of the run")
@@ -105,7 +111,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		return o, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
 	}
 	if o.only != "" {
-		o.skipE2E, o.skipFailover, o.skipMicro, o.skipWasm, o.skipController = true, true, true, true, true
+		o.skipE2E, o.skipFailover, o.skipMicro, o.skipWasm, o.skipController, o.skipCache = true, true, true, true, true, true
 		for part := range strings.SplitSeq(o.only, ",") {
 			switch strings.TrimSpace(part) {
 			case partLatency:
@@ -118,8 +124,10 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 				o.skipWasm = false
 			case partCtl:
 				o.skipController = false
+			case partCache:
+				o.skipCache = false
 			default:
-				return o, fmt.Errorf("-only: unknown part %q (want %s, %s, %s, %s or %s)", part, partLatency, partFailover, partMicro, partWasm, partCtl)
+				return o, fmt.Errorf("-only: unknown part %q (want %s, %s, %s, %s, %s or %s)", part, partLatency, partFailover, partMicro, partWasm, partCtl, partCache)
 			}
 		}
 	}
@@ -138,8 +146,10 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		return o, errors.New("-failover-fault-at must lie within -failover-duration")
 	case o.reloadEdits < 0:
 		return o, errors.New("-reload-edits must be >= 0")
-	case o.skipE2E && o.skipMicro && o.skipFailover && o.skipWasm && o.skipController:
-		return o, errors.New("nothing left to measure (-skip-e2e, -skip-failover, -skip-micro, -skip-wasm and -skip-controller all set)")
+	case o.cacheRequests < 1:
+		return o, errors.New("-cache-requests must be >= 1")
+	case o.skipE2E && o.skipMicro && o.skipFailover && o.skipWasm && o.skipController && o.skipCache:
+		return o, errors.New("nothing left to measure (-skip-e2e, -skip-failover, -skip-micro, -skip-wasm, -skip-controller and -skip-cache all set)")
 	}
 	return o, nil
 }
@@ -198,7 +208,9 @@ func bench(ctx context.Context, o options, args []string, stdout, stderr io.Writ
 	var failures []error
 	var ctl *controllerResult
 	var ctlErr string
-	if !o.skipE2E || !o.skipFailover || !o.skipWasm || !o.skipController {
+	var cache *cacheResult
+	var cacheErr string
+	if !o.skipE2E || !o.skipFailover || !o.skipWasm || !o.skipController || !o.skipCache {
 		envoyBin, envoyVer, err := findEnvoy(ctx, root)
 		if err != nil {
 			return err
@@ -268,6 +280,15 @@ func bench(ctx context.Context, o options, args []string, stdout, stderr io.Writ
 				failures = append(failures, fmt.Errorf("controller benchmark: %w", err))
 			}
 		}
+		if !o.skipCache && ctx.Err() == nil {
+			cache, err = runCache(ctx, cfg, o.cacheRequests)
+			switch {
+			case ctx.Err() != nil:
+			case err != nil:
+				cacheErr = err.Error()
+				failures = append(failures, fmt.Errorf("cache benchmark: %w", err))
+			}
+		}
 	}
 	if !o.skipMicro && ctx.Err() == nil {
 		micro, err := runMicro(ctx, root, log)
@@ -298,6 +319,9 @@ func bench(ctx context.Context, o options, args []string, stdout, stderr io.Writ
 		if err == nil && !o.skipController {
 			_, err = stdout.Write(controllerMarkdown(rep, ctl, ctlErr))
 		}
+		if err == nil && !o.skipCache {
+			_, err = stdout.Write(cacheMarkdown(rep, cache, cacheErr))
+		}
 	} else {
 		if mainPart {
 			err = updateFile(o.out, rep.markdown())
@@ -307,6 +331,9 @@ func bench(ctx context.Context, o options, args []string, stdout, stderr io.Writ
 		}
 		if err == nil && !o.skipController {
 			err = updateFileBetween(o.out, controllerMarkdown(rep, ctl, ctlErr), ctlBeginMarker, ctlEndMarker)
+		}
+		if err == nil && !o.skipCache {
+			err = updateFileBetween(o.out, cacheMarkdown(rep, cache, cacheErr), cacheBeginMarker, cacheEndMarker)
 		}
 		if err == nil {
 			log.Info("report written", "file", o.out, "elapsed", rep.Elapsed.Round(time.Second))
