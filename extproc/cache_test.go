@@ -20,7 +20,9 @@ import (
 )
 
 // atomicView is a HealthSource a test changes while requests wait.
-type atomicView struct{ v atomic.Pointer[healthview.Snapshot] }
+type atomicView struct {
+	v atomic.Pointer[healthview.Snapshot]
+}
 
 func (a *atomicView) View() *healthview.Snapshot { return a.v.Load() }
 
