@@ -228,7 +228,9 @@ func (p *Policy) validateCache(v *validator) {
 		if r.Cache.TTL.D() > c.Retention.D() {
 			v.add(at+".cache.ttl", fmt.Sprintf("%s is longer than cache.retention (%s)", r.Cache.TTL.D(), c.Retention.D()), "")
 		}
-		if p.ModeOf(r.Name) == ModeWasm && (r.Cache.TTL > 0 || r.Queue.MaxWait > 0) {
+		// The global queue does not apply to wasm-routed requests; a
+		// route's own does not exist there.
+		if p.ModeOf(r.Name) == ModeWasm && (r.Cache.TTL > 0 || (r.Queue.MaxWait > 0 && r.Queue.MaxWait != p.Queue.MaxWait)) {
 			v.add(at, "the cache and the queue work in ext_proc routing only; this route is in wasm mode", "drop cache.ttl and queue here, or route it with mode: extproc")
 		}
 	}

@@ -51,6 +51,14 @@ func TestValidateCache(t *testing.T) {
 		{"route TTL over the retention", func(p *Policy) {
 			p.Routes = []Route{{Name: "auto", Objective: ObjectiveCheapest, Cache: RouteCache{TTL: Duration(48 * time.Hour)}, Queue: Queue{MaxDepth: 1}}}
 		}, []string{"routes[0].cache.ttl: 48h0m0s is longer than cache.retention"}},
+		{"wasm routing with a global queue", func(p *Policy) {
+			p.Routing.Mode = ModeWasm
+			p.Queue.MaxWait = Duration(5 * time.Second)
+			p.Routes = []Route{{Name: "auto", Objective: ObjectiveCheapest, Queue: Queue{MaxWait: Duration(5 * time.Second), MaxDepth: 1}}}
+		}, nil},
+		{"wasm route with its own queue", func(p *Policy) {
+			p.Routes = []Route{{Name: "auto", Objective: ObjectiveCheapest, Mode: ModeWasm, Queue: Queue{MaxWait: Duration(time.Second), MaxDepth: 1}}}
+		}, []string{"routes[0]: the cache and the queue work in ext_proc routing only"}},
 		{"wasm route with a TTL", func(p *Policy) {
 			p.Routes = []Route{{Name: "auto", Objective: ObjectiveCheapest, Mode: ModeWasm, Cache: RouteCache{TTL: Duration(time.Minute)}, Queue: Queue{MaxDepth: 1}}}
 		}, []string{"routes[0]: the cache and the queue work in ext_proc routing only"}},
