@@ -155,7 +155,7 @@ func TestCacheSharedAcrossReplicas(t *testing.T) {
 	wg.Wait()
 	t.Logf("killing a replica under load: %d of %d requests failed", failed.Load(), sent.Load())
 	failures.Range(func(k, _ any) bool { t.Logf("  failure: %.200s", k); return true })
-	t.Logf("Envoy on the kill:\n%s", grepLines(s.EnvoyStats("detour_extproc"), "connect_fail")+"\n"+grepLines(s.EnvoyStats("detour_extproc"), "outlier_detection.ejections_enforced_total")+"\n"+grepLines(s.EnvoyStats("http.detour.ext_proc"), "stream")+"\n"+grepLines(s.EnvoyStats("detour_extproc.health_check"), "failure"))
+	t.Logf("Envoy on the kill:\n%s", grepLines(s.EnvoyStats("detour_extproc"), "connect_fail")+"\n"+grepLines(s.EnvoyStats("detour_extproc"), "outlier_detection.ejections_enforced_total")+"\n"+grepLines(s.EnvoyStats("http.detour.ext_proc"), "stream")+"\n"+grepLines(s.EnvoyStats("detour_extproc.health_check"), "failure")+"\n"+grepLines(s.EnvoyStats("cluster.detour_extproc.upstream_rq_retry"), "retry"))
 	if failed.Load() > 0 {
 		t.Errorf("%d of %d requests failed when a replica was killed", failed.Load(), sent.Load())
 	}

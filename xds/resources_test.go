@@ -694,7 +694,7 @@ func TestExtProcReplicasAndCache(t *testing.T) {
 	if len(c.HealthChecks) != 1 || c.HealthChecks[0].GetGrpcHealthCheck() == nil || c.HealthChecks[0].NoTrafficInterval.AsDuration() != time.Second {
 		t.Errorf("replicas: health checks %v", c.HealthChecks)
 	}
-	if rp := ExtProcFilterConfig(p).GrpcService.RetryPolicy; rp == nil || rp.RetryOn != "connect-failure,refused-stream" {
+	if rp := ExtProcFilterConfig(p).GrpcService.RetryPolicy; rp == nil || rp.RetryOn != "connect-failure,refused-stream,reset" {
 		t.Errorf("replicas: ext_proc stream retry policy %v", rp)
 	}
 	p.ExtProc.Replicas = []string{"127.0.0.1:9002", "127.0.0.1:0"}
