@@ -336,3 +336,26 @@ func sortRecords(recs []sim.RequestRecord) {
 		}
 	}
 }
+
+// A queue wait longer than the ext_proc gRPC service's 10 s timeout and
+// the default 2 s message timeout: the request still gets detour's own 503
+// at the end of its wait (not Envoy's router_unavailable), because detour
+// extends the message timeout and nothing else bounds the stream.
+func TestQueueWaitOutlastsGRPCTimeouts(t *testing.T) {
+	s := startStack(t, stackOptions{Controller: `controller:
+  interval: 500ms
+  dwell: 2s
+  cool_down: 60s
+probes: {disabled: true}`, RouteExtra: `    backends: [fast, fast-b]
+    queue: {max_wait: 12s, max_depth: 5}`})
+	openBoth(t, s)
+	time.Sleep(100 * time.Millisecond)
+	start := time.Now()
+	r := post(t, s.URL("/v1/chat/completions"), chat("auto", nil, user("waits 12 s")))
+	waited := time.Since(start)
+	assertOpenAIError(t, r, 503, "all_backends_down")
+	if waited < 11500*time.Millisecond || waited > 14*time.Second {
+		t.Errorf("answered after %v, want about 12 s", waited)
+	}
+	t.Logf("503 all_backends_down after %v, Retry-After %s", waited.Round(100*time.Millisecond), r.Header.Get("retry-after"))
+}
