@@ -1,10 +1,13 @@
 package e2e
 
 import (
+	"bufio"
 	"bytes"
 	"fmt"
+	"net"
 	"net/http"
 	"os/exec"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -232,4 +235,82 @@ func TestCacheRedisKilled(t *testing.T) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+}
+
+// Tenant isolation, in the shared store: an answer stored for one API key
+// and tenant header is served to that pair only; Redis holds no key that
+// contains a credential.
+func TestCacheTenantIsolation(t *testing.T) {
+	rs := redistest.Start(t)
+	s := startStack(t, stackOptions{Extra: redisCache(rs.Addr) + "\n  tenant_header: x-tenant-id"})
+	owner := []string{"authorization", "Bearer sk-secret-owner", "x-tenant-id", "acme"}
+	body := reusable("tenant scoped question", nil)
+	if r := post(t, s.URL("/v1/chat/completions"), body, owner...); r.Status != 200 {
+		t.Fatalf("%d %s", r.Status, r.Body)
+	}
+	waitMetric(t, s.MetricsAddr, storeSeries, 1, 5*time.Second)
+	s.allDown(503)
+	for _, c := range []struct {
+		name    string
+		headers []string
+		served  bool
+	}{
+		{"owner", owner, true},
+		{"same key, other tenant", []string{"authorization", "Bearer sk-secret-owner", "x-tenant-id", "globex"}, false},
+		{"same key, no tenant", []string{"authorization", "Bearer sk-secret-owner"}, false},
+		{"same tenant, other key", []string{"authorization", "Bearer sk-secret-other", "x-tenant-id", "acme"}, false},
+		{"the key as x-api-key", []string{"x-api-key", "sk-secret-owner", "x-tenant-id", "acme"}, false},
+		{"nothing", nil, false},
+	} {
+		r := post(t, s.URL("/v1/chat/completions"), body, c.headers...)
+		if got := r.Status == 200 && r.Header.Get(HeaderCacheName) == "stale"; got != c.served {
+			t.Errorf("%s: served %v, want %v (%d %s)", c.name, got, c.served, r.Status, r.Body)
+		}
+	}
+	keys := redisKeys(t, rs.Addr)
+	if len(keys) != 1 {
+		t.Errorf("Redis keys %q, want one", keys)
+	}
+	for _, k := range keys {
+		if strings.Contains(k, "secret") || strings.Contains(k, "acme") || !strings.HasPrefix(k, "detour:rc1:") {
+			t.Errorf("Redis key %q shows a credential or has the wrong prefix", k)
+		}
+	}
+	t.Logf("Redis holds %q", keys)
+	if log := s.extLogText(); strings.Contains(log, "sk-secret") {
+		t.Error("the ext_proc log contains an API key")
+	}
+}
+
+// redisKeys lists every key in the Redis at addr (RESP by hand: no client
+// library in the test for one command).
+func redisKeys(t *testing.T, addr string) []string {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(2 * time.Second))
+	if _, err := c.Write([]byte("*2\r\n$4\r\nKEYS\r\n$1\r\n*\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	rd := bufio.NewReader(c)
+	line, err := rd.ReadString('\n')
+	if err != nil || !strings.HasPrefix(line, "*") {
+		t.Fatalf("KEYS: %q %v", line, err)
+	}
+	n, _ := strconv.Atoi(strings.TrimSpace(line[1:]))
+	var keys []string
+	for range n {
+		if _, err := rd.ReadString('\n'); err != nil { // $len
+			t.Fatal(err)
+		}
+		k, err := rd.ReadString('\n')
+		if err != nil {
+			t.Fatal(err)
+		}
+		keys = append(keys, strings.TrimSpace(k))
+	}
+	return keys
 }

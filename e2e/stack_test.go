@@ -629,3 +629,13 @@ func (s *stack) controllerView() *healthview.Snapshot {
 	}
 	return v
 }
+
+// extLogText is the ext_proc service's log so far.
+func (s *stack) extLogText() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.extLog == nil {
+		return ""
+	}
+	return s.extLog.String()
+}
