@@ -98,6 +98,15 @@ func TestCacheStaleWhenEveryAttemptFails(t *testing.T) {
 	}
 	// Not cacheable: temperature 1 (the default): never stored.
 	post(t, s.URL("/v1/chat/completions"), chat("auto", nil, user("a creative poem")), keyA...)
+	// A streamed answer is stored too, assembled, through the first-token
+	// stage and the response body phase.
+	streamedFirst := post(t, s.URL("/v1/chat/completions"), reusable("streamed first", map[string]any{"stream": true}), keyA...)
+	if streamedFirst.Status != 200 || !strings.Contains(string(streamedFirst.Body), "[DONE]") {
+		t.Fatalf("stream: %d %s", streamedFirst.Status, streamedFirst.Body)
+	}
+	if v := waitMetric(t, s.MetricsAddr, storeSeries, 2, 5*time.Second); v < 2 {
+		t.Fatalf("the streamed answer was not stored: %s", grepLines(s.Metrics(), "detour_cache"))
+	}
 
 	time.Sleep(1100 * time.Millisecond) // so the age is at least 1 s
 	s.allDown(503)
@@ -126,6 +135,19 @@ func TestCacheStaleWhenEveryAttemptFails(t *testing.T) {
 		t.Errorf("replayed stream says %q, want %q", got, want)
 	}
 
+	// The streamed answer, asked for as JSON: assembled from the events.
+	asJSON := post(t, s.URL("/v1/chat/completions"), reusable("streamed first", nil), keyA...)
+	if asJSON.Status != 200 || asJSON.Header.Get(HeaderCacheName) != "stale" {
+		t.Fatalf("stored stream as JSON: %d %s", asJSON.Status, asJSON.Body)
+	}
+	want, err := respcache.AssembleSSE("chat", streamedFirst.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := contentOf(t, asJSON.Body); got != contentOf(t, want) || got == "" {
+		t.Errorf("stored stream says %q, the stream said %q", got, contentOf(t, want))
+	}
+
 	// Uncached: a clear 503 in the OpenAI shape.
 	for _, c := range []struct {
 		name    string
@@ -144,7 +166,7 @@ func TestCacheStaleWhenEveryAttemptFails(t *testing.T) {
 		}
 	}
 	m := s.Metrics()
-	if metricValue(m, `detour_cache_served_total{result="stale",route="auto",why="failed"}`) != 2 {
+	if metricValue(m, `detour_cache_served_total{result="stale",route="auto",why="failed"}`) != 3 {
 		t.Errorf("served metrics:\n%s", grepLines(m, "detour_cache"))
 	}
 }
