@@ -21,7 +21,8 @@ FUZZ_TARGETS = \
 	./wasm/plugin/:FuzzUsageScanner \
 	./signals/:FuzzParse \
 	./signals/:FuzzParseHosts \
-	./probe/:FuzzAnswer
+	./probe/:FuzzAnswer \
+	./respcache/:FuzzParse
 
 .PHONY: all build wasm run test unit e2e bench bench-micro envoy lint fuzz fuzz-ci schema clean chaos soak soak-ci
 
@@ -47,13 +48,15 @@ test: lint unit fuzz-ci e2e soak-ci
 unit: wasm
 	@scripts/get-envoy.sh
 	@scripts/get-prometheus.sh
-	ENVOY_BIN="$(ENVOY)" PROMETHEUS_BIN="$$(scripts/get-prometheus.sh --path)" DETOUR_WASM="$(CURDIR)/$(WASM)" $(GO) test -race -count=1 $(UNIT_PKGS)
+	@scripts/get-redis.sh
+	ENVOY_BIN="$(ENVOY)" PROMETHEUS_BIN="$$(scripts/get-prometheus.sh --path)" REDIS_BIN="$$(scripts/get-redis.sh --path)" DETOUR_WASM="$(CURDIR)/$(WASM)" $(GO) test -race -count=1 $(UNIT_PKGS)
 	$(GO) test -count=1 -run 'Allocs$$' ./route/   # exact allocation counts: not under -race
 
 e2e: build
 	@scripts/get-envoy.sh
 	@scripts/get-prometheus.sh
-	ENVOY_BIN="$(ENVOY)" PROMETHEUS_BIN="$$(scripts/get-prometheus.sh --path)" DETOUR_BIN="$(CURDIR)/$(BIN)" DETOUR_WASM="$(CURDIR)/$(WASM)" $(GO) test -count=1 -timeout 20m -v ./e2e/ 2>&1 | scripts/testsummary.sh
+	@scripts/get-redis.sh
+	ENVOY_BIN="$(ENVOY)" PROMETHEUS_BIN="$$(scripts/get-prometheus.sh --path)" REDIS_BIN="$$(scripts/get-redis.sh --path)" DETOUR_BIN="$(CURDIR)/$(BIN)" DETOUR_WASM="$(CURDIR)/$(WASM)" $(GO) test -count=1 -timeout 20m -v ./e2e/ 2>&1 | scripts/testsummary.sh
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "not gofmt'ed:"; echo "$$out"; exit 1; fi
@@ -66,7 +69,8 @@ bench-micro:
 
 bench: build
 	@scripts/get-envoy.sh
-	ENVOY_BIN="$(ENVOY)" $(GO) run ./bench/cmd/detour-bench -detour $(CURDIR)/$(BIN) -out BENCHMARKS.md
+	@scripts/get-redis.sh
+	ENVOY_BIN="$(ENVOY)" REDIS_BIN="$$(scripts/get-redis.sh --path)" $(GO) run ./bench/cmd/detour-bench -detour $(CURDIR)/$(BIN) -out BENCHMARKS.md
 
 # The chaos suite, about 25 minutes: every fault of the catalogue with
 # detour and against plain Envoy; writes reports/chaos.md, a plot per

@@ -135,6 +135,15 @@ type stackOptions struct {
 	// sections). Empty: the controller and probes are disabled, so tests
 	// that are not about it see the policy's static behaviour.
 	Controller string
+	// Extra is more top-level YAML (cache:, queue: sections).
+	Extra string
+	// RouteExtra is YAML indented under the route auto (e.g.
+	// "    cache: {ttl: 60s}").
+	RouteExtra string
+	// Replicas > 1 lists that many ext_proc addresses in
+	// extproc.replicas; the first is ExtProcAddr, started by startStack,
+	// the others are started with StartReplica.
+	Replicas int
 }
 
 // stack is one running detour deployment: simulated providers (in this
@@ -148,6 +157,10 @@ type stack struct {
 
 	EnvoyAddr, AdminAddr, ExtProcAddr, MetricsAddr string
 	XDSAddr, XDSMetricsAddr                        string
+	// ReplicaAddrs and ReplicaMetrics are every ext_proc replica's
+	// addresses (Options.Replicas > 1), the first being ExtProcAddr.
+	ReplicaAddrs, ReplicaMetrics []string
+	replicas                     map[string]*exec.Cmd
 
 	mu      sync.Mutex
 	extproc *exec.Cmd
@@ -181,6 +194,9 @@ backends:
 {{- end}}
 routes:
   - name: auto
+{{- if .RouteExtra}}
+{{.RouteExtra}}
+{{- end}}
 limits:
   max_body_bytes: {{.MaxBody}}
 envoy:
@@ -190,6 +206,12 @@ extproc:
   listen: "{{.ExtProc}}"
   metrics: "{{.Metrics}}"
   failure_mode_allow: {{.FMA}}
+{{- if .Replicas}}
+  replicas:
+{{- range .Replicas}}
+    - "{{.}}"
+{{- end}}
+{{- end}}
 xds:
   listen: "{{.XDS}}"
   metrics: "{{.XDSMetrics}}"
@@ -205,6 +227,9 @@ routing:
 {{- else}}
 controller: {disabled: true}
 probes: {disabled: true}
+{{- end}}
+{{- if .Extra}}
+{{.Extra}}
 {{- end}}
 `))
 
@@ -242,6 +267,13 @@ func startStack(t testing.TB, o stackOptions) *stack {
 	}
 	s.EnvoyAddr, s.AdminAddr, s.ExtProcAddr, s.MetricsAddr = freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
 	s.XDSAddr, s.XDSMetricsAddr = freeAddr(t), freeAddr(t)
+	if o.Replicas > 1 {
+		s.ReplicaAddrs, s.ReplicaMetrics = []string{s.ExtProcAddr}, []string{s.MetricsAddr}
+		for range o.Replicas - 1 {
+			s.ReplicaAddrs = append(s.ReplicaAddrs, freeAddr(t))
+			s.ReplicaMetrics = append(s.ReplicaMetrics, freeAddr(t))
+		}
+	}
 	s.policyPath = filepath.Join(s.dir, "policy.yaml")
 	s.WritePolicy(s.PolicyText(o))
 	s.StartExtProc()
@@ -281,6 +313,7 @@ func (s *stack) PolicyText(o stackOptions) string {
 		"Envoy": s.EnvoyAddr, "Admin": s.AdminAddr, "ExtProc": s.ExtProcAddr, "Metrics": s.MetricsAddr,
 		"XDS": s.XDSAddr, "XDSMetrics": s.XDSMetricsAddr,
 		"Wasm": o.Wasm, "WasmModule": wasmModule, "Controller": o.Controller,
+		"Extra": o.Extra, "RouteExtra": o.RouteExtra, "Replicas": s.ReplicaAddrs,
 	}); err != nil {
 		s.t.Fatal(err)
 	}
@@ -595,4 +628,14 @@ func (s *stack) controllerView() *healthview.Snapshot {
 		s.t.Fatal(err)
 	}
 	return v
+}
+
+// extLogText is the ext_proc service's log so far.
+func (s *stack) extLogText() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.extLog == nil {
+		return ""
+	}
+	return s.extLog.String()
 }

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/detourhq/detour/policy"
+	"github.com/detourhq/detour/respcache"
 	"github.com/detourhq/detour/route"
 )
 
@@ -61,7 +62,10 @@ limits:
 `
 
 func fuzzServer(t testing.TB, p *policy.Policy) *Server {
-	s, err := New(Config{Policy: p, Metrics: NewMetrics(prometheus.NewRegistry()), Tokenizer: realTokenizer(t)})
+	// With the response cache, so reusable bodies (temperature 0) go
+	// through the canonical key builder too.
+	cache := respcache.New(respcache.Config{Store: respcache.NewMemory(1 << 20)})
+	s, err := New(Config{Policy: p, Metrics: NewMetrics(prometheus.NewRegistry()), Tokenizer: realTokenizer(t), Cache: cache})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -99,6 +103,7 @@ func FuzzProcess(f *testing.F) {
 	f.Add(uint8(0x42), mustJSON(obj{"model": "auto", "input": "x"}))
 	f.Add(uint8(4), []byte(`{"model":"auto","messages":[{"role":"user","content":"h\u00e9\"llo"}],"model":"fast-8k"}`))
 	f.Add(uint8(0), []byte(`{"model":"auto","messages":[`))
+	f.Add(uint8(0), chat("auto", "hello", obj{"temperature": 0, "seed": 7, "tools": []any{obj{"type": "function"}}}))
 
 	// Reused across inputs, as the pool does; other is the second pass.
 	w, other := new(work), new(work)

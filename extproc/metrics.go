@@ -24,6 +24,14 @@ type Metrics struct {
 	// FirstTokenHolds and FirstTokenWait describe the first-token stage.
 	FirstTokenHolds *prometheus.CounterVec
 	FirstTokenWait  *prometheus.HistogramVec
+	// QueueDepth, QueueOutcomes and QueueWait describe the queue of
+	// requests whose backends are all OPEN.
+	QueueDepth    *prometheus.GaugeVec
+	QueueOutcomes *prometheus.CounterVec
+	QueueWait     *prometheus.HistogramVec
+	// CacheServed counts answers served from the response cache, by route
+	// and kind (hit, stale) and why a stale one was served (open, failed).
+	CacheServed *prometheus.CounterVec
 }
 
 // NewMetrics creates the series and registers them on reg.
@@ -97,6 +105,24 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Help:    "How long a streaming attempt's response headers were held, from their arrival to the first token: the provider's silence after accepting the stream.",
 		Buckets: []float64{1e-3, 5e-3, 25e-3, 100e-3, 250e-3, 500e-3, 1, 2.5, 5, 10, 30, 60},
 	}, []string{"backend"})
+	m.QueueDepth = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "detour_queue_depth",
+		Help: "Requests waiting in a route's queue because every backend that can serve them is OPEN.",
+	}, []string{"route"})
+	m.QueueOutcomes = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "detour_queue_outcomes_total",
+		Help: "Requests that entered the queue, by route and outcome: released (a backend recovered), timeout (503 after max_wait), full (503 at once: max_depth reached), cancelled (the client or Envoy gave up).",
+	}, []string{"route", "outcome"})
+	m.QueueWait = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "detour_queue_wait_seconds",
+		Help:    "Time requests spent in the queue, by outcome.",
+		Buckets: []float64{0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60},
+	}, []string{"outcome"})
+	m.CacheServed = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "detour_cache_served_total",
+		Help: "Answers served from the response cache, by route and result (hit: fresh, within the route's TTL; stale: every backend OPEN or failed) and why (ttl, open, failed).",
+	}, []string{"route", "result", "why"})
+	reg.MustRegister(m.QueueDepth, m.QueueOutcomes, m.QueueWait, m.CacheServed)
 	reg.MustRegister(m.Shed, m.HealthView, m.HealthViewErrors, m.FirstTokenHolds, m.FirstTokenWait, m.Attempts, m.Panics, m.Decisions, m.DecisionTime, m.Errors, m.Rejections, m.TokenCounts,
 		m.StreamsActive, m.PolicyVersion, m.PolicyReloads, m.BodyBytes)
 	return m

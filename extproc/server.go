@@ -22,6 +22,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/detourhq/detour/policy"
+	"github.com/detourhq/detour/respcache"
 	"github.com/detourhq/detour/route"
 )
 
@@ -56,6 +57,8 @@ type Config struct {
 	// Health is the controller's view of the backends (a
 	// *viewhttp.Watcher); nil routes as if every backend were healthy.
 	Health HealthSource
+	// Cache is the response cache; nil: no cache, whatever the policy says.
+	Cache *respcache.Cache
 }
 
 // Server implements envoy.service.ext_proc.v3.ExternalProcessor.
@@ -68,6 +71,9 @@ type Server struct {
 	tokens  TokenCounter
 	work    sync.Pool
 	health  *healthState
+	cache   *respcache.Cache
+	queue   *queue
+	stop    context.CancelFunc
 }
 
 // state is everything a policy decides; swapped whole on reload so one
@@ -86,6 +92,9 @@ type state struct {
 	stripUpstream []string
 	// priorities are the routes' default priorities by name.
 	priorities map[string]string
+	// cache and queue settings.
+	cache          cacheState
+	messageTimeout time.Duration
 }
 
 // work is the per-request scratch reused across requests.
@@ -106,6 +115,12 @@ type work struct {
 	upstream bool
 	cluster  string
 	backend  *route.Backend // the attempt's backend; nil if the policy does not name it
+	cache    cacheWork
+	// closeAfter ends the stream once the answer is sent.
+	closeAfter bool
+	// early sends an answer ahead of the one being prepared (a message
+	// timeout extension before a queue wait).
+	early func(*extprocv3.ProcessingResponse) error
 }
 
 // New builds a server on cfg.Policy.
@@ -113,10 +128,14 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Metrics == nil {
 		return nil, errors.New("extproc: Config.Metrics is required")
 	}
-	s := &Server{metrics: cfg.Metrics, log: cfg.Logger, tokens: cfg.Tokenizer, health: &healthState{src: cfg.Health}}
+	s := &Server{metrics: cfg.Metrics, log: cfg.Logger, tokens: cfg.Tokenizer, health: &healthState{src: cfg.Health}, cache: cfg.Cache}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
+	s.queue = newQueue(cfg.Metrics)
+	ctx, stop := context.WithCancel(context.Background())
+	s.stop = stop
+	go s.queue.run(ctx)
 	s.work.New = func() any { return new(work) }
 	if err := s.SetPolicy(cfg.Policy); err != nil {
 		return nil, err
@@ -144,18 +163,27 @@ func (s *Server) SetPolicy(p *policy.Policy) error {
 		priorities[rt.Name] = rt.Priority
 	}
 	s.state.Store(&state{
-		router:        r,
-		maxBody:       int64(p.Limits.MaxBodyBytes),
-		logPrompts:    p.ExtProc.LogPrompts,
-		modelsJSON:    route.ModelsList(r.Known()),
-		attempts:      p.Retry.Attempts,
-		creds:         creds,
-		stripUpstream: strip,
-		priorities:    priorities,
+		router:         r,
+		maxBody:        int64(p.Limits.MaxBodyBytes),
+		logPrompts:     p.ExtProc.LogPrompts,
+		modelsJSON:     route.ModelsList(r.Known()),
+		attempts:       p.Retry.Attempts,
+		creds:          creds,
+		stripUpstream:  strip,
+		priorities:     priorities,
+		cache:          newCacheState(p),
+		messageTimeout: p.ExtProc.MessageTimeout.D(),
 	})
 	s.metrics.PolicyVersion.SetToCurrentTime()
 	return nil
 }
+
+// HealthChanged wakes the queue: the controller's view changed, so some
+// waiting requests may have a backend again.
+func (s *Server) HealthChanged() { s.queue.Notify() }
+
+// Close stops the queue's dispatcher.
+func (s *Server) Close() { s.stop() }
 
 // Process serves one HTTP request's ext_proc stream.
 func (s *Server) Process(stream extprocv3.ExternalProcessor_ProcessServer) error {
@@ -166,6 +194,7 @@ func (s *Server) Process(stream extprocv3.ExternalProcessor_ProcessServer) error
 	w.reset()
 	defer s.work.Put(w)
 	ctx := stream.Context()
+	w.early = stream.Send
 	for {
 		msg, err := stream.Recv()
 		if err != nil {
@@ -188,6 +217,13 @@ func (s *Server) Process(stream extprocv3.ExternalProcessor_ProcessServer) error
 			}
 			return fmt.Errorf("extproc: send: %w", err)
 		}
+		if w.closeAfter {
+			// Nothing more to do for this request: closing the stream
+			// tells Envoy so (it skips the response phases the cache
+			// asked for), and a replica that dies later costs the
+			// request nothing.
+			return nil
+		}
 	}
 }
 
@@ -196,6 +232,9 @@ func (w *work) reset() {
 	w.body = w.body[:0]
 	w.kind, w.path, w.method, w.gotBody, w.priority = route.KindUnknown, "", "", false, ""
 	w.upstream, w.cluster, w.backend = false, "", nil
+	w.cache.reset()
+	w.early = nil
+	w.closeAfter = false
 	// Very large bodies are not kept for the next request.
 	if cap(w.body) > 1<<20 {
 		w.body = nil
@@ -240,9 +279,9 @@ func (s *Server) handle(ctx context.Context, st *state, w *work, msg *extprocv3.
 	case *extprocv3.ProcessingRequest_RequestTrailers:
 		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestTrailers{RequestTrailers: &extprocv3.TrailersResponse{}}}
 	case *extprocv3.ProcessingRequest_ResponseHeaders:
-		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseHeaders{ResponseHeaders: &extprocv3.HeadersResponse{}}}
+		return s.onResponseHeaders(ctx, st, w, m.ResponseHeaders)
 	case *extprocv3.ProcessingRequest_ResponseBody:
-		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseBody{ResponseBody: &extprocv3.BodyResponse{}}}
+		return s.onResponseBody(w, m.ResponseBody)
 	case *extprocv3.ProcessingRequest_ResponseTrailers:
 		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseTrailers{ResponseTrailers: &extprocv3.TrailersResponse{}}}
 	}
@@ -274,6 +313,10 @@ func (s *Server) onRequestHeaders(st *state, w *work, h *extprocv3.HttpHeaders) 
 			w.method = headerValue(hv)
 		case HeaderPriority:
 			w.priority = headerValue(hv)
+		default:
+			if st.cache.on {
+				w.cache.readHeader(st.cache.tenantHeader, hv.Key, headerValue(hv))
+			}
 		}
 	}
 	w.kind = route.KindFromPath(w.path)
@@ -289,7 +332,11 @@ func (s *Server) onRequestHeaders(st *state, w *work, h *extprocv3.HttpHeaders) 
 	if h.EndOfStream {
 		return s.reject(w, route.ErrEmptyBody())
 	}
-	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestHeaders{RequestHeaders: &extprocv3.HeadersResponse{}}}
+	resp := &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestHeaders{RequestHeaders: &extprocv3.HeadersResponse{}}}
+	if w.cache.wantsResponse(&st.cache) && s.cache != nil {
+		resp.ModeOverride = responseHeadersMode()
+	}
+	return resp
 }
 
 func (s *Server) onRequestBody(ctx context.Context, st *state, w *work, b *extprocv3.HttpBody) *extprocv3.ProcessingResponse {
@@ -346,7 +393,29 @@ func (s *Server) route(ctx context.Context, st *state, w *work) *extprocv3.Proce
 	if err := r.DecideHealth(&w.req, &w.dec, h); err != nil {
 		return s.rejectDecision(w, err)
 	}
-	if view != nil {
+	s.prepareKey(st, w)
+	allOpen := candidatesOpen(view, r, &w.dec)
+	if resp := s.lookup(ctx, st, w, allOpen); resp != nil {
+		return resp
+	}
+	released := false
+	if allOpen {
+		if q := st.cache.queueFor(w.dec.Target); q.MaxWait > 0 {
+			resp, done := s.waitInQueue(ctx, st, w, q)
+			defer done()
+			if resp != nil {
+				return resp
+			}
+			// A backend recovered: decide again on the new view. The
+			// request waited its turn in priority order: it is not shed.
+			released = true
+			h, view = s.health.forRequest(r, &w.health)
+			if err := r.DecideHealth(&w.req, &w.dec, h); err != nil {
+				return s.rejectDecision(w, err)
+			}
+		}
+	}
+	if view != nil && !released {
 		if rt, ok := view.Routes[w.dec.Target]; ok && rt.Shed != "" {
 			prio := w.priority
 			if prio == "" {
@@ -390,6 +459,7 @@ func (s *Server) route(ctx context.Context, st *state, w *work) *extprocv3.Proce
 	}
 	// The body is copied into the response: w.out is reused after Send.
 	body := append([]byte(nil), w.out...)
+	w.closeAfter = w.cache.key == ""
 	set := []*corev3.HeaderValueOption{
 		setHeader(HeaderBackend, b.Name),
 		setHeader(HeaderModel, w.dec.UpstreamModel),

@@ -135,6 +135,7 @@ func (p *Policy) ApplyDefaults() {
 	setDur(&p.ExtProc.MessageTimeout, DefaultMessageTimeout)
 	p.applyControllerDefaults()
 	p.applyProbeDefaults()
+	p.applyCacheDefaults()
 }
 
 func setInt(v *int, d int) {

@@ -22,7 +22,7 @@ const SchemaID = "https://github.com/detourhq/detour/policy/detour-policy.schema
 // working directory (go test runs in policy/, `detour schema` anywhere) and
 // however the binary was built.
 //
-//go:embed types.go units.go controller.go probes.go
+//go:embed types.go units.go controller.go probes.go cache.go
 var typeSources embed.FS
 
 // JSONSchema generates the policy file's JSON Schema from the Go types, so

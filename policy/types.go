@@ -39,6 +39,10 @@ type Policy struct {
 	Controller Controller `yaml:"controller,omitempty"`
 	// Probes are the contextual health probes the controller sends.
 	Probes Probes `yaml:"probes,omitempty"`
+	// Cache is the response cache (stale-if-error, and per-route TTLs).
+	Cache Cache `yaml:"cache,omitempty"`
+	// Queue holds requests while every backend of their route is OPEN.
+	Queue Queue `yaml:"queue,omitempty"`
 }
 
 // XDSSettings configure the control plane Envoy takes its config from.
@@ -142,6 +146,11 @@ type Route struct {
 	// critical ones flow while any backend can serve them. Default
 	// standard.
 	Priority string `yaml:"priority,omitempty" jsonschema:"enum=critical,enum=standard,enum=sheddable,default=standard"`
+	// Cache is this route's normal caching (a TTL); stale-if-error is
+	// cache.stale_if_error for every route.
+	Cache RouteCache `yaml:"cache,omitempty"`
+	// Queue overrides the queue section for this route.
+	Queue Queue `yaml:"queue,omitempty"`
 }
 
 // Routing tunes the estimate of what a request needs.
@@ -269,6 +278,12 @@ type EnvoySettings struct {
 type ExtProcSettings struct {
 	// Listen is the gRPC address Envoy calls. Default 127.0.0.1:9002.
 	Listen string `yaml:"listen,omitempty"`
+	// Replicas are the gRPC addresses of every ext_proc replica (host:port)
+	// when several run: Envoy balances requests over them, checks each
+	// with gRPC health checks every second and ejects one that stops
+	// answering. Replicas share nothing but the Redis cache (cache.store:
+	// redis). Default: listen alone.
+	Replicas []string `yaml:"replicas,omitempty"`
 	// Metrics is the Prometheus /metrics address. Default 127.0.0.1:9190.
 	Metrics string `yaml:"metrics,omitempty"`
 	// MessageTimeout is how long Envoy waits for each answer. Default 2s:

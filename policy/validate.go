@@ -195,8 +195,14 @@ func (p *Policy) Validate() []Problem {
 			}
 		}
 	}
+	for i, a := range p.ExtProc.Replicas {
+		if msg := checkAddress(a); msg != "" {
+			v.add(fmt.Sprintf("extproc.replicas[%d]", i), msg, "write host:port, e.g. 10.0.0.5:9002")
+		}
+	}
 	p.validateController(&v)
 	p.validateProbes(&v)
+	p.validateCache(&v)
 	return v.problems
 }
 

@@ -195,3 +195,17 @@ func ErrBadPriority(v string) *APIError {
 	return &APIError{Status: 400, Type: "invalid_request_error", Code: "invalid_priority", Kind: "invalid_priority",
 		Message: fmt.Sprintf("x-detour-priority %q is not a priority: use critical, standard or sheddable", v)}
 }
+
+// ErrQueueTimeout answers a request that waited the route's whole queue
+// wait while every backend that could serve it stayed down.
+func ErrQueueTimeout(target string, waited string) *APIError {
+	return &APIError{Status: 503, Type: "server_error", Code: "all_backends_down", Kind: "queue_timeout",
+		Message: fmt.Sprintf("every backend that can serve %q is down; the request waited %s in detour's queue for one to recover; retry later", target, waited)}
+}
+
+// ErrQueueFull answers a request that found its route's queue full while
+// every backend that could serve it is down.
+func ErrQueueFull(target string, depth int) *APIError {
+	return &APIError{Status: 503, Type: "server_error", Code: "all_backends_down", Kind: "queue_full",
+		Message: fmt.Sprintf("every backend that can serve %q is down and %d requests already wait for one to recover; retry later", target, depth)}
+}

@@ -55,6 +55,7 @@ type parser struct {
 	modelEsc     bool
 
 	stream                  bool
+	temperatureZero         bool
 	maxTokens, maxCompleted int
 	hasMax, hasMaxCompleted bool
 
@@ -125,6 +126,8 @@ func (p *parser) parse() error {
 			err = p.parseInputs(&p.input, "input")
 		case "stream":
 			err = p.parseBool(&p.stream, "stream")
+		case "temperature":
+			err = p.parseTemperature()
 		case "max_tokens":
 			err = p.parseCount(&p.maxTokens, &p.hasMax, "max_tokens")
 		case "max_completion_tokens":
@@ -195,6 +198,39 @@ func (p *parser) parseBool(dst *bool, field string) error {
 		return s.scanLiteral()
 	}
 	return p.typeErr(field, "a boolean")
+}
+
+// parseTemperature notes whether the temperature is a number equal to 0
+// (0, 0.0, -0, 0e3...). Anything else is skipped as before: routing does
+// not judge it.
+func (p *parser) parseTemperature() error {
+	s := &p.s
+	start := s.pos
+	if err := s.skipValue(); err != nil {
+		return err
+	}
+	p.temperatureZero = isZeroNumber(s.buf[start:s.pos])
+	return nil
+}
+
+// isZeroNumber reports whether lit is a JSON number whose value is 0.
+func isZeroNumber(lit []byte) bool {
+	if len(lit) > 0 && lit[0] == '-' {
+		lit = lit[1:]
+	}
+	if len(lit) == 0 || lit[0] != '0' {
+		return false
+	}
+	for _, c := range lit {
+		switch {
+		case c == 'e' || c == 'E':
+			return true // 0, 0.0 with any exponent
+		case c == '0' || c == '.':
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 // parseCount reads a token limit: a non-negative integer or null.
@@ -657,6 +693,7 @@ func (p *parser) finish(prevModel string) error {
 	req.TokenIDs = sec.tokenIDs
 
 	req.Stream = p.stream
+	req.TemperatureZero = p.temperatureZero
 	switch {
 	case p.hasMaxCompleted:
 		req.MaxOutputTokens = p.maxCompleted

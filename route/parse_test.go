@@ -749,3 +749,30 @@ func TestCountText(t *testing.T) {
 		}
 	}
 }
+
+func TestTemperatureZero(t *testing.T) {
+	for _, tt := range []struct {
+		body string
+		zero bool
+	}{
+		{`{"model":"m","messages":[],"temperature":0}`, true},
+		{`{"model":"m","messages":[],"temperature":0.0}`, true},
+		{`{"model":"m","messages":[],"temperature":-0}`, true},
+		{`{"model":"m","messages":[],"temperature":0e5}`, true},
+		{`{"model":"m","messages":[],"temperature":0.00001}`, false},
+		{`{"model":"m","messages":[],"temperature":1}`, false},
+		{`{"model":"m","messages":[],"temperature":10}`, false},
+		{`{"model":"m","messages":[],"temperature":"0"}`, false},
+		{`{"model":"m","messages":[],"temperature":null}`, false},
+		{`{"model":"m","messages":[]}`, false},
+		{`{"model":"m","prompt":"x","temperature":0}`, true},
+	} {
+		var r Request
+		if err := ParseRequest(KindUnknown, []byte(tt.body), &r); err != nil {
+			t.Fatalf("%s: %v", tt.body, err)
+		}
+		if r.TemperatureZero != tt.zero {
+			t.Errorf("%s: TemperatureZero %v, want %v", tt.body, r.TemperatureZero, tt.zero)
+		}
+	}
+}

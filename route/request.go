@@ -77,6 +77,9 @@ type Request struct {
 	ModelSpan Span
 
 	Stream bool
+	// TemperatureZero: the body's temperature is the number 0 (the
+	// response cache reuses such answers).
+	TemperatureZero bool
 	// MaxOutputTokens is max_completion_tokens, else max_tokens; 0 when the
 	// client did not ask for a limit.
 	MaxOutputTokens int

@@ -269,7 +269,7 @@ func checkExtProc(t *testing.T, ep *extprocfilterv3.ExternalProcessor, p *policy
 	// A processor restart or a killed replica: the stream is retried,
 	// only for failures before the processor answered.
 	rp := ep.GetGrpcService().GetRetryPolicy()
-	if rp.GetRetryOn() != "connect-failure,refused-stream,unavailable" || rp.GetNumRetries().GetValue() == 0 || rp.GetRetryBackOff() == nil {
+	if rp.GetRetryOn() != "connect-failure,refused-stream,unavailable,reset" || rp.GetNumRetries().GetValue() == 0 || rp.GetRetryBackOff() == nil {
 		t.Errorf("ext_proc stream retry policy %v", rp)
 	}
 	pm := ep.GetProcessingMode()
@@ -670,5 +670,50 @@ func TestBuildForDynamicAndRegions(t *testing.T) {
 				t.Errorf("%s: region %s at priority %d, want 0", c.Name, l.GetLocality().GetRegion(), l.Priority)
 			}
 		}
+	}
+}
+
+func TestExtProcReplicasAndCache(t *testing.T) {
+	p := quickstart(t)
+	if c := ExtProcFilterConfig(p); !c.AllowModeOverride || c.MaxMessageTimeout != nil {
+		t.Errorf("default policy (memory cache, no queue): allow_mode_override %v, max_message_timeout %v", c.AllowModeOverride, c.MaxMessageTimeout)
+	}
+	p.Cache.Store = policy.CacheOff
+	p.Queue.MaxWait = policy.Duration(10 * time.Second)
+	for i := range p.Routes {
+		p.Routes[i].Queue.MaxWait = policy.Duration(20 * time.Second)
+	}
+	if c := ExtProcFilterConfig(p); c.AllowModeOverride || c.MaxMessageTimeout.AsDuration() != 20*time.Second+p.ExtProc.MessageTimeout.D() {
+		t.Errorf("cache off, queue 20 s: allow_mode_override %v, max_message_timeout %v", c.AllowModeOverride, c.MaxMessageTimeout.AsDuration())
+	}
+	// One replica: the stream retries its own processor (a restart), with
+	// no host predicate (there is no other host).
+	if rp := ExtProcFilterConfig(p).GrpcService.RetryPolicy; rp == nil || len(rp.RetryHostPredicate) != 0 {
+		t.Errorf("one replica: stream retry policy %v", rp)
+	}
+	single, err := extProcCluster(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if single.HealthChecks != nil || single.OutlierDetection != nil {
+		t.Error("one replica: health checks or outlier detection")
+	}
+	p.ExtProc.Replicas = []string{"127.0.0.1:9002", "127.0.0.1:9003"}
+	c, err := extProcCluster(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if eps := endpoints(c); len(eps) != 2 || eps[1] != "127.0.0.1:9003" {
+		t.Errorf("replicas: endpoints %v", eps)
+	}
+	if len(c.HealthChecks) != 1 || c.HealthChecks[0].GetGrpcHealthCheck() == nil || c.HealthChecks[0].NoTrafficInterval.AsDuration() != time.Second {
+		t.Errorf("replicas: health checks %v", c.HealthChecks)
+	}
+	if rp := ExtProcFilterConfig(p).GrpcService.RetryPolicy; rp == nil || rp.RetryOn != "connect-failure,refused-stream,reset" {
+		t.Errorf("replicas: ext_proc stream retry policy %v", rp)
+	}
+	p.ExtProc.Replicas = []string{"127.0.0.1:9002", "127.0.0.1:0"}
+	if _, err := Build(p); err == nil || !strings.Contains(err.Error(), "extproc.replicas") {
+		t.Errorf("bad replica: %v", err)
 	}
 }

@@ -6,14 +6,17 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 
 	"github.com/detourhq/detour/extproc"
 	"github.com/detourhq/detour/healthview"
 	"github.com/detourhq/detour/healthview/viewhttp"
 	"github.com/detourhq/detour/policy"
+	"github.com/detourhq/detour/respcache"
 )
 
 func runExtProc(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -62,13 +65,23 @@ func startExtProc(ctx context.Context, p *policy.Policy, log *slog.Logger) (*ext
 		return nil, err
 	}
 	cfg := extproc.Config{Policy: p, Metrics: m, Logger: log, Tokenizer: tok}
+	// Requests queued while their backends are OPEN wake on each view.
+	var srvRef atomic.Pointer[extproc.Server]
 	if !p.Controller.Disabled {
-		cfg.Health = watchHealth(ctx, p.ControllerURL(), m, log)
+		cfg.Health = watchHealth(ctx, p.ControllerURL(), m, log, func() {
+			if s := srvRef.Load(); s != nil {
+				s.HealthChanged()
+			}
+		})
+	}
+	if cfg.Cache, err = openCache(ctx, p, reg, log); err != nil {
+		return nil, err
 	}
 	srv, err := extproc.New(cfg)
 	if err != nil {
 		return nil, err
 	}
+	srvRef.Store(srv)
 	m.PolicyReloads.WithLabelValues("ok").Inc()
 	// gRPC carries the whole body plus framing.
 	g, _ := extproc.NewGRPCServer(srv, int(p.Limits.MaxBodyBytes)+1<<20)
@@ -88,10 +101,45 @@ func startExtProc(ctx context.Context, p *policy.Policy, log *slog.Logger) (*ext
 	return s, nil
 }
 
+// openCache builds the response cache the policy asks for (nil: off).
+// The store is opened lazily: a Redis that is down at start only means
+// no cache until it is up (detour_cache_backend_up says so).
+func openCache(ctx context.Context, p *policy.Policy, reg prometheus.Registerer, log *slog.Logger) (*respcache.Cache, error) {
+	if !p.CacheOn() {
+		return nil, nil
+	}
+	cfg := respcache.Config{
+		Retention:     p.Cache.Retention.D(),
+		MaxEntryBytes: int(p.Cache.MaxEntryBytes),
+		Metrics:       respcache.NewMetrics(reg),
+	}
+	switch p.Cache.Store {
+	case policy.CacheRedis:
+		r := &p.Cache.Redis
+		pw, err := r.RedisPassword()
+		if err != nil {
+			return nil, err
+		}
+		store := respcache.NewRedis(respcache.RedisOptions{Addr: r.Address, Username: r.Username, Password: pw, DB: r.DB, Timeout: r.Timeout.D()})
+		cfg.Store, cfg.OpTimeout = store, r.Timeout.D()
+		pctx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		if err := store.Ping(pctx); err != nil {
+			log.Warn("response cache: Redis does not answer; serving without the cache until it does", "redis", r.Address, "err", err)
+		} else {
+			log.Info("response cache in Redis", "redis", r.Address)
+		}
+	default:
+		cfg.Store = respcache.NewMemory(int64(p.Cache.MaxBytes))
+		log.Info("response cache in memory", "max_bytes", int64(p.Cache.MaxBytes))
+	}
+	return respcache.New(cfg), nil
+}
+
 // watchHealth follows the controller's view until ctx ends. Errors are
 // counted always, logged once per outage: the control plane may simply
 // not be up yet.
-func watchHealth(ctx context.Context, url string, m *extproc.Metrics, log *slog.Logger) *viewhttp.Watcher {
+func watchHealth(ctx context.Context, url string, m *extproc.Metrics, log *slog.Logger, changed func()) *viewhttp.Watcher {
 	w := viewhttp.NewWatcher(url)
 	failing := false
 	w.OnError = func(err error) {
@@ -114,6 +162,7 @@ func watchHealth(ctx context.Context, url string, m *extproc.Metrics, log *slog.
 			}
 		}
 		log.Debug("controller view", "version", s.Version, "not_healthy", notHealthy)
+		changed()
 	}
 	go w.Run(ctx)
 	return w
@@ -129,6 +178,7 @@ func (s *extProcService) stop() error {
 		s.log.Warn("ext_proc: streams still open after 5s; closing them")
 		s.grpc.Stop()
 	}
+	s.server.Close()
 	err := s.endpoint.stop()
 	s.log.Info("ext_proc stopped")
 	return err

@@ -316,7 +316,7 @@ func TestBenchmarksMarkersOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, m := range [][2]string{{beginMarker, endMarker}, {wasmBeginMarker, wasmEndMarker}, {ctlBeginMarker, ctlEndMarker}} {
+	for _, m := range [][2]string{{beginMarker, endMarker}, {wasmBeginMarker, wasmEndMarker}, {ctlBeginMarker, ctlEndMarker}, {cacheBeginMarker, cacheEndMarker}} {
 		b, e := bytes.Count(doc, []byte(m[0])), bytes.Count(doc, []byte(m[1]))
 		if b > 1 || e > 1 || b != e {
 			t.Errorf("%s occurs %d times, %s %d times; want once each", m[0], b, m[1], e)

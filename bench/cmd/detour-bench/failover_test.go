@@ -429,7 +429,7 @@ func TestParseFlagsParts(t *testing.T) {
 	for _, bad := range [][]string{
 		{"-only", "speed"},
 		{"-failover-fault-at", "30s"},
-		{"-skip-e2e", "-skip-micro", "-skip-failover", "-skip-wasm", "-skip-controller"},
+		{"-skip-e2e", "-skip-micro", "-skip-failover", "-skip-wasm", "-skip-controller", "-skip-cache"},
 		{"-reload-edits", "-1"},
 	} {
 		if _, err := parseFlags(bad, io.Discard); err == nil {

@@ -14,6 +14,8 @@
 //     latency, throughput, time to ready, memory (see wasm.go);
 //   - detour's live-metrics controller against the static baseline: time to
 //     detect and time to shift in four fault scenarios (see controller.go);
+//   - the response cache: a hit through Envoy, in memory and in Redis,
+//     against a miss and an uncacheable request (see cache.go);
 //   - with -only chaos (`make chaos`), the chaos suite: twelve faults, detour
 //     against plain Envoy, written to reports/chaos.md with a plot per
 //     scenario (see chaos.go);
@@ -57,6 +59,8 @@ type options struct {
 	skipFailover    bool
 	skipWasm        bool
 	skipController  bool
+	skipCache       bool
+	cacheRequests   int
 	skipChaos       bool
 	chaosOut        string
 	chaosOnly       string
@@ -105,8 +109,10 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.BoolVar(&o.skipFailover, "skip-failover", false, "skip the failover and policy-edit measurements (report sections 4-5)")
 	fs.BoolVar(&o.skipWasm, "skip-wasm", false, "skip the proxy-wasm plugin comparison (report section 7)")
 	fs.BoolVar(&o.skipController, "skip-controller", false, "skip the live-metrics controller scenarios (report section 8)")
+	fs.BoolVar(&o.skipCache, "skip-cache", false, "skip the response cache measurement (report section 9)")
+	fs.IntVar(&o.cacheRequests, "cache-requests", 1000, "cache: measured requests of each kind per store")
 	fs.StringVar(&o.wasm, "wasm", "", "path of detour.wasm (default: $DETOUR_WASM, else detour.wasm beside the detour binary, else build ./wasm)")
-	fs.StringVar(&o.only, "only", "", "run only these parts, comma-separated: latency (sections 1-3), failover (4-5), micro (6), wasm (7), controller (8), chaos (the chaos suite), soak (the soak); chaos and soak run only when named")
+	fs.StringVar(&o.only, "only", "", "run only these parts, comma-separated: latency (sections 1-3), failover (4-5), micro (6), wasm (7), controller (8), cache (9), chaos (the chaos suite), soak (the soak); chaos and soak run only when named")
 	fs.StringVar(&o.chaosOut, "chaos-out", "reports/chaos.md", "chaos: report file (the plots go beside it, in chaos/)")
 	fs.DurationVar(&o.soakDuration, "soak-duration", 20*time.Minute, "soak: how long the load runs")
 	fs.StringVar(&o.soakOut, "soak-out", "reports/soak.md", "soak: report file")
@@ -127,7 +133,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	}
 	o.skipChaos, o.skipSoak = true, true
 	if o.only != "" {
-		o.skipE2E, o.skipFailover, o.skipMicro, o.skipWasm, o.skipController = true, true, true, true, true
+		o.skipE2E, o.skipFailover, o.skipMicro, o.skipWasm, o.skipController, o.skipCache = true, true, true, true, true, true
 		for part := range strings.SplitSeq(o.only, ",") {
 			switch strings.TrimSpace(part) {
 			case partLatency:
@@ -140,12 +146,14 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 				o.skipWasm = false
 			case partCtl:
 				o.skipController = false
+			case partCache:
+				o.skipCache = false
 			case partChaos:
 				o.skipChaos = false
 			case partSoak:
 				o.skipSoak = false
 			default:
-				return o, fmt.Errorf("-only: unknown part %q (want %s, %s, %s, %s, %s, %s or %s)", part, partLatency, partFailover, partMicro, partWasm, partCtl, partChaos, partSoak)
+				return o, fmt.Errorf("-only: unknown part %q (want %s, %s, %s, %s, %s, %s, %s or %s)", part, partLatency, partFailover, partMicro, partWasm, partCtl, partCache, partChaos, partSoak)
 			}
 		}
 	}
@@ -166,10 +174,12 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		return o, errors.New("-chaos-plots must be svg or png")
 	case o.reloadEdits < 0:
 		return o, errors.New("-reload-edits must be >= 0")
+	case o.cacheRequests < 1:
+		return o, errors.New("-cache-requests must be >= 1")
 	case o.soakDuration < time.Minute:
 		return o, errors.New("-soak-duration must be at least 1m")
-	case o.skipE2E && o.skipMicro && o.skipFailover && o.skipWasm && o.skipController && o.skipChaos && o.skipSoak:
-		return o, errors.New("nothing left to measure (-skip-e2e, -skip-failover, -skip-micro, -skip-wasm and -skip-controller all set)")
+	case o.skipE2E && o.skipMicro && o.skipFailover && o.skipWasm && o.skipController && o.skipCache && o.skipChaos && o.skipSoak:
+		return o, errors.New("nothing left to measure (-skip-e2e, -skip-failover, -skip-micro, -skip-wasm, -skip-controller and -skip-cache all set)")
 	}
 	return o, nil
 }
@@ -228,11 +238,13 @@ func bench(ctx context.Context, o options, args []string, stdout, stderr io.Writ
 	var failures []error
 	var ctl *controllerResult
 	var ctlErr string
+	var cache *cacheResult
+	var cacheErr string
 	var chaos *chaosResult
 	var chaosErr string
 	var soak *soakResult
 	var soakErr string
-	if !o.skipE2E || !o.skipFailover || !o.skipWasm || !o.skipController || !o.skipChaos || !o.skipSoak {
+	if !o.skipE2E || !o.skipFailover || !o.skipWasm || !o.skipController || !o.skipCache || !o.skipChaos || !o.skipSoak {
 		envoyBin, envoyVer, err := findEnvoy(ctx, root)
 		if err != nil {
 			return err
@@ -302,6 +314,15 @@ func bench(ctx context.Context, o options, args []string, stdout, stderr io.Writ
 				failures = append(failures, fmt.Errorf("controller benchmark: %w", err))
 			}
 		}
+		if !o.skipCache && ctx.Err() == nil {
+			cache, err = runCache(ctx, cfg, o.cacheRequests)
+			switch {
+			case ctx.Err() != nil:
+			case err != nil:
+				cacheErr = err.Error()
+				failures = append(failures, fmt.Errorf("cache benchmark: %w", err))
+			}
+		}
 		if !o.skipChaos && ctx.Err() == nil {
 			module := o.wasm
 			if module == "" {
@@ -362,6 +383,9 @@ func bench(ctx context.Context, o options, args []string, stdout, stderr io.Writ
 		if err == nil && !o.skipController {
 			_, err = stdout.Write(controllerMarkdown(rep, ctl, ctlErr))
 		}
+		if err == nil && !o.skipCache {
+			_, err = stdout.Write(cacheMarkdown(rep, cache, cacheErr))
+		}
 		if err == nil && !o.skipChaos {
 			_, err = stdout.Write(chaosMarkdown(rep, chaos, chaosErr, "", ""))
 		}
@@ -377,6 +401,9 @@ func bench(ctx context.Context, o options, args []string, stdout, stderr io.Writ
 		}
 		if err == nil && !o.skipController {
 			err = updateFileBetween(o.out, controllerMarkdown(rep, ctl, ctlErr), ctlBeginMarker, ctlEndMarker)
+		}
+		if err == nil && !o.skipCache {
+			err = updateFileBetween(o.out, cacheMarkdown(rep, cache, cacheErr), cacheBeginMarker, cacheEndMarker)
 		}
 		if err == nil && !o.skipChaos {
 			err = writeChaosReport(o, rep, chaos, chaosErr)
