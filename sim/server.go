@@ -27,7 +27,7 @@ type Server struct {
 	lastModel atomic.Pointer[string]
 	inflight  tracker
 	working   atomic.Int64 // completions in flight, against cfg.Capacity
-	created   int64 // reported as the models' creation time
+	created   int64        // reported as the models' creation time
 
 	baseCtx    context.Context // parent of every request context
 	cancelBase context.CancelFunc
