@@ -644,47 +644,12 @@ func runChaos1(ctx context.Context, c e2eConfig, env *chaosEnv, dir, module stri
 		if err := sleepCtx(ctx, time.Until(start.Add(chaosLead+jitter))); err != nil {
 			return err
 		}
-		r.FaultAt = time.Since(start)
-		c.log.Debug("chaos fault on", "scenario", sc.Name, "mode", mode, "at", r.FaultAt)
-		if err := sc.inject(ctx, env); err != nil {
-			return fmt.Errorf("inject: %w", err)
-		}
-		end := start.Add(r.FaultAt + sc.For)
-		onSince := r.FaultAt
-		if sc.Flap > 0 {
-			on := true
-			for {
-				next := time.Now().Add(sc.Flap)
-				if next.After(end) {
-					next = end
-				}
-				if err := sleepCtx(ctx, time.Until(next)); err != nil {
-					return err
-				}
-				if !next.Before(end) {
-					break
-				}
-				on = !on
-				f := sc.clear
-				if on {
-					f, onSince = sc.inject, time.Since(start)
-				} else {
-					r.Windows = append(r.Windows, [2]time.Duration{onSince, time.Since(start)})
-				}
-				if err := f(ctx, env); err != nil {
-					return fmt.Errorf("flap: %w", err)
-				}
-			}
-		} else if err := sleepCtx(ctx, time.Until(end)); err != nil {
+		c.log.Debug("chaos fault on", "scenario", sc.Name, "mode", mode)
+		span, err := runFault(ctx, start, sc.For, sc.Flap,
+			func() error { return sc.inject(ctx, env) }, func() error { return sc.clear(ctx, env) })
+		r.FaultAt, r.ClearAt, r.Windows = span.FaultAt, span.ClearAt, span.Windows
+		if err != nil {
 			return err
-		}
-		r.ClearAt = time.Since(start)
-		if len(r.Windows) == 0 || r.Windows[len(r.Windows)-1][1] < onSince {
-			r.Windows = append(r.Windows, [2]time.Duration{onSince, r.ClearAt})
-		}
-		c.log.Debug("chaos fault off", "scenario", sc.Name, "mode", mode, "at", r.ClearAt)
-		if err := sc.clear(ctx, env); err != nil {
-			return fmt.Errorf("clear: %w", err)
 		}
 		c.log.Debug("chaos fault cleared", "scenario", sc.Name, "mode", mode, "at", time.Since(start))
 		return sleepCtx(ctx, time.Until(start.Add(r.ClearAt+chaosTail)))

@@ -964,41 +964,11 @@ func runCtl(ctx context.Context, c e2eConfig, sims *ctlSims, dir, module string,
 		r.FTT = latest.FTT
 		mu.Unlock()
 		f := sc.Fault
-		r.FaultAt = time.Since(start)
-		if err := sims.setFault(ctx, &f); err != nil {
-			return fmt.Errorf("set the fault: %w", err)
-		}
-		r.Flips = 1
-		end := start.Add(r.FaultAt + sc.For)
-		if sc.Flap > 0 {
-			on := true
-			for {
-				next := time.Now().Add(sc.Flap)
-				if next.After(end) {
-					next = end
-				}
-				if err := sleepCtx(ctx, time.Until(next)); err != nil {
-					return err
-				}
-				if !next.Before(end) {
-					break
-				}
-				on = !on
-				var ff *sim.Fault
-				if on {
-					ff = &f
-				}
-				if err := sims.setFault(ctx, ff); err != nil {
-					return fmt.Errorf("flap the fault: %w", err)
-				}
-				r.Flips++
-			}
-		} else if err := sleepCtx(ctx, time.Until(end)); err != nil {
+		span, err := runFault(ctx, start, sc.For, sc.Flap,
+			func() error { return sims.setFault(ctx, &f) }, func() error { return sims.setFault(ctx, nil) })
+		r.FaultAt, r.ClearAt, r.Flips = span.FaultAt, span.ClearAt, span.Flips
+		if err != nil {
 			return err
-		}
-		r.ClearAt = time.Since(start)
-		if err := sims.setFault(ctx, nil); err != nil {
-			return fmt.Errorf("clear the fault: %w", err)
 		}
 		if p1, ok := st.pushes(ctx); ok && r.HasPushes {
 			r.Pushes = p1 - p0

@@ -95,18 +95,7 @@ func runSaturation(ctx context.Context, c e2eConfig, module string) (*saturation
 		return nil, err
 	}
 	res := &saturationResult{}
-	mem := func(when string) {
-		m := satMemory{When: when}
-		if page, err := fetchPage(ctx, "http://"+st.a.metrics+"/metrics"); err == nil {
-			m.ExtProc, _ = promSum(page, "process_resident_memory_bytes")
-		}
-		if page, err := fetchPage(ctx, "http://"+st.a.xdsMetrics+"/metrics"); err == nil {
-			m.XDS, _ = promSum(page, "process_resident_memory_bytes")
-		}
-		m.Envoy = envoyHeap(ctx, st.a.admin)
-		res.Memory = append(res.Memory, m)
-	}
-	mem("before")
+	res.Memory = append(res.Memory, readMemory(ctx, st, "before"))
 	var peakMu sync.Mutex
 	peak := satMemory{When: "peak (overload)"}
 	for i, ph := range satPhases {
@@ -130,14 +119,7 @@ func runSaturation(ctx context.Context, c e2eConfig, module string) (*saturation
 						return
 					case <-tick.C:
 					}
-					var m satMemory
-					if page, err := fetchPage(ctx, "http://"+st.a.metrics+"/metrics"); err == nil {
-						m.ExtProc, _ = promSum(page, "process_resident_memory_bytes")
-					}
-					if page, err := fetchPage(ctx, "http://"+st.a.xdsMetrics+"/metrics"); err == nil {
-						m.XDS, _ = promSum(page, "process_resident_memory_bytes")
-					}
-					m.Envoy = envoyHeap(ctx, st.a.admin)
+					m := readMemory(ctx, st, "")
 					peakMu.Lock()
 					peak.ExtProc, peak.XDS, peak.Envoy = max(peak.ExtProc, m.ExtProc), max(peak.XDS, m.XDS), max(peak.Envoy, m.Envoy)
 					peakMu.Unlock()
@@ -158,9 +140,22 @@ func runSaturation(ctx context.Context, c e2eConfig, module string) (*saturation
 		}
 		c.log.Info("saturation", "phase", ph.Name, "sent", len(outcomes))
 	}
-	res.Memory = append(res.Memory, peak)
-	mem("after")
+	res.Memory = append(res.Memory, peak, readMemory(ctx, st, "after"))
 	return res, nil
+}
+
+// readMemory reads the memory of the stack's processes (0 for one that
+// does not answer).
+func readMemory(ctx context.Context, st *chaosStack, when string) satMemory {
+	m := satMemory{When: when}
+	if page, err := fetchPage(ctx, "http://"+st.a.metrics+"/metrics"); err == nil {
+		m.ExtProc, _ = promSum(page, "process_resident_memory_bytes")
+	}
+	if page, err := fetchPage(ctx, "http://"+st.a.xdsMetrics+"/metrics"); err == nil {
+		m.XDS, _ = promSum(page, "process_resident_memory_bytes")
+	}
+	m.Envoy = envoyHeap(ctx, st.a.admin)
+	return m
 }
 
 // envoyHeap is Envoy's heap in use (admin /memory), 0 if unknown.
