@@ -166,6 +166,11 @@ func (s *Server) prepareKey(st *state, w *work) {
 	if !st.cache.on || s.cache == nil || c.noStore {
 		return
 	}
+	if c.cred == "" {
+		// No credential and no tenant header: clients cannot be told
+		// apart, so one would be served another's answers.
+		return
+	}
 	if !c.optIn && !w.req.TemperatureZero {
 		// Not reusable: the routing parse already read the temperature,
 		// so most requests never pay for the canonical form.

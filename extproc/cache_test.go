@@ -121,7 +121,8 @@ func TestCachePhases(t *testing.T) {
 		wantBodyPhase bool
 	}{
 		{"temperature 0: stored", temp0("q1", nil), auth, true, true, "200", "application/json", true},
-		{"opt-in header", chat("auto", "q2", nil), map[string]string{"x-detour-cacheable": "true"}, true, true, "200", "application/json", true},
+		{"opt-in header", chat("auto", "q2", nil), map[string]string{"x-detour-cacheable": "true", "x-api-key": "k"}, true, true, "200", "application/json", true},
+		{"no credential, no tenant: clients cannot be told apart, nothing stored", temp0("q2b", nil), nil, true, false, "", "", false},
 		{"default temperature: closed after routing", chat("auto", "q3", nil), auth, true, false, "", "", false},
 		{"no-store: no response phase", temp0("q4", nil), map[string]string{"cache-control": "no-store"}, false, false, "", "", false},
 		{"error answer: no body phase", temp0("q5", nil), auth, true, true, "400", "application/json", false},
@@ -231,7 +232,8 @@ func TestCacheTTL(t *testing.T) {
 	p.Routes[0].Cache.TTL = policy.Duration(time.Minute)
 	ch := newCacheHarness(t, p, nil)
 	body := temp0("ttl question", nil)
-	ch.store(t, body, nil, "200", "application/json", answerJSON)
+	auth := map[string]string{"authorization": "Bearer sk-a"}
+	ch.store(t, body, auth, "200", "application/json", answerJSON)
 	waitStored(t, ch, 1)
 	tests := []struct {
 		name    string
@@ -239,9 +241,9 @@ func TestCacheTTL(t *testing.T) {
 		headers map[string]string
 		hit     bool
 	}{
-		{"fresh", 10 * time.Second, nil, true},
-		{"no-cache asks for a fresh answer", 0, map[string]string{"cache-control": "no-cache"}, false},
-		{"past the TTL", time.Minute, nil, false},
+		{"fresh", 10 * time.Second, auth, true},
+		{"no-cache asks for a fresh answer", 0, map[string]string{"cache-control": "no-cache", "authorization": "Bearer sk-a"}, false},
+		{"past the TTL", time.Minute, auth, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -268,10 +270,11 @@ func TestCacheStoresStreams(t *testing.T) {
 		`{"id":"s","object":"chat.completion.chunk","created":1,"model":"fast-8k","choices":[{"index":0,"delta":{"content":"llo"},"finish_reason":"stop"}]}` + "\n\n",
 		"data: [DONE]\n\n",
 	}
-	ch.store(t, body, nil, "200", "text/event-stream", events...)
+	auth := map[string]string{"authorization": "Bearer sk-a"}
+	ch.store(t, body, auth, "200", "text/event-stream", events...)
 	waitStored(t, ch, 1)
 	// A non-streaming request for the same question shares the entry.
-	s, _, _ := ch.request(t, temp0("stream me", nil), nil)
+	s, _, _ := ch.request(t, temp0("stream me", nil), auth)
 	r := s.exchange(responseHeadersMsg("502", "text/plain"))
 	imm := r.GetImmediateResponse()
 	if imm == nil || !strings.Contains(string(imm.Body), `"content":"Hello"`) || !strings.Contains(string(imm.Body), `"object":"chat.completion"`) {
@@ -279,7 +282,7 @@ func TestCacheStoresStreams(t *testing.T) {
 	}
 	s.close()
 	// An incomplete stream (no [DONE]) is not stored.
-	ch.store(t, temp0("cut short", obj{"stream": true}), nil, "200", "text/event-stream", events[0], events[1])
+	ch.store(t, temp0("cut short", obj{"stream": true}), auth, "200", "text/event-stream", events[0], events[1])
 	time.Sleep(50 * time.Millisecond)
 	if ch.mem.Len() != 1 {
 		t.Errorf("an incomplete stream was stored")

@@ -16,6 +16,7 @@ import (
 	"math"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 )
 
 // KeyPrefix starts every key; the version changes when the canonical form
@@ -54,6 +55,12 @@ type Request struct {
 // ErrNotObject: the body is not a JSON object.
 var ErrNotObject = errors.New("respcache: request body is not a JSON object")
 
+// ErrNotReusable: the request asks for something a stored answer does not
+// carry faithfully (log probabilities, audio), or its text does not
+// survive decoding (invalid UTF-8 or a lone surrogate escape, which
+// encoding/json turns into U+FFFD, so different prompts would share a key).
+var ErrNotReusable = errors.New("respcache: request cannot be answered from the cache")
+
 // maxDepth bounds nesting: the canonical writer recurses.
 const maxDepth = 64
 
@@ -73,6 +80,9 @@ func Parse(body []byte) (Request, error) {
 	if !ok {
 		return r, ErrNotObject
 	}
+	if !utf8.Valid(body) || notReusable(obj) {
+		return r, ErrNotReusable
+	}
 	if s, ok := obj["stream"].(bool); ok {
 		r.Stream = s
 	}
@@ -89,7 +99,30 @@ func Parse(body []byte) (Request, error) {
 		return r, err
 	}
 	r.Canonical = buf.Bytes()
+	if bytes.ContainsRune(r.Canonical, utf8.RuneError) {
+		return r, ErrNotReusable
+	}
 	return r, nil
+}
+
+// notReusable: the stored answer would lose what the request asks for
+// (the assembled and replayed answers keep no logprobs and no audio).
+func notReusable(obj map[string]any) bool {
+	if lp, ok := obj["logprobs"].(bool); ok && lp {
+		return true
+	}
+	if _, ok := obj["top_logprobs"]; ok {
+		return true
+	}
+	if m, ok := obj["modalities"].([]any); ok {
+		for _, x := range m {
+			if x == "audio" {
+				return true
+			}
+		}
+	}
+	_, audio := obj["audio"]
+	return audio
 }
 
 // writeCanonical writes v with sorted object keys and canonical numbers.

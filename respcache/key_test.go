@@ -1,6 +1,7 @@
 package respcache
 
 import (
+	"errors"
 	"strings"
 	"testing"
 )
@@ -57,6 +58,30 @@ func TestParseCanonical(t *testing.T) {
 				t.Errorf("temperature = %v %v", ra.HasTemperature, ra.Temperature)
 			}
 		})
+	}
+}
+
+// Requests a stored answer cannot serve faithfully get no key.
+func TestParseNotReusable(t *testing.T) {
+	for _, body := range []string{
+		`{"model":"m","temperature":0,"logprobs":true,"messages":[]}`,
+		`{"model":"m","temperature":0,"top_logprobs":3,"messages":[]}`,
+		`{"model":"m","temperature":0,"modalities":["text","audio"],"messages":[]}`,
+		`{"model":"m","temperature":0,"audio":{"voice":"x"},"messages":[]}`,
+		`{"model":"m","messages":[{"role":"user","content":"\ud83d"}]}`,             // a lone surrogate: decodes to U+FFFD
+		"{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"\xff\"}]}", // invalid UTF-8
+	} {
+		if _, err := Parse([]byte(body)); !errors.Is(err, ErrNotReusable) {
+			t.Errorf("Parse(%q) = %v, want ErrNotReusable", body, err)
+		}
+	}
+	for _, body := range []string{
+		`{"model":"m","temperature":0,"logprobs":false,"messages":[]}`,
+		`{"model":"m","messages":[{"role":"user","content":"\ud83d\ude00 caf\u00e9"}]}`,
+	} {
+		if _, err := Parse([]byte(body)); err != nil {
+			t.Errorf("Parse(%q) = %v, want a key", body, err)
+		}
 	}
 }
 
