@@ -96,19 +96,21 @@ func (c *cacheState) queueFor(target string) policy.Queue {
 
 // cacheWork is the per-request cache state.
 type cacheWork struct {
-	cred      string // tenant credential from the headers (hashed into the key, never kept)
-	noStore   bool
-	noCache   bool
-	optIn     bool
-	key       string // "" when the request is not reusable
-	stream    bool
-	kind      string
-	target    string
-	capture   bool // the response body is being collected
-	sse       bool
-	tooBig    bool
-	respBody  []byte
-	respLimit int
+	cred    string // tenant credential from the headers (hashed into the key, never kept)
+	noStore bool
+	noCache bool
+	optIn   bool
+	key     string // "" when the request is not reusable
+	stream  bool
+	// includeUsage: the streaming request asked for the usage chunk.
+	includeUsage bool
+	kind         string
+	target       string
+	capture      bool // the response body is being collected
+	sse          bool
+	tooBig       bool
+	respBody     []byte
+	respLimit    int
 }
 
 func (c *cacheWork) reset() {
@@ -183,7 +185,7 @@ func (s *Server) prepareKey(st *state, w *work) {
 	if !(c.optIn || (rq.HasTemperature && rq.Temperature == 0)) {
 		return
 	}
-	c.stream, c.kind, c.target = rq.Stream, w.req.Kind.String(), w.dec.Target
+	c.stream, c.includeUsage, c.kind, c.target = rq.Stream, rq.IncludeUsage, w.req.Kind.String(), w.dec.Target
 	if w.req.Kind == route.KindEmbedding && c.stream {
 		return
 	}
@@ -243,7 +245,7 @@ func (s *Server) serveCached(w *work, e respcache.Entry, result, why string, age
 	c := &w.cache
 	body, ctype := e.Body, "application/json"
 	if c.stream {
-		replay, err := respcache.ReplaySSE(c.kind, e.Body)
+		replay, err := respcache.ReplaySSE(c.kind, e.Body, c.includeUsage)
 		if err != nil {
 			s.cache.Count(respcache.ResultMiss)
 			return nil

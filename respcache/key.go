@@ -44,8 +44,9 @@ type Request struct {
 	// question have the same canonical form.
 	Canonical []byte
 	// Stream is the request's "stream" flag: a cached answer to it is
-	// replayed as server-sent events.
-	Stream bool
+	// replayed as server-sent events. IncludeUsage is its
+	// stream_options.include_usage: the replay ends with the usage chunk.
+	Stream, IncludeUsage bool
 	// Temperature is the request's temperature; HasTemperature false when
 	// absent (OpenAI's default is 1: not reusable).
 	Temperature    float64
@@ -85,6 +86,9 @@ func Parse(body []byte) (Request, error) {
 	}
 	if s, ok := obj["stream"].(bool); ok {
 		r.Stream = s
+	}
+	if so, ok := obj["stream_options"].(map[string]any); ok {
+		r.IncludeUsage, _ = so["include_usage"].(bool)
 	}
 	if t, ok := obj["temperature"].(json.Number); ok {
 		if f, err := t.Float64(); err == nil {

@@ -252,9 +252,11 @@ func AssembleSSE(kind string, stream []byte) ([]byte, error) {
 
 // ReplaySSE turns a stored JSON answer of kind into an event stream: per
 // choice a chunk with the role, one with the whole content (or tool calls),
-// one with the finish reason, then the usage if the answer had one, then
-// [DONE].
-func ReplaySSE(kind string, answer []byte) ([]byte, error) {
+// one with the finish reason, then, when the request asked for it
+// (stream_options.include_usage) and the answer has one, the usage chunk
+// (choices empty, as OpenAI sends it: a client that did not ask for it may
+// read choices[0] of every chunk), then [DONE].
+func ReplaySSE(kind string, answer []byte, includeUsage bool) ([]byte, error) {
 	var buf bytes.Buffer
 	emit := func(v any) error {
 		b, err := json.Marshal(v)
@@ -299,7 +301,7 @@ func ReplaySSE(kind string, answer []byte) ([]byte, error) {
 				return nil, err
 			}
 		}
-		if len(a.Usage) > 0 && string(a.Usage) != "null" {
+		if includeUsage && len(a.Usage) > 0 && string(a.Usage) != "null" {
 			c := base
 			c.Choices, c.Usage = []sseChoice{}, a.Usage
 			if err := emit(c); err != nil {
@@ -325,7 +327,7 @@ func ReplaySSE(kind string, answer []byte) ([]byte, error) {
 				return nil, err
 			}
 		}
-		if len(a.Usage) > 0 && string(a.Usage) != "null" {
+		if includeUsage && len(a.Usage) > 0 && string(a.Usage) != "null" {
 			c := base
 			c.Choices, c.Usage = []sseChoice{}, a.Usage
 			if err := emit(c); err != nil {

@@ -79,7 +79,7 @@ func TestReplayRoundTrip(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		replay, err := ReplaySSE(tt.kind, answer)
+		replay, err := ReplaySSE(tt.kind, answer, true)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -94,15 +94,34 @@ func TestReplayRoundTrip(t *testing.T) {
 			t.Errorf("round trip changed the answer:\n%s\n%s", answer, again)
 		}
 	}
-	if _, err := ReplaySSE("chat", []byte(`{"choices":[]}`)); err == nil {
+	if _, err := ReplaySSE("chat", []byte(`{"choices":[]}`), true); err == nil {
 		t.Error("replay of an answer without choices")
+	}
+}
+
+// The usage chunk (choices empty) is replayed only to a request that asked
+// for it: a client that did not may read choices[0] of every chunk.
+func TestReplayUsageOnlyWhenAsked(t *testing.T) {
+	answer := []byte(`{"id":"p","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}`)
+	for _, include := range []bool{false, true} {
+		replay, err := ReplaySSE("chat", answer, include)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := strings.Contains(string(replay), `"choices":[]`); got != include {
+			t.Errorf("include_usage %v: usage chunk present %v\n%s", include, got, replay)
+		}
+	}
+	r, err := Parse([]byte(`{"model":"m","stream":true,"stream_options":{"include_usage":true},"messages":[]}`))
+	if err != nil || !r.IncludeUsage || !r.Stream {
+		t.Errorf("Parse: %+v, %v", r, err)
 	}
 }
 
 // A non-streaming answer from a provider (not from AssembleSSE) replays too.
 func TestReplayProviderAnswer(t *testing.T) {
 	answer := `{"id":"p","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"hi","annotations":[]},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}`
-	replay, err := ReplaySSE("chat", []byte(answer))
+	replay, err := ReplaySSE("chat", []byte(answer), true)
 	if err != nil {
 		t.Fatal(err)
 	}
