@@ -289,6 +289,51 @@ func TestCacheStoresStreams(t *testing.T) {
 	}
 }
 
+// A waiter whose wait ends while others are being released leaves with its
+// timeout at once: it is not taken off the queue before its turn.
+func TestQueueTimeoutDuringReleases(t *testing.T) {
+	q := newQueue(nil)
+	q.pace, q.gap = 0, time.Second
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var open atomic.Bool
+	open.Store(true)
+	ready := func() bool { return !open.Load() }
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, _, done := q.wait(ctx, "r", "critical", 5*time.Second, 10, ready)
+			time.Sleep(300 * time.Millisecond) // a slow answer holds the next release
+			done()
+		}()
+	}
+	for {
+		q.mu.Lock()
+		n := len(q.routes["r"])
+		q.mu.Unlock()
+		if n == 2 {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	go q.run(ctx)
+	start := time.Now()
+	res := make(chan string, 1)
+	go func() {
+		out, _, _ := q.wait(ctx, "r", "sheddable", 150*time.Millisecond, 10, ready)
+		res <- out
+	}()
+	time.Sleep(20 * time.Millisecond)
+	open.Store(false)
+	q.Notify()
+	if out := <-res; out != queueTimeout || time.Since(start) > time.Second {
+		t.Errorf("the last waiter: %s after %v, want a timeout at its 150ms", out, time.Since(start))
+	}
+	wg.Wait()
+}
+
 func TestQueueUnit(t *testing.T) {
 	q := newQueue(nil)
 	q.pace = 0

@@ -2,7 +2,6 @@ package extproc
 
 import (
 	"context"
-	"sort"
 	"strconv"
 	"sync"
 	"time"
@@ -93,29 +92,16 @@ func (q *queue) run(ctx context.Context) {
 	}
 }
 
+// dispatch releases ready waiters one at a time, best priority first.
+// Each is taken off its route's list only when its turn comes, so one
+// whose wait ends meanwhile finds itself still queued and leaves with its
+// timeout at once, and nothing is left taken but unreleased when ctx ends.
 func (q *queue) dispatch(ctx context.Context) {
-	q.mu.Lock()
-	var due []*waiter
-	for route, ws := range q.routes {
-		keep := ws[:0]
-		for _, w := range ws {
-			if w.ready() {
-				due = append(due, w)
-			} else {
-				keep = append(keep, w)
-			}
+	for ctx.Err() == nil {
+		w := q.takeNext()
+		if w == nil {
+			return
 		}
-		q.routes[route] = keep
-		q.setDepth(route, len(keep))
-	}
-	q.mu.Unlock()
-	sort.Slice(due, func(i, j int) bool {
-		if due[i].prio != due[j].prio {
-			return due[i].prio < due[j].prio
-		}
-		return due[i].seq < due[j].seq
-	})
-	for _, w := range due {
 		close(w.go_)
 		select {
 		case <-w.sent:
@@ -125,6 +111,30 @@ func (q *queue) dispatch(ctx context.Context) {
 		}
 		time.Sleep(q.pace)
 	}
+}
+
+// takeNext removes and returns the ready waiter with the best priority
+// (then the oldest), or nil.
+func (q *queue) takeNext() *waiter {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	var best *waiter
+	var bestRoute string
+	var bestIdx int
+	for route, ws := range q.routes {
+		for i, w := range ws {
+			if (best == nil || w.prio < best.prio || (w.prio == best.prio && w.seq < best.seq)) && w.ready() {
+				best, bestRoute, bestIdx = w, route, i
+			}
+		}
+	}
+	if best == nil {
+		return nil
+	}
+	ws := q.routes[bestRoute]
+	q.routes[bestRoute] = append(ws[:bestIdx], ws[bestIdx+1:]...)
+	q.setDepth(bestRoute, len(ws)-1)
+	return best
 }
 
 func (q *queue) setDepth(route string, n int) {
