@@ -106,6 +106,7 @@ type Controller struct {
 	machine   *health.Machine
 	healthCfg health.Config
 	tuner     *tuner
+	endpoints *endpointJudge
 
 	started     time.Time
 	lastGood    time.Time
@@ -125,6 +126,7 @@ func New(cfg Config) (*Controller, error) {
 	c := &Controller{
 		cfg: cfg, log: cfg.Log, now: cfg.Clock,
 		tuner:       newTuner(),
+		endpoints:   newEndpointJudge(cfg.Log, cfg.Metrics.EndpointOuts),
 		transitions: map[string][]healthview.Transition{},
 		probes:      map[string]*probeBook{},
 		probing:     map[string]bool{},
@@ -132,6 +134,7 @@ func New(cfg Config) (*Controller, error) {
 	}
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
+		c.endpoints.log = c.log
 	}
 	if c.now == nil {
 		c.now = time.Now
@@ -207,6 +210,7 @@ func (c *Controller) apply(p *policy.Policy) error {
 		for _, b := range c.policy.Backends {
 			if !slices.ContainsFunc(p.Backends, func(n policy.Backend) bool { return n.Name == b.Name }) {
 				c.machine.Forget(b.Name)
+				c.endpoints.forget(b.Name)
 				delete(c.probes, b.Name)
 				delete(c.transitions, b.Name)
 			}
@@ -293,8 +297,12 @@ func (c *Controller) Step(ctx context.Context) error {
 				s.Stale = false
 			}
 		}
-		obs = append(obs, c.observation(b.Name, s, now))
-		inputs = append(inputs, backendInput{name: b.Name, stats: s, hosts: hostWin[b.Name], endpoints: len(b.Endpoints)})
+		o := c.observation(b.Name, s, now)
+		x := backendInput{name: b.Name, stats: s, hosts: hostWin[b.Name], endpoints: len(b.Endpoints)}
+		x.out = c.endpoints.judge(p, &c.healthCfg, &x, &o, now)
+		c.cfg.Metrics.EndpointsOut.WithLabelValues(b.Name).Set(float64(len(x.out)))
+		obs = append(obs, o)
+		inputs = append(inputs, x)
 	}
 	for _, t := range c.machine.ObserveAll(obs, nil) {
 		c.record(t)
@@ -346,11 +354,11 @@ func (c *Controller) push(ctx context.Context, next *xds.Control) error {
 		if prev != nil {
 			old = prev.Backends[name]
 		}
-		if old.Health != bc.Health || !reflect.DeepEqual(old.EndpointWeights, bc.EndpointWeights) {
+		if old.Health != bc.Health || !reflect.DeepEqual(old.EndpointWeights, bc.EndpointWeights) || !reflect.DeepEqual(old.EndpointsOut, bc.EndpointsOut) {
 			endpoints = true
 		}
 		o, n := old, bc
-		o.Health, o.EndpointWeights, n.Health, n.EndpointWeights = 0, nil, 0, nil
+		o.Health, o.EndpointWeights, o.EndpointsOut, n.Health, n.EndpointWeights, n.EndpointsOut = 0, nil, nil, 0, nil, nil
 		if !reflect.DeepEqual(o, n) {
 			clusters = true
 		}
@@ -412,6 +420,7 @@ func (c *Controller) publish(p *policy.Policy, now time.Time, serr error, in []b
 		if pb := c.probes[x.name]; pb != nil {
 			b.Probes = pb.recent
 		}
+		b.EndpointsOut = c.endpoints.out(x.name, now)
 		v.Backends[x.name] = b
 		sig = append(sig, fmt.Sprint(x.name, b.State, b.Throttled))
 

@@ -489,3 +489,109 @@ func TestEndpointWeightsFollowErrorRate(t *testing.T) {
 		t.Errorf("recovered endpoints still weighted: %v", got)
 	}
 }
+
+// withHosts gives h's controller an endpoint source.
+func (h *harness) withHosts(hosts HostSource) {
+	h.t.Helper()
+	h.c.cfg.NewHosts = func(*policy.Policy) (HostSource, error) { return hosts, nil }
+	h.c.sourceKey = "" // rebuild the sources with the hosts
+	if err := h.c.apply(h.p); err != nil {
+		h.t.Fatal(err)
+	}
+}
+
+// A lost region: fast's east endpoint takes requests and answers none, its
+// west one serves. The east endpoint is pushed UNHEALTHY on its own, its
+// timeouts do not open fast, and a backend with nothing else (fast-b, one
+// endpoint, silent too) opens. Back after its cool-down, an endpoint that
+// answers stays in.
+func TestEndpointOutOfService(t *testing.T) {
+	p := quickstart(t)
+	const east, west = "127.0.0.1:8101", "127.0.0.1:8111"
+	p.Backends[0].Endpoints = append(p.Backends[0].Endpoints, policy.Endpoint{Address: west, Region: "local"})
+	silent := signals.HostWindow{Requests: 200, Errors: 150, TotalRequests: 1200, TotalErrors: 150, Active: 40, Started: 60, Unanswered: 3 * time.Second}
+	hosts := &fakeHosts{w: map[string]map[string]signals.HostWindow{
+		"fast":   {east: silent, west: {Requests: 400, TotalRequests: 2400}},
+		"fast-b": {"127.0.0.1:8102": {Requests: 50, TotalRequests: 300, Active: 5, Started: 10, Unanswered: 3 * time.Second}},
+		// A long answer alone in flight is no silence.
+		"long": {"127.0.0.1:8103": {Requests: 1, TotalRequests: 1, Active: 1, Started: 1, Unanswered: 20 * time.Second}},
+	}}
+	h := newHarness(t, p, nil)
+	h.withHosts(hosts)
+	var tf, tb traffic
+	measured := func(s signals.Stats) signals.Stats {
+		s.P95, s.LatencySamples = 80*time.Millisecond, 500
+		return s
+	}
+	h.src.stats["fast"] = measured(tf.window("fast", 600, 150)) // the east endpoint's timeouts: 25 % of the backend
+	h.src.stats["fast-b"] = measured(tb.window("fast-b", 50, 0))
+	h.step(time.Second)
+
+	out := h.push.last.Backends["fast"].EndpointsOut
+	if !out[east] || out[west] || len(out) != 1 {
+		t.Fatalf("fast's endpoints out: %v, want only %s", out, east)
+	}
+	v := h.pub.Current()
+	if st := v.Backends["fast"].State; st != healthview.Healthy {
+		t.Errorf("fast is %s (%s), want HEALTHY: its west endpoint serves without error", st, v.Backends["fast"].Reason)
+	}
+	if eo := v.Backends["fast"].EndpointsOut; len(eo) != 1 || eo[0].Endpoint != east || !strings.Contains(eo[0].Reason, "no answer for 3s to 60 attempts") {
+		t.Errorf("view's endpoints out: %+v", eo)
+	}
+	if b := v.Backends["fast-b"]; b.State != healthview.Open || !strings.Contains(b.Reason, "no answer for 3s") {
+		t.Errorf("fast-b: %s (%s), want OPEN for answering nothing", b.State, b.Reason)
+	}
+	if got := h.push.last.Backends["fast-b"].EndpointsOut; got != nil {
+		t.Errorf("a backend with nothing else serving had an endpoint pushed apart: %v", got)
+	}
+	if st := v.Backends["long"].State; st != healthview.Healthy {
+		t.Errorf("long (one answer in flight for 20 s) is %s", st)
+	}
+	if n := testutil.ToFloat64(h.m.EndpointOuts.WithLabelValues("fast", "unanswering")); n != 1 {
+		t.Errorf("endpoint outs counted %v", n)
+	}
+
+	// While out, what it did stays out of fast's figures: more timeouts
+	// arrive in the backend's counts, none in a healthy endpoint's.
+	for range 5 {
+		silent.TotalRequests += 10
+		silent.TotalErrors += 10
+		hosts.w["fast"][east] = silent
+		h.src.stats["fast"] = measured(tf.window("fast", 600, 150))
+		h.step(time.Second)
+	}
+	if st := h.pub.Current().Backends["fast"].State; st != healthview.Healthy {
+		t.Errorf("fast is %s while only its out endpoint fails", st)
+	}
+
+	// After the cool-down it answers again: back in service.
+	hosts.w["fast"][east] = signals.HostWindow{Requests: 100, TotalRequests: 1400, TotalErrors: 200}
+	h.step(5 * time.Second)
+	if got := h.push.last.Backends["fast"].EndpointsOut; got != nil {
+		t.Errorf("recovered endpoint still out: %v", got)
+	}
+}
+
+// In a backend of several endpoints, one whose own error rate opens the
+// circuit is taken out; a backend of one is judged whole.
+func TestEndpointErringOut(t *testing.T) {
+	p := quickstart(t)
+	const a, b = "127.0.0.1:8101", "127.0.0.1:8111"
+	p.Backends[0].Endpoints = append(p.Backends[0].Endpoints, policy.Endpoint{Address: b, Region: "local"})
+	hosts := &fakeHosts{w: map[string]map[string]signals.HostWindow{
+		"fast":   {a: {Requests: 100, Errors: 40}, b: {Requests: 100}},
+		"fast-b": {"127.0.0.1:8102": {Requests: 100, Errors: 40}},
+	}}
+	h := newHarness(t, p, nil)
+	h.withHosts(hosts)
+	h.step(time.Second)
+	if out := h.push.last.Backends["fast"].EndpointsOut; !out[a] || len(out) != 1 {
+		t.Errorf("fast's endpoints out: %v, want %s", out, a)
+	}
+	if eo := h.pub.Current().Backends["fast"].EndpointsOut; len(eo) != 1 || !strings.Contains(eo[0].Reason, "error rate 40.0% > 25%") {
+		t.Errorf("reason: %+v", eo)
+	}
+	if out := h.push.last.Backends["fast-b"].EndpointsOut; out != nil {
+		t.Errorf("single endpoint taken out on its own: %v", out)
+	}
+}

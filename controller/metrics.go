@@ -15,6 +15,8 @@ type Metrics struct {
 	Setting      *prometheus.GaugeVec
 	Shed         *prometheus.GaugeVec
 	Probes       *prometheus.CounterVec
+	EndpointOuts *prometheus.CounterVec
+	EndpointsOut *prometheus.GaugeVec
 
 	// detour's view of each backend, as the controller judged it.
 	Requests  *prometheus.GaugeVec
@@ -60,14 +62,19 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "detour_probe_results_total",
 			Help: "Health probe results by backend, probe and result (ok, failed, slow).",
 		}, []string{"backend", "probe", "result"}),
-		Requests:  gauge("detour_backend_window_requests", "Requests to each backend over the controller's window (Envoy's counts, retried attempts included).", "backend"),
-		ErrorRate: gauge("detour_backend_error_ratio", "Each backend's error rate over the controller's window.", "backend"),
-		P95:       gauge("detour_backend_response_p95_seconds", "Each backend's upstream response time p95 over the window (Envoy's histogram).", "backend"),
-		TTFT:      gauge("detour_backend_ttft_p95_seconds", "Each backend's time to first token p95 over the window (detour's measurements; probes when idle).", "backend"),
-		Rate:      gauge("detour_backend_output_tokens_per_second", "Each backend's median generation rate over the window (detour's measurements; probes when idle).", "backend"),
-		Total:     gauge("detour_backend_total_time_p95_seconds", "Each backend's total response time p95 over the window (detour's measurements; probes when idle).", "backend"),
+		EndpointOuts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "detour_controller_endpoint_outs_total",
+			Help: "Endpoints taken out of service on their own (answering nothing, or a backend's endpoint erring), by backend and cause (unanswering, erring); each is also one log line.",
+		}, []string{"backend", "cause"}),
+		EndpointsOut: gauge("detour_controller_endpoints_out", "Endpoints of each backend currently out of service (pushed UNHEALTHY while the backend's others serve).", "backend"),
+		Requests:     gauge("detour_backend_window_requests", "Requests to each backend over the controller's window (Envoy's counts, retried attempts included).", "backend"),
+		ErrorRate:    gauge("detour_backend_error_ratio", "Each backend's error rate over the controller's window.", "backend"),
+		P95:          gauge("detour_backend_response_p95_seconds", "Each backend's upstream response time p95 over the window (Envoy's histogram).", "backend"),
+		TTFT:         gauge("detour_backend_ttft_p95_seconds", "Each backend's time to first token p95 over the window (detour's measurements; probes when idle).", "backend"),
+		Rate:         gauge("detour_backend_output_tokens_per_second", "Each backend's median generation rate over the window (detour's measurements; probes when idle).", "backend"),
+		Total:        gauge("detour_backend_total_time_p95_seconds", "Each backend's total response time p95 over the window (detour's measurements; probes when idle).", "backend"),
 	}
 	reg.MustRegister(m.State, m.Transitions, m.Evaluations, m.EvalTime, m.SignalErrors, m.SignalAge, m.Pushes,
-		m.Setting, m.Shed, m.Probes, m.Requests, m.ErrorRate, m.P95, m.TTFT, m.Rate, m.Total)
+		m.Setting, m.Shed, m.Probes, m.EndpointOuts, m.EndpointsOut, m.Requests, m.ErrorRate, m.P95, m.TTFT, m.Rate, m.Total)
 	return m
 }

@@ -68,6 +68,8 @@ type backendInput struct {
 	// endpoints is how many the policy gives it.
 	hosts     map[string]signals.HostWindow
 	endpoints int
+	// out are endpoints out of service on their own, with why.
+	out map[string]string
 }
 
 // tune computes the control for every backend, with explanations.
@@ -104,6 +106,13 @@ func (t *tuner) tune(p *policy.Policy, in []backendInput) (*xds.Control, map[str
 
 		bc.Health = edsHealth(x.status.State)
 		add("endpoint_health", bc.Health.String(), "backend is "+x.status.State.String())
+		if len(x.out) > 0 {
+			bc.EndpointsOut = map[string]bool{}
+			for _, ep := range sortedKeys(x.out) {
+				bc.EndpointsOut[ep] = true
+				add("endpoint_health "+ep, corev3.HealthStatus_UNHEALTHY.String(), "out of service: "+x.out[ep])
+			}
+		}
 
 		base := p.OutlierDetection.ConsecutiveErrors
 		n := b.OutlierConsecutiveErrors.Clamp(base - x.status.Opens)

@@ -106,6 +106,9 @@ func (m *Machine) observe(now time.Time, o *Observation) (Transition, bool) {
 				fmt.Sprintf("cool-down %v elapsed (opening %d in a row)", m.cfg.coolDown(b.opens), b.opens))
 		}
 	case HalfOpen:
+		if o.Unresponsive != "" {
+			return m.open(b, o.Backend, now, o.Unresponsive+" in HALF_OPEN")
+		}
 		if b.err > 0 {
 			return m.open(b, o.Backend, now, fmt.Sprintf("%d of %d trial requests failed in HALF_OPEN", b.err, b.req))
 		}
@@ -123,6 +126,9 @@ func (m *Machine) observe(now time.Time, o *Observation) (Transition, bool) {
 				return m.move(b, o.Backend, Degraded, now, fmt.Sprintf("signals stale: %v old", round(o.Age)))
 			}
 			return Transition{}, false // no verdict on stale data
+		}
+		if o.Unresponsive != "" {
+			return m.open(b, o.Backend, now, o.Unresponsive)
 		}
 		req, errs, fails, since := m.counts(b, o, now)
 		if req >= m.cfg.MinRequests && ratio(errs, req) > m.cfg.OpenErrorRate {

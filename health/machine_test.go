@@ -104,6 +104,13 @@ func TestTransitions(t *testing.T) {
 		{name: "failures per minute open a busy backend", steps: []step{
 			{obs: func() Observation { o := obs(2000, 60); o.Failures = 51; return o }(), want: "HEALTHY→OPEN", reason: "51 failures in the last minute > 50"},
 		}},
+		{name: "an unresponsive backend opens without any error", steps: []step{
+			{obs: func() Observation { o := obs(100, 0); o.Unresponsive = "no answer for 3s"; return o }(), want: "HEALTHY→OPEN", reason: "no answer for 3s; cool-down 10s"},
+		}},
+		{name: "an unresponsive backend in HALF_OPEN opens again", steps: append(openBackend(),
+			step{after: 10 * time.Second, obs: obs(100, 60).with(100, 60), want: "OPEN→HALF_OPEN"},
+			step{after: time.Second, obs: func() Observation { o := obs(100, 60).with(102, 60); o.Unresponsive = "no answer"; return o }(), want: "HALF_OPEN→OPEN", reason: "no answer in HALF_OPEN"},
+		)},
 		{name: "slow p95 degrades", steps: []step{{obs: slow(2500*time.Millisecond, 50), want: "HEALTHY→DEGRADED", reason: "p95 2.5s > 2s over 30s (n=50)"}}},
 		{name: "slow p95 from too few samples is not judged", steps: []step{{obs: slow(9*time.Second, 9)}}},
 		{name: "slow TTFT degrades", steps: []step{{obs: ttft, want: "HEALTHY→DEGRADED", reason: "TTFT 800ms > 500ms"}}},

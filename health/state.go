@@ -62,6 +62,12 @@ type Observation struct {
 	TokensPerSecond float64
 	TotalTime       time.Duration
 
+	// Unresponsive, when set, says why the backend as a whole is taking
+	// requests and answering none (every endpoint silent): a black hole
+	// or a stalled server produces no errors to count, so this opens the
+	// circuit on its own.
+	Unresponsive string
+
 	// TotalRequests and TotalErrors are monotonic counts of outcomes
 	// (Envoy's, restart-corrected, plus probe results). The machine takes
 	// their increase between two observations as the new outcomes, which

@@ -69,6 +69,17 @@ type Backend struct {
 	Transitions []Transition `json:"transitions,omitempty"`
 	// Probes are the latest probe results, newest last.
 	Probes []Probe `json:"probes,omitempty"`
+	// EndpointsOut are the backend's endpoints taken out of service on
+	// their own (pushed UNHEALTHY while its others serve).
+	EndpointsOut []EndpointOut `json:"endpoints_out,omitempty"`
+}
+
+// EndpointOut is one endpoint out of service, why, and until when.
+type EndpointOut struct {
+	Endpoint string    `json:"endpoint"`
+	Reason   string    `json:"reason"`
+	Since    time.Time `json:"since"`
+	Until    time.Time `json:"until"`
 }
 
 // Signals are a backend's windowed measurements.

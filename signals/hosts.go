@@ -14,10 +14,13 @@ import (
 )
 
 // HostCounters are one endpoint's request outcomes as Envoy's admin
-// /clusters reports them: every attempt it served (rq_total) and those that
-// ended in a 5xx or a reset (rq_error), retried ones included.
+// /clusters reports them: every attempt it served (rq_total), those that
+// ended in a 5xx or a reset (rq_error), retried ones included, those that
+// were answered (rq_success), the attempts in flight now (rq_active), and
+// whether Envoy's outlier detection has ejected it.
 type HostCounters struct {
-	Total, Errors uint64
+	Total, Errors, Success, Active uint64
+	Ejected                        bool
 }
 
 // clustersJSON is the part of /clusters?format=json read here.
@@ -35,6 +38,9 @@ type clustersJSON struct {
 				Name  string `json:"name"`
 				Value string `json:"value"` // uint64 as a JSON string; absent when 0
 			} `json:"stats"`
+			HealthStatus struct {
+				FailedOutlierCheck bool `json:"failed_outlier_check"`
+			} `json:"health_status"`
 		} `json:"host_statuses"`
 	} `json:"cluster_statuses"`
 }
@@ -58,7 +64,7 @@ func ParseHosts(r io.Reader, backendOf BackendFunc) (map[string]map[string]HostC
 			if sa.Address == "" {
 				continue
 			}
-			var hc HostCounters
+			hc := HostCounters{Ejected: h.HealthStatus.FailedOutlierCheck}
 			for _, s := range h.Stats {
 				var dst *uint64
 				switch s.Name {
@@ -66,6 +72,10 @@ func ParseHosts(r io.Reader, backendOf BackendFunc) (map[string]map[string]HostC
 					dst = &hc.Total
 				case "rq_error":
 					dst = &hc.Errors
+				case "rq_success":
+					dst = &hc.Success
+				case "rq_active":
+					dst = &hc.Active
 				default:
 					continue
 				}
@@ -87,9 +97,24 @@ func ParseHosts(r io.Reader, backendOf BackendFunc) (map[string]map[string]HostC
 	return out, nil
 }
 
-// HostWindow is one endpoint's outcomes over a window.
+// HostWindow is one endpoint's outcomes over a window, summed across
+// Envoys, and what it is doing now.
 type HostWindow struct {
 	Requests, Errors uint64
+	// TotalRequests and TotalErrors are the counters themselves (summed),
+	// for callers that follow their increase between two collections.
+	TotalRequests, TotalErrors uint64
+	// Active attempts in flight now; Ejected by any Envoy's outlier
+	// detection.
+	Active  uint64
+	Ejected bool
+	// Unanswered is how long the endpoint has had attempts in flight
+	// without answering any (no rq_success moved), at the Envoy where
+	// that is shortest, and Started how many attempts it was sent
+	// meanwhile: a black hole or a stalled server keeps taking requests
+	// and finishes none. Zero when nothing is in flight.
+	Unanswered time.Duration
+	Started    uint64
 }
 
 // ErrorRate is Errors / Requests; 0 without requests.
@@ -182,11 +207,49 @@ func (s *HostSource) Collect(ctx context.Context, now time.Time) (map[string]map
 				w := out[b][h]
 				w.Requests += c.Total - base.Total
 				w.Errors += c.Errors - base.Errors
+				w.TotalRequests += c.Total
+				w.TotalErrors += c.Errors
+				w.Active += c.Active
+				w.Ejected = w.Ejected || c.Ejected
+				if c.Active > 0 {
+					quiet, started := unanswered(ss, b, h, now)
+					if w.Started == 0 || quiet < w.Unanswered {
+						w.Unanswered = quiet
+					}
+					w.Started += started
+				}
 				out[b][h] = w
 			}
 		}
 	}
 	return out, errors.Join(errs...)
+}
+
+// unanswered is how long, by one Envoy's samples ss (oldest first), host h
+// of backend b has had attempts in flight without answering any (its
+// rq_success has not moved), and how many attempts that silence covers
+// (in flight when it began, plus those sent since). It runs from the
+// oldest of the samples since the last answer that all had attempts in
+// flight, so a backend that just got its first request after an idle
+// spell is not silent before that request had time to be answered.
+func unanswered(ss []hostSample, b, h string, now time.Time) (time.Duration, uint64) {
+	cur := ss[len(ss)-1].counts[b][h]
+	from := -1
+	for i := len(ss) - 1; i >= 0; i-- {
+		c, ok := ss[i].counts[b][h]
+		if !ok || c.Success != cur.Success || c.Total > cur.Total {
+			break // answered (or restarted) between i and i+1
+		}
+		if c.Active == 0 {
+			break // nothing in flight then: the silence starts after
+		}
+		from = i
+	}
+	if from < 0 {
+		return 0, 0
+	}
+	base := ss[from].counts[b][h]
+	return now.Sub(ss[from].at), cur.Total - base.Total + base.Active
 }
 
 func (s *HostSource) scrape(ctx context.Context, admin string) (map[string]map[string]HostCounters, error) {

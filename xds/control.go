@@ -39,6 +39,10 @@ type Control struct {
 type BackendControl struct {
 	// Health is given to each of the backend's endpoints over EDS.
 	Health corev3.HealthStatus
+	// EndpointsOut are endpoints ("ip:port") pushed UNHEALTHY whatever
+	// Health says: taken out of service on their own while the backend's
+	// others serve.
+	EndpointsOut map[string]bool
 	// EndpointWeights are load-balancing weights by endpoint ("ip:port"),
 	// from each endpoint's own error rate, out of FullWeight; when any is
 	// set, an endpoint without one gets FullWeight.
@@ -87,7 +91,7 @@ func (bc BackendControl) applyCluster(c *clusterv3.Cluster) {
 
 // applyEndpoints lays bc over a backend's load assignment.
 func (bc BackendControl) applyEndpoints(cla *endpointv3.ClusterLoadAssignment) {
-	if cla == nil || (bc.Health == corev3.HealthStatus_UNKNOWN && len(bc.EndpointWeights) == 0) {
+	if cla == nil || (bc.Health == corev3.HealthStatus_UNKNOWN && len(bc.EndpointWeights) == 0 && len(bc.EndpointsOut) == 0) {
 		return
 	}
 	for _, l := range cla.Endpoints {
@@ -95,10 +99,18 @@ func (bc BackendControl) applyEndpoints(cla *endpointv3.ClusterLoadAssignment) {
 			if bc.Health != corev3.HealthStatus_UNKNOWN {
 				e.HealthStatus = bc.Health
 			}
-			if sa := e.GetEndpoint().GetAddress().GetSocketAddress(); sa != nil && len(bc.EndpointWeights) > 0 {
+			sa := e.GetEndpoint().GetAddress().GetSocketAddress()
+			if sa == nil {
+				continue
+			}
+			addr := net.JoinHostPort(sa.GetAddress(), strconv.Itoa(int(sa.GetPortValue())))
+			if bc.EndpointsOut[addr] {
+				e.HealthStatus = corev3.HealthStatus_UNHEALTHY
+			}
+			if len(bc.EndpointWeights) > 0 {
 				// Every endpoint gets a weight on the same scale: an unset
 				// one would count as 1 against the others' 100.
-				w := bc.EndpointWeights[net.JoinHostPort(sa.GetAddress(), strconv.Itoa(int(sa.GetPortValue())))]
+				w := bc.EndpointWeights[addr]
 				if w == 0 {
 					w = FullWeight
 				}
