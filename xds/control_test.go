@@ -9,6 +9,7 @@ import (
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/prometheus/client_golang/prometheus"
@@ -132,5 +133,24 @@ func TestControlVersionsByType(t *testing.T) {
 	}
 	if both[resourcev3.ListenerType] != base || both[resourcev3.RouteType] != base {
 		t.Errorf("cluster change moved listener or route versions: %v", both)
+	}
+}
+
+// An endpoint out of service on its own is UNHEALTHY whatever its
+// backend's health; its siblings keep the backend's.
+func TestControlEndpointsOut(t *testing.T) {
+	cla := &endpointv3.ClusterLoadAssignment{ClusterName: "alpha"}
+	for _, port := range []uint32{8001, 8002} {
+		cla.Endpoints = append(cla.Endpoints, &endpointv3.LocalityLbEndpoints{LbEndpoints: []*endpointv3.LbEndpoint{{
+			HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{Address: socketAddress("10.0.0.1", port)}},
+		}}})
+	}
+	BackendControl{Health: corev3.HealthStatus_HEALTHY, EndpointsOut: map[string]bool{"10.0.0.1:8001": true}}.applyEndpoints(cla)
+	got := []corev3.HealthStatus{cla.Endpoints[0].LbEndpoints[0].HealthStatus, cla.Endpoints[1].LbEndpoints[0].HealthStatus}
+	if got[0] != corev3.HealthStatus_UNHEALTHY || got[1] != corev3.HealthStatus_HEALTHY {
+		t.Errorf("health %v, want [UNHEALTHY HEALTHY]", got)
+	}
+	if w := cla.Endpoints[1].LbEndpoints[0].LoadBalancingWeight; w != nil {
+		t.Errorf("a weight was set without weights: %v", w)
 	}
 }
