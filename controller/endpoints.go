@@ -20,11 +20,12 @@ const (
 	// An endpoint is unanswering when it has had attempts in flight and
 	// answered none for unansweredFactor × its backend's response p95
 	// (at least minUnanswered), over at least minUnansweredAttempts
-	// attempts. Without a measured p95 the policy's total-time threshold
-	// stands in for it.
+	// attempts: requests keep arriving and none is answered, which long
+	// generations alone in flight never look like. Without a measured
+	// p95 the policy's total-time threshold stands in for it.
 	unansweredFactor      = 3
-	minUnanswered         = 2 * time.Second
-	minUnansweredAttempts = 2
+	minUnanswered         = time.Second
+	minUnansweredAttempts = 5
 )
 
 // endpointJudge takes single endpoints out of service: one that answers

@@ -19,11 +19,11 @@ func TestExtProcDownFailsClosed(t *testing.T) {
 	r := post(t, s.URL("/v1/chat/completions"), body)
 	took := time.Since(start)
 	assertOpenAIError(t, r, 503, "router_unavailable")
-	// Envoy first retries the processing stream (xds.extProcRetry: 6
-	// retries, jittered back-off of 50 ms up to 400 ms, at most ~1.6 s),
-	// which carries requests over a quick restart; past that, a dead
-	// processor must still fail fast.
-	if took > 2*time.Second {
+	// Envoy first retries the processing stream (xds.extProcRetry:
+	// jittered back-off of 50 ms up to 500 ms, inside the 4 s message
+	// timeout), which carries requests over a restart of a few seconds;
+	// past that, a dead processor must still fail, never hang.
+	if took > 5*time.Second {
 		t.Errorf("the 503 took %s; a dead processor must fail within the stream's retries", took)
 	}
 	for name, srv := range s.sims {

@@ -15,7 +15,7 @@ const (
 	DefaultMaxBodyBytes        Size = 8 << 20
 	DefaultOutputReserveTokens      = 1024
 	DefaultRequestTimeout           = 300 * time.Second
-	DefaultMessageTimeout           = 2 * time.Second
+	DefaultMessageTimeout           = 4 * time.Second
 	DefaultMaxConnections           = 50000
 
 	// Health thresholds ("health monitoring").

@@ -76,7 +76,7 @@ func TestParseQuickstart(t *testing.T) {
 		{"envoy.request_timeout", p.Envoy.RequestTimeout.D(), 300 * time.Second},
 		{"extproc.listen", p.ExtProc.Listen, "127.0.0.1:9002"},
 		{"extproc.metrics", p.ExtProc.Metrics, "127.0.0.1:9190"},
-		{"extproc.message_timeout", p.ExtProc.MessageTimeout.D(), 2 * time.Second},
+		{"extproc.message_timeout", p.ExtProc.MessageTimeout.D(), 4 * time.Second},
 		{"extproc.failure_mode_allow", p.ExtProc.FailureModeAllow, false},
 		{"extproc.log_prompts", p.ExtProc.LogPrompts, false},
 	}

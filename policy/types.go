@@ -286,8 +286,12 @@ type ExtProcSettings struct {
 	Replicas []string `yaml:"replicas,omitempty"`
 	// Metrics is the Prometheus /metrics address. Default 127.0.0.1:9190.
 	Metrics string `yaml:"metrics,omitempty"`
-	// MessageTimeout is how long Envoy waits for each answer. Default 2s:
-	// an 8 MiB body takes longer than Envoy's own 200ms default to cross gRPC.
+	// MessageTimeout is how long Envoy waits for each answer. Default 4s:
+	// an 8 MiB body takes longer than Envoy's own 200ms default to cross
+	// gRPC, and a processor that restarts within about 3 s is waited for
+	// (the processing stream is retried inside this bound) rather than
+	// failing the requests that arrive meanwhile. A processor that stays
+	// dead costs each request this long before its 503.
 	MessageTimeout Duration `yaml:"message_timeout,omitempty"`
 	// FailureModeAllow lets requests through to the default route when the
 	// processor is down: they go, unrewritten, to the first backend. Default

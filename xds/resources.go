@@ -208,13 +208,16 @@ func extProcRetry() *corev3.RetryPolicy {
 	}
 }
 
-// The processing stream's retries: 6 retries with jittered back-off from
-// 50 ms up to 400 ms span about a second, within the default 2 s message
-// timeout.
+// The processing stream's retries: up to 20, with fully jittered back-off
+// from 50 ms up to 500 ms, so about 4 s of them on average: more than the
+// default 4 s message timeout, which ends them. The chaos suite's
+// processor restart (SIGKILL, restarted 2 s later, listening ~0.1 s after
+// that) needs ~2.3 s; 6 retries up to 400 ms (~0.8 s on average, bounded
+// by the old 2 s timeout) lost 37 requests of 1,221 there.
 const (
-	extProcRetries   = 6
+	extProcRetries   = 20
 	extProcRetryBase = 50 * time.Millisecond
-	extProcRetryMax  = 400 * time.Millisecond
+	extProcRetryMax  = 500 * time.Millisecond
 	// extProcMaxStreams bounds concurrent processing streams (and their
 	// retries): as many as the listener takes connections by default.
 	extProcMaxStreams = policy.DefaultMaxConnections
