@@ -415,7 +415,17 @@ func bench(ctx context.Context, o options, args []string, stdout, stderr io.Writ
 			}
 		}
 		if err == nil {
-			log.Info("report written", "file", o.out, "elapsed", rep.Elapsed.Round(time.Second))
+			var files []string
+			if mainPart || !o.skipWasm || !o.skipController || !o.skipCache {
+				files = append(files, o.out)
+			}
+			if !o.skipChaos {
+				files = append(files, o.chaosOut)
+			}
+			if !o.skipSoak {
+				files = append(files, o.soakOut)
+			}
+			log.Info("report written", "files", files, "elapsed", rep.Elapsed.Round(time.Second))
 		}
 	}
 	if err != nil {
