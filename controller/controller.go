@@ -76,7 +76,10 @@ type Config struct {
 	NewHosts HostSourceFunc
 	Pusher   Pusher
 	// Prober is optional: without it only traffic is judged.
-	Prober    Prober
+	Prober Prober
+	// Reacher is optional: without it an endpoint out of service takes
+	// traffic again when its cool-down ends, unchecked.
+	Reacher   Reacher
 	Publisher *viewhttp.Publisher
 	Metrics   *Metrics
 	Log       *slog.Logger
@@ -139,6 +142,7 @@ func New(cfg Config) (*Controller, error) {
 	if c.now == nil {
 		c.now = time.Now
 	}
+	c.endpoints.reach = cfg.Reacher
 	if err := c.apply(cfg.Policy); err != nil {
 		return nil, err
 	}
@@ -217,6 +221,7 @@ func (c *Controller) apply(p *policy.Policy) error {
 		}
 	}
 	c.policy = p
+	c.endpoints.setPolicy(p)
 	return nil
 }
 
@@ -299,7 +304,7 @@ func (c *Controller) Step(ctx context.Context) error {
 		}
 		o := c.observation(b.Name, s, now)
 		x := backendInput{name: b.Name, stats: s, hosts: hostWin[b.Name], endpoints: len(b.Endpoints)}
-		x.out = c.endpoints.judge(p, &c.healthCfg, &x, &o, now)
+		x.out = c.endpoints.judge(ctx, p, &c.healthCfg, &x, &o, now)
 		c.cfg.Metrics.EndpointsOut.WithLabelValues(b.Name).Set(float64(len(x.out)))
 		obs = append(obs, o)
 		inputs = append(inputs, x)

@@ -594,4 +594,101 @@ func TestEndpointErringOut(t *testing.T) {
 	if out := h.push.last.Backends["fast-b"].EndpointsOut; out != nil {
 		t.Errorf("single endpoint taken out on its own: %v", out)
 	}
+	// Back after its cool-down, it is judged on what it does since, not
+	// on the window's failures that took it out.
+	hosts.w["fast"][a] = signals.HostWindow{Requests: 100, Errors: 40, TotalRequests: 1000, TotalErrors: 400}
+	h.step(10 * time.Second)
+	if out := h.push.last.Backends["fast"].EndpointsOut; out != nil {
+		t.Errorf("out again on old failures: %v", out)
+	}
+	hosts.w["fast"][a] = signals.HostWindow{Requests: 130, Errors: 50, TotalRequests: 1030, TotalErrors: 410}
+	h.step(time.Second)
+	if out := h.push.last.Backends["fast"].EndpointsOut; !out[a] {
+		t.Errorf("failing a third of its requests since it came back, it stays in: %v", out)
+	}
+}
+
+// fakeReacher answers reachability checks as scripted, counting them.
+type fakeReacher struct {
+	mu    sync.Mutex
+	err   error
+	calls []string
+}
+
+func (f *fakeReacher) Reach(_ context.Context, backend, endpoint string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls = append(f.calls, backend+" "+endpoint)
+	return f.err
+}
+
+// waitCheck waits for the endpoint judge's running check to report.
+func (h *harness) waitCheck() {
+	h.t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		h.c.endpoints.mu.Lock()
+		n := len(h.c.endpoints.checks)
+		h.c.endpoints.mu.Unlock()
+		if n > 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			h.t.Fatal("no reachability check finished")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// An endpoint out of service takes traffic again only once it answers:
+// after its cool-down a check runs; while it fails the endpoint stays
+// out, with a longer cool-down; once it passes the endpoint is back.
+func TestEndpointBackOnlyWhenReached(t *testing.T) {
+	p := quickstart(t)
+	const east, west = "127.0.0.1:8101", "127.0.0.1:8111"
+	p.Backends[0].Endpoints = append(p.Backends[0].Endpoints, policy.Endpoint{Address: west, Region: "local"})
+	hosts := &fakeHosts{w: map[string]map[string]signals.HostWindow{
+		"fast": {east: {Requests: 200, TotalRequests: 200, Active: 40, Started: 60, Unanswered: 3 * time.Second}, west: {Requests: 400, TotalRequests: 400}},
+	}}
+	h := newHarness(t, p, nil)
+	reacher := &fakeReacher{err: errors.New("context deadline exceeded")}
+	h.c.endpoints.reach = reacher
+	h.withHosts(hosts)
+	var tf traffic
+	st := tf.window("fast", 600, 0)
+	st.P95, st.LatencySamples = 80*time.Millisecond, 500
+	h.src.stats["fast"] = st
+	h.step(time.Second)
+	if !h.push.last.Backends["fast"].EndpointsOut[east] {
+		t.Fatal("the silent endpoint was not taken out")
+	}
+	// Nothing in flight any more: it is only out by its cool-down.
+	hosts.w["fast"][east] = signals.HostWindow{TotalRequests: 200}
+	h.step(10 * time.Second) // the cool-down (10 s) ends: a check starts
+	if !h.push.last.Backends["fast"].EndpointsOut[east] {
+		t.Fatal("back in service before any check")
+	}
+	h.waitCheck()
+	h.step(time.Second) // the check failed: out for 20 s more
+	eo := h.pub.Current().Backends["fast"].EndpointsOut
+	if len(eo) != 1 || !strings.Contains(eo[0].Reason, "unreachable after its cool-down (context deadline exceeded); taken out for: no answer") {
+		t.Fatalf("after a failed check: %+v", eo)
+	}
+	if got := eo[0].Until.Sub(h.clock()); got != 20*time.Second {
+		t.Errorf("next check in %v, want the doubled cool-down 20s", got)
+	}
+	reacher.mu.Lock()
+	reacher.err = nil
+	reacher.mu.Unlock()
+	h.step(20 * time.Second)
+	h.waitCheck()
+	h.step(time.Second)
+	if got := h.push.last.Backends["fast"].EndpointsOut; got != nil {
+		t.Errorf("reached, still out: %v", got)
+	}
+	reacher.mu.Lock()
+	defer reacher.mu.Unlock()
+	if len(reacher.calls) != 2 || reacher.calls[0] != "fast "+east {
+		t.Errorf("checks %v, want two of fast %s", reacher.calls, east)
+	}
 }

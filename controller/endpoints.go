@@ -1,10 +1,12 @@
 package controller
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"math"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -26,7 +28,17 @@ const (
 	unansweredFactor      = 3
 	minUnanswered         = time.Second
 	minUnansweredAttempts = 5
+	// reachTimeout bounds the check an endpoint must pass, once its
+	// cool-down is over, before it takes traffic again.
+	reachTimeout = 2 * time.Second
 )
+
+// Reacher checks that an endpoint answers HTTP at all (*probe.Prober):
+// an endpoint out of service takes traffic again only once it does, so a
+// black hole is not sent a second round of requests to find out.
+type Reacher interface {
+	Reach(ctx context.Context, backend, endpoint string) error
+}
 
 // endpointJudge takes single endpoints out of service: one that answers
 // nothing (a black hole, a lost region, a stalled server: no error is
@@ -37,9 +49,15 @@ const (
 // backend that still has a good one. When every endpoint of a backend is
 // out, the backend itself is judged: unanswering, it opens.
 type endpointJudge struct {
-	log  *slog.Logger
-	outc *prometheus.CounterVec             // Metrics.EndpointOuts
-	outs map[string]map[string]*endpointOut // by backend and endpoint
+	log   *slog.Logger
+	reach Reacher // nil: an endpoint comes back when its cool-down ends
+	// addrs are each backend's endpoints as the policy writes them,
+	// which the reacher knows them by.
+	addrs  map[string][]string
+	mu     sync.Mutex                         // guards checks, written by the checks' goroutines
+	checks map[string]error                   // finished checks by backend and endpoint; nil error: reachable
+	outc   *prometheus.CounterVec             // Metrics.EndpointOuts
+	outs   map[string]map[string]*endpointOut // by backend and endpoint
 	// excluded are outcomes of out endpoints already taken off each
 	// backend's monotonic totals, and last the totals they are taken
 	// from, by backend and endpoint.
@@ -61,13 +79,31 @@ type endpointOut struct {
 	exclude time.Time
 	times   int // outings in a row, each cool-down twice the last
 	why     string
-	silent  bool // taken out for answering nothing
+	silent  bool   // taken out for answering nothing
+	cause   string // why it was taken out (why may say more since)
+	// checking: the cool-down is over and a reachability check runs;
+	// the endpoint stays out until it passes.
+	checking bool
+	// back is when it last came back, with its counters then.
+	back       time.Time
+	backCounts signals.HostCounters
 }
 
 func newEndpointJudge(log *slog.Logger, outc *prometheus.CounterVec) *endpointJudge {
 	return &endpointJudge{log: log, outc: outc, outs: map[string]map[string]*endpointOut{},
 		excluded: map[string]signals.HostCounters{}, last: map[string]map[string]signals.HostWindow{},
-		given: map[string]signals.HostCounters{}, raw: map[string]signals.HostCounters{}}
+		given: map[string]signals.HostCounters{}, raw: map[string]signals.HostCounters{},
+		addrs: map[string][]string{}, checks: map[string]error{}}
+}
+
+// setPolicy learns the policy's endpoint addresses.
+func (j *endpointJudge) setPolicy(p *policy.Policy) {
+	j.addrs = map[string][]string{}
+	for _, b := range p.Backends {
+		for _, ep := range b.Endpoints {
+			j.addrs[b.Name] = append(j.addrs[b.Name], ep.Address)
+		}
+	}
 }
 
 // forget drops a backend removed from the policy.
@@ -94,7 +130,7 @@ func unansweredAfter(p *policy.Policy, o *health.Observation, minSamples uint64)
 // Envoy) are taken off while another endpoint serves; a backend whose
 // every endpoint is unanswering is marked Unresponsive. It returns the
 // endpoints to push UNHEALTHY, with why.
-func (j *endpointJudge) judge(p *policy.Policy, h *health.Config, x *backendInput, o *health.Observation, now time.Time) map[string]string {
+func (j *endpointJudge) judge(ctx context.Context, p *policy.Policy, h *health.Config, x *backendInput, o *health.Observation, now time.Time) map[string]string {
 	if len(x.hosts) == 0 {
 		return nil
 	}
@@ -114,17 +150,30 @@ func (j *endpointJudge) judge(p *policy.Policy, h *health.Config, x *backendInpu
 	for _, ep := range sortedKeys(x.hosts) {
 		hw := x.hosts[ep]
 		e := outs[ep]
-		if e != nil && now.Before(e.until) {
+		if e != nil && now.Before(e.until) && !e.checking {
 			continue // out: judged again once back in service
 		}
+		if e != nil && j.held(ctx, x.name, ep, e, h, now) {
+			continue // its cool-down is over, but it has not been reached yet
+		}
+		if e != nil && e.back.Before(e.until) {
+			e.back, e.backCounts = now, signals.HostCounters{Total: hw.TotalRequests, Errors: hw.TotalErrors}
+		}
 		why, silent := "", false
+		// Back from an outing, an endpoint is judged on what it did since:
+		// the window still holds the failures that took it out.
+		req, errs := hw.Requests, hw.Errors
+		if e != nil && !e.back.IsZero() && now.Sub(e.back) < p.CircuitBreaker.Window.D() &&
+			hw.TotalRequests >= e.backCounts.Total && hw.TotalErrors >= e.backCounts.Errors {
+			req, errs = hw.TotalRequests-e.backCounts.Total, hw.TotalErrors-e.backCounts.Errors
+		}
 		switch {
 		case hw.Active > 0 && hw.Started >= minUnansweredAttempts && hw.Unanswered >= after:
 			why = fmt.Sprintf("no answer for %v to %d attempts (%d in flight; bound %v)",
 				hw.Unanswered.Round(100*time.Millisecond), hw.Started, hw.Active, after.Round(10*time.Millisecond))
 			silent = true
-		case x.endpoints >= 2 && hw.Requests >= minHostRequests && hw.ErrorRate() > h.OpenErrorRate:
-			why = fmt.Sprintf("error rate %.1f%% > %.0f%% over the window (n=%d)", 100*hw.ErrorRate(), 100*h.OpenErrorRate, hw.Requests)
+		case x.endpoints >= 2 && req >= minHostRequests && float64(errs) > h.OpenErrorRate*float64(req):
+			why = fmt.Sprintf("error rate %.1f%% > %.0f%% (n=%d)", 100*float64(errs)/float64(req), 100*h.OpenErrorRate, req)
 		}
 		if why == "" {
 			if !hw.Ejected {
@@ -141,7 +190,7 @@ func (j *endpointJudge) judge(p *policy.Policy, h *health.Config, x *backendInpu
 		}
 		e.times++
 		cd := min(h.BaseCoolDown<<min(e.times-1, 16), h.MaxCoolDown)
-		e.since, e.until, e.why, e.silent = now, now.Add(cd), why, silent
+		e.since, e.until, e.why, e.cause, e.silent = now, now.Add(cd), why, why, silent
 		e.exclude = e.until.Add(p.CircuitBreaker.Window.D())
 		j.log.Info("endpoint out of service", "backend", x.name, "endpoint", ep, "reason", why, "for", cd)
 		cause := "erring"
@@ -177,6 +226,71 @@ func (j *endpointJudge) judge(p *policy.Policy, h *health.Config, x *backendInpu
 	j.exclude(x, o, outs, now)
 	j.give(x.name, o)
 	return pushed
+}
+
+// held keeps endpoint ep of backend, whose cool-down e has just ended,
+// out of service until a reachability check passes: it starts one, or
+// reads the one that finished. A failed check starts a longer cool-down.
+func (j *endpointJudge) held(ctx context.Context, backend, ep string, e *endpointOut, h *health.Config, now time.Time) bool {
+	if j.reach == nil {
+		return false
+	}
+	addr := j.policyAddress(backend, ep)
+	if addr == "" {
+		return false // not known by an address the reacher can use
+	}
+	key := backend + " " + ep
+	if !e.checking {
+		e.checking = true
+		e.until = now.Add(reachTimeout) // out while the check runs
+		go func() {
+			cctx, cancel := context.WithTimeout(ctx, reachTimeout)
+			err := j.reach.Reach(cctx, backend, addr)
+			cancel()
+			j.mu.Lock()
+			j.checks[key] = err
+			j.mu.Unlock()
+		}()
+		return true
+	}
+	j.mu.Lock()
+	err, done := j.checks[key]
+	if done {
+		delete(j.checks, key)
+	}
+	j.mu.Unlock()
+	if !done {
+		e.until = now.Add(reachTimeout)
+		return true
+	}
+	e.checking = false
+	if err == nil {
+		e.until = now
+		j.log.Info("endpoint back in service", "backend", backend, "endpoint", ep, "after", now.Sub(e.since).Round(time.Second))
+		return false
+	}
+	e.times++
+	cd := min(h.BaseCoolDown<<min(e.times-1, 16), h.MaxCoolDown)
+	e.until = now.Add(cd)
+	e.why = fmt.Sprintf("unreachable after its cool-down (%v); taken out for: %s", err, e.cause)
+	j.log.Info("endpoint still out of service", "backend", backend, "endpoint", ep, "reason", err, "for", cd)
+	return true
+}
+
+// policyAddress is the policy's address of the endpoint Envoy reports as
+// ep (an IP and port): itself when the policy writes it so, the only
+// endpoint of a backend of one, else "".
+func (j *endpointJudge) policyAddress(backend, ep string) string {
+	addrs := j.addrs[backend]
+	for _, a := range addrs {
+		if a == ep {
+			return a
+		}
+	}
+	if len(addrs) == 1 {
+		return addrs[0]
+	}
+	return ""
 }
 
 // unresponsive explains a backend none of whose endpoints serves while

@@ -32,10 +32,16 @@ func startController(ctx context.Context, p *policy.Policy, srv *xds.Server, reg
 	if err != nil {
 		return nil, nil, err
 	}
-	c, err := controller.New(controller.Config{
-		Policy: p, NewSource: signalSource, NewHosts: hostSource, Pusher: srv, Prober: prober, Publisher: pub,
+	cfg := controller.Config{
+		Policy: p, NewSource: signalSource, NewHosts: hostSource, Pusher: srv, Publisher: pub,
 		Metrics: controller.NewMetrics(reg), Log: log.With("component", "controller"),
-	})
+	}
+	if prober != nil {
+		// The probes' clients (TLS settings included) check that an
+		// endpoint out of service answers again before it takes traffic.
+		cfg.Prober, cfg.Reacher = prober, prober
+	}
+	c, err := controller.New(cfg)
 	if err != nil {
 		return nil, nil, err
 	}

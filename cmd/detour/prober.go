@@ -11,7 +11,7 @@ import (
 )
 
 // newProber builds the contextual health probes (nil: probes disabled).
-func newProber(p *policy.Policy, log *slog.Logger) (controller.Prober, error) {
+func newProber(p *policy.Policy, log *slog.Logger) (*probeAdapter, error) {
 	if p.Probes.Disabled {
 		log.Info("health probes disabled: only traffic is judged")
 		return nil, nil
@@ -22,7 +22,7 @@ func newProber(p *policy.Policy, log *slog.Logger) (controller.Prober, error) {
 	if err != nil {
 		return nil, err
 	}
-	return probeAdapter{r}, nil
+	return &probeAdapter{r}, nil
 }
 
 // probeAdapter gives the controller the probe package's results.
