@@ -100,7 +100,9 @@ func (m *Machine) observe(now time.Time, o *Observation) (Transition, bool) {
 
 	switch b.state {
 	case Open:
-		if !now.Before(b.openUntil) {
+		// A backend still answering nothing stays OPEN past its cool-down
+		// rather than take trial traffic into a black hole.
+		if !now.Before(b.openUntil) && o.Unresponsive == "" {
 			b.req, b.err = 0, 0 // what happened while OPEN does not count
 			return m.move(b, o.Backend, HalfOpen, now,
 				fmt.Sprintf("cool-down %v elapsed (opening %d in a row)", m.cfg.coolDown(b.opens), b.opens))

@@ -107,6 +107,10 @@ func TestTransitions(t *testing.T) {
 		{name: "an unresponsive backend opens without any error", steps: []step{
 			{obs: func() Observation { o := obs(100, 0); o.Unresponsive = "no answer for 3s"; return o }(), want: "HEALTHY→OPEN", reason: "no answer for 3s; cool-down 10s"},
 		}},
+		{name: "an unresponsive backend stays OPEN past its cool-down", steps: append(openBackend(),
+			step{after: 10 * time.Second, obs: func() Observation { o := obs(100, 60); o.Unresponsive = "unreachable"; return o }()},
+			step{after: 5 * time.Second, obs: obs(100, 60), want: "OPEN→HALF_OPEN"},
+		)},
 		{name: "an unresponsive backend in HALF_OPEN opens again", steps: append(openBackend(),
 			step{after: 10 * time.Second, obs: obs(100, 60).with(100, 60), want: "OPEN→HALF_OPEN"},
 			step{after: time.Second, obs: func() Observation { o := obs(100, 60).with(102, 60); o.Unresponsive = "no answer"; return o }(), want: "HALF_OPEN→OPEN", reason: "no answer in HALF_OPEN"},

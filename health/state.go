@@ -65,7 +65,7 @@ type Observation struct {
 	// Unresponsive, when set, says why the backend as a whole is taking
 	// requests and answering none (every endpoint silent): a black hole
 	// or a stalled server produces no errors to count, so this opens the
-	// circuit on its own.
+	// circuit on its own, and keeps it OPEN past its cool-down.
 	Unresponsive string
 
 	// TotalRequests and TotalErrors are monotonic counts of outcomes
