@@ -45,6 +45,14 @@ type clustersJSON struct {
 	} `json:"cluster_statuses"`
 }
 
+// finished counts the attempts that have ended, however.
+func (c HostCounters) finished() uint64 {
+	if c.Active > c.Total {
+		return 0
+	}
+	return c.Total - c.Active
+}
+
 // ParseHosts reads Envoy's /clusters?format=json into counters per backend
 // and endpoint ("ip:port"), skipping clusters backendOf does not accept.
 // Errors wrap ErrMalformed.
@@ -227,7 +235,10 @@ func (s *HostSource) Collect(ctx context.Context, now time.Time) (map[string]map
 
 // unanswered is how long, by one Envoy's samples ss (oldest first), host h
 // of backend b has had attempts in flight without answering any (its
-// rq_success has not moved), and how many attempts that silence covers
+// rq_success has not moved: a black hole, whose attempts may still end,
+// by a timeout) or without finishing any (no attempt has left rq_active:
+// a server that sent its headers, some tokens perhaps, and stalled), and
+// how many attempts that silence covers
 // (in flight when it began, plus those sent since). It runs from the
 // oldest of the samples since the last answer that all had attempts in
 // flight, so a backend that just got its first request after an idle
@@ -237,8 +248,8 @@ func unanswered(ss []hostSample, b, h string, now time.Time) (time.Duration, uin
 	from := -1
 	for i := len(ss) - 1; i >= 0; i-- {
 		c, ok := ss[i].counts[b][h]
-		if !ok || c.Success != cur.Success || c.Total > cur.Total {
-			break // answered (or restarted) between i and i+1
+		if !ok || c.Total > cur.Total || (c.Success != cur.Success && c.finished() != cur.finished()) {
+			break // answered and finished (or restarted) between i and i+1
 		}
 		if c.Active == 0 {
 			break // nothing in flight then: the silence starts after

@@ -147,6 +147,16 @@ func TestHostSourceUnanswered(t *testing.T) {
 	if h := step(6*time.Second, 206, 128, 0); !h.Ejected {
 		t.Errorf("ejection not seen: %+v", h)
 	}
+	// Stalled: each attempt is answered (its headers count as a success)
+	// and none ends; the silence runs from the last attempt that ended.
+	step(7*time.Second, 216, 138, 0)
+	step(8*time.Second, 226, 148, 10)
+	if h := step(10*time.Second, 246, 168, 30); h.Unanswered != 2*time.Second || h.Started != 30 {
+		t.Errorf("stalled: Unanswered %v Started %d, want 2s and 30", h.Unanswered, h.Started)
+	}
+	if h := step(11*time.Second, 247, 169, 0); h.Unanswered != 0 {
+		t.Errorf("ejection not seen: %+v", h)
+	}
 }
 
 // FuzzParseHosts: an Envoy's /clusters answer must never crash the
