@@ -63,6 +63,7 @@ type options struct {
 	cacheRequests   int
 	skipChaos       bool
 	chaosOut        string
+	keepWork        bool
 	chaosOnly       string
 	chaosPlotFormat string
 	chaosRaw        string
@@ -113,6 +114,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.cacheRequests, "cache-requests", 1000, "cache: measured requests of each kind per store")
 	fs.StringVar(&o.wasm, "wasm", "", "path of detour.wasm (default: $DETOUR_WASM, else detour.wasm beside the detour binary, else build ./wasm)")
 	fs.StringVar(&o.only, "only", "", "run only these parts, comma-separated: latency (sections 1-3), failover (4-5), micro (6), wasm (7), controller (8), cache (9), chaos (the chaos suite), soak (the soak); chaos and soak run only when named")
+	fs.BoolVar(&o.keepWork, "keep-work", false, "keep the work directory (every process's log, the generated policies and Envoy configs) for inspection")
 	fs.StringVar(&o.chaosOut, "chaos-out", "reports/chaos.md", "chaos: report file (the plots go beside it, in chaos/)")
 	fs.DurationVar(&o.soakDuration, "soak-duration", 20*time.Minute, "soak: how long the load runs")
 	fs.StringVar(&o.soakOut, "soak-out", "reports/soak.md", "soak: report file")
@@ -225,7 +227,11 @@ func bench(ctx context.Context, o options, args []string, stdout, stderr io.Writ
 	if err != nil {
 		return fmt.Errorf("temporary directory: %w", err)
 	}
-	defer os.RemoveAll(work)
+	if o.keepWork {
+		log.Info("work directory kept (process logs, policies, Envoy configs)", "dir", work)
+	} else {
+		defer os.RemoveAll(work)
+	}
 
 	rep := &report{
 		Started: start.UTC(),
