@@ -32,6 +32,13 @@ type Control struct {
 	// route (never above it: the holding filter's own timeout is built
 	// from the policy's value); 0 keeps it.
 	FirstTokenTimeout time.Duration
+	// ResponseTimeout is the controller's per-attempt deadline for
+	// non-streaming requests, hedged: an attempt still running at the
+	// deadline keeps running while Envoy sends the next one, and the
+	// first complete answer wins (hedge.go). 0 = the policy's
+	// (retry.per_try_timeout, a hard timeout, which also overrides this
+	// value when set).
+	ResponseTimeout time.Duration
 }
 
 // BackendControl is one backend's computed settings; zero fields keep the

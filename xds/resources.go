@@ -330,6 +330,10 @@ func routeConfig(p *policy.Policy, o Options) (*routev3.RouteConfiguration, erro
 		return nil, err
 	}
 	routes = append([]*routev3.Route{stream}, routes...)
+	// Whole answers race a late attempt (hedge.go): set after the stream
+	// route was cloned from this one, which must not hedge.
+	deadline := o.Control.responseDeadline(p)
+	hedgeOnDeadline(routed, deadline)
 	// Without the header the processor did not route the request: only
 	// possible when failure_mode_allow let it past a dead processor.
 	fallback := &routev3.Route{
@@ -351,7 +355,7 @@ func routeConfig(p *policy.Policy, o Options) (*routev3.RouteConfiguration, erro
 	routes = append(routes, fallback)
 	_, wasmRouting := wasmOn(p, o.Wasm)
 	if wasmRouting {
-		wr, err := wasmRoutes(p, uint64(p.Limits.MaxBodyBytes)+bodyLimitHeadroom)
+		wr, err := wasmRoutes(p, uint64(p.Limits.MaxBodyBytes)+bodyLimitHeadroom, deadline)
 		if err != nil {
 			return nil, err
 		}
