@@ -17,13 +17,25 @@ import (
 // black hole, a backend that accepts the connection and never answers,
 // then waits for the client to give up). The controller's deadline
 // (Control.ResponseTimeout) is instead set as the non-stream routed
-// route's per_try_timeout with hedge_on_per_try_timeout: when an attempt
-// outlives it, Envoy sends the next attempt (to the next backend of the
-// request's order: refresh_cluster_on_retry re-runs the cluster
-// specifier) while the first keeps running; the first complete answer
-// wins and the other attempt is reset. A long answer is therefore never
-// cut (at worst one duplicate attempt runs beside it) while a black hole
-// is rescued.
+// routes' per_try_timeout with hedge_on_per_try_timeout: when an attempt
+// outlives it, Envoy starts another attempt while the first keeps
+// running; the first complete answer wins and the other is reset.
+//
+// What Envoy 1.40 does with it (e2e TestResponseDeadlineHedgeOnEnvoy):
+//   - The race works: a late answer is not cut, and the loser is reset.
+//   - The hedged attempt goes to the SAME backend: refresh_cluster_on_retry
+//     re-runs the cluster specifier for a retry after a failure or a hard
+//     per-try timeout, not for a hedge (priority-group and wasm matcher
+//     alike). So a black-holed backend is not rescued.
+//   - Every attempt arms its own per-try timer: hedges cascade, one per
+//     deadline, up to retry.attempts attempts in flight, all on that
+//     backend (an answer longer than the deadline can cost up to
+//     retry.attempts generations).
+//   - Soft timeouts count in no cluster stat (upstream_rq_per_try_timeout
+//     stays 0; a hedge shows as upstream_rq_retry), and each is reported
+//     to outlier detection as a local-origin timeout.
+// Nothing sets Control.ResponseTimeout yet: it is not to be set until
+// Envoy sends a hedge to the next backend.
 //
 // The stream routes never hedge: they have the first-token deadline
 // (firsttoken.go), whose holding filter already tells a stalled attempt
