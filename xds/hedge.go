@@ -21,21 +21,30 @@ import (
 // outlives it, Envoy starts another attempt while the first keeps
 // running; the first complete answer wins and the other is reset.
 //
-// What Envoy 1.40 does with it (e2e TestResponseDeadlineHedgeOnEnvoy):
+// What Envoy 1.40 does with it (e2e TestResponseDeadlineHedgeOnEnvoy,
+// TestRetryAvoidsAttemptedRegions):
 //   - The race works: a late answer is not cut, and the loser is reset.
 //   - The hedged attempt goes to the SAME backend: refresh_cluster_on_retry
 //     re-runs the cluster specifier for a retry after a failure or a hard
 //     per-try timeout, not for a hedge (priority-group and wasm matcher
-//     alike). So a black-holed backend is not rescued.
+//     alike). But it does take the retry priority (avoidAttemptedRegions,
+//     resources.go): it goes to that backend's endpoints in another region
+//     (priority level) than the late attempt's. So a black hole is rescued
+//     when the backend has endpoints in another region (measured: a 200
+//     from the other region about 20-35 ms after a 500 ms deadline), not
+//     when all its endpoints are in one region: there the hedge goes back
+//     to the same endpoints.
 //   - Every attempt arms its own per-try timer: hedges cascade, one per
 //     deadline, up to retry.attempts attempts in flight, all on that
 //     backend (an answer longer than the deadline can cost up to
-//     retry.attempts generations).
+//     retry.attempts generations); once every region has been tried, the
+//     next hedge goes back to the first.
 //   - Soft timeouts count in no cluster stat (upstream_rq_per_try_timeout
 //     stays 0; a hedge shows as upstream_rq_retry), and each is reported
 //     to outlier detection as a local-origin timeout.
-// Nothing sets Control.ResponseTimeout yet: it is not to be set until
-// Envoy sends a hedge to the next backend.
+// Nothing sets Control.ResponseTimeout yet: a hedge still never reaches
+// the next backend, so a backend in one region that black-holes is not
+// rescued by it.
 //
 // The stream routes never hedge: they have the first-token deadline
 // (firsttoken.go), whose holding filter already tells a stalled attempt

@@ -68,7 +68,7 @@ func TestResponseDeadline(t *testing.T) {
 						t.Errorf("%s hedges more than on the deadline: %v", name, h)
 					}
 					if !ra.GetRetryPolicy().GetRefreshClusterOnRetry() {
-						t.Errorf("%s: the hedged attempt would not go to the next backend", name)
+						t.Errorf("%s: a retry would not go to the next backend", name)
 					}
 				}
 				firstToken := 10 * time.Second // the policy default
