@@ -86,8 +86,11 @@ func controlStack(t *testing.T, o stackOptions, c *xds.Control) *stack {
 // does not re-run the cluster specifier for a hedge (it does for a retry
 // after a failure or a hard per-try timeout, see TestFirstTokenDeadline),
 // in either routing mode. And every attempt arms its own per-try timer, so
-// hedges cascade up to retry.attempts attempts in flight. A black-holed
-// backend is therefore not rescued: it gets every attempt.
+// hedges cascade up to retry.attempts attempts in flight. The backends
+// here have their endpoints in one region (one priority level), so the
+// retry priority (previous_priorities) has no other level to send a hedge
+// to, and a black-holed backend is not rescued: it gets every attempt.
+// With a second region it is (TestRetryAvoidsAttemptedRegions).
 func TestResponseDeadlineHedgeOnEnvoy(t *testing.T) {
 	const deadline = 500 * time.Millisecond
 	for _, mode := range []string{"extproc", "wasm"} {
@@ -157,9 +160,10 @@ func testHedgeKeepsSlowFirst(t *testing.T, s *stack) {
 		took.Round(time.Millisecond), r.Header.Get("x-envoy-attempt-count"), statuses)
 }
 
-// fast accepts and never answers: every hedge goes to fast too, one per
-// deadline (plus back-off), up to retry.attempts; fast-b is never tried
-// and the client waits for its own timeout.
+// fast accepts and never answers: every hedge goes to fast too (its one
+// region: the retry priority falls back to it), one per deadline (plus
+// back-off), up to retry.attempts; fast-b is never tried and the client
+// waits for its own timeout.
 func testHedgeStaysOnBlackHole(t *testing.T, s *stack, deadline time.Duration) {
 	s.ResetSims()
 	s.Sim("fast").SetFault(sim.Fault{LatencyMS: 60_000})
@@ -169,7 +173,7 @@ func testHedgeStaysOnBlackHole(t *testing.T, s *stack, deadline time.Duration) {
 	resp, err := c.Post(s.URL("/v1/chat/completions"), "application/json", strings.NewReader(string(chat("auto", nil, user("hello")))))
 	if err == nil {
 		resp.Body.Close()
-		t.Fatalf("answered %d by %q after %s: the hedge now rescues a black hole (update xds/hedge.go)",
+		t.Fatalf("answered %d by %q after %s: the hedge now rescues a black hole in one region (update xds/hedge.go)",
 			resp.StatusCode, resp.Header.Get("x-sim-name"), time.Since(start).Round(time.Millisecond))
 	}
 	// The client left: Envoy resets every attempt.
