@@ -31,7 +31,7 @@ import (
 //     resources.go): it goes to that backend's endpoints in another region
 //     (priority level) than the late attempt's. So a black hole is rescued
 //     when the backend has endpoints in another region (measured: a 200
-//     from the other region about 20-35 ms after a 500 ms deadline), not
+//     from the other region 20-80 ms after a 500 ms deadline), not
 //     when all its endpoints are in one region: there the hedge goes back
 //     to the same endpoints.
 //   - Every attempt arms its own per-try timer: hedges cascade, one per
