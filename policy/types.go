@@ -228,8 +228,11 @@ type Retry struct {
 	Jitter float64 `yaml:"jitter,omitempty" jsonschema:"minimum=0,maximum=1"`
 	// PerTryTimeout abandons an attempt of a non-streaming request that has
 	// not answered by then and tries the next backend; it bounds the whole
-	// generation, so it must exceed the longest answer expected. Default 0:
-	// no per-attempt bound.
+	// generation, so it must exceed the longest answer expected. When set,
+	// it is this hard timeout whatever the controller computes. Default 0:
+	// no hard bound; the controller may then give attempts a deadline that
+	// races instead of cuts (an attempt still running at it keeps running
+	// while the next backend is tried, and the first complete answer wins).
 	PerTryTimeout Duration `yaml:"per_try_timeout,omitempty"`
 	// FirstTokenTimeout abandons an attempt of a streaming request that has
 	// not sent its first token by then (response headers and empty preamble

@@ -32,6 +32,14 @@ type Control struct {
 	// route (never above it: the holding filter's own timeout is built
 	// from the policy's value); 0 keeps it.
 	FirstTokenTimeout time.Duration
+	// ResponseTimeout is the controller's per-attempt deadline for
+	// non-streaming requests, hedged: an attempt still running at the
+	// deadline keeps running while Envoy sends another, and the first
+	// complete answer wins (hedge.go; on Envoy 1.40 the hedge goes to the
+	// same backend, so do not set it yet). 0 = the policy's
+	// (retry.per_try_timeout, a hard timeout, which also overrides this
+	// value when set).
+	ResponseTimeout time.Duration
 }
 
 // BackendControl is one backend's computed settings; zero fields keep the

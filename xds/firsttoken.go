@@ -104,6 +104,9 @@ func streamRoute(p *policy.Policy, routed *routev3.Route) (*routev3.Route, error
 		HeaderMatchSpecifier: &routev3.HeaderMatcher_PresentMatch{PresentMatch: true},
 	})
 	r.GetRoute().RetryPolicy = streamRetryPolicy(p)
+	// Never hedged (hedge.go): whatever routed carries, a stream's late
+	// attempt is abandoned, not raced.
+	r.GetRoute().HedgePolicy = nil
 	cfg, err := firstTokenPerRoute()
 	if err != nil {
 		return nil, err

@@ -26,6 +26,7 @@ import (
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	earlyhmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/http/early_header_mutation/header_mutation/v3"
 	previoushostsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/retry/host/previous_hosts/v3"
+	previousprioritiesv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/retry/priority/previous_priorities/v3"
 	prioritygroupv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/router/cluster_specifiers/priority_group/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
@@ -333,6 +334,10 @@ func routeConfig(p *policy.Policy, o Options) (*routev3.RouteConfiguration, erro
 		return nil, err
 	}
 	routes = append([]*routev3.Route{stream}, routes...)
+	// Whole answers race a late attempt (hedge.go): set after the stream
+	// route was cloned from this one, which must not hedge.
+	deadline := o.Control.responseDeadline(p)
+	hedgeOnDeadline(routed, deadline)
 	// Without the header the processor did not route the request: only
 	// possible when failure_mode_allow let it past a dead processor.
 	fallback := &routev3.Route{
@@ -354,7 +359,7 @@ func routeConfig(p *policy.Policy, o Options) (*routev3.RouteConfiguration, erro
 	routes = append(routes, fallback)
 	_, wasmRouting := wasmOn(p, o.Wasm)
 	if wasmRouting {
-		wr, err := wasmRoutes(p, uint64(p.Limits.MaxBodyBytes)+bodyLimitHeadroom)
+		wr, err := wasmRoutes(p, uint64(p.Limits.MaxBodyBytes)+bodyLimitHeadroom, deadline)
 		if err != nil {
 			return nil, err
 		}
@@ -430,6 +435,8 @@ const RetryOn = "5xx,reset,connect-failure,refused-stream,retriable-status-codes
 // order (refresh_cluster_on_retry re-runs the priority-group specifier).
 // Retry-After is deliberately not honoured here: the next attempt goes to
 // another backend, which the first one's throttling says nothing about.
+// Each retry, and each hedge, also avoids the regions already attempted
+// (avoidAttemptedRegions).
 func retryPolicy(p *policy.Policy) *routev3.RetryPolicy {
 	rp := &routev3.RetryPolicy{
 		RetryOn:               RetryOn,
@@ -440,11 +447,40 @@ func retryPolicy(p *policy.Policy) *routev3.RetryPolicy {
 			BaseInterval: durationpb.New(p.Retry.BaseDelay.D()),
 			MaxInterval:  durationpb.New(p.Retry.MaxDelay.D()),
 		},
+		RetryPriority: avoidAttemptedRegions(),
 	}
 	if d := p.Retry.PerTryTimeout.D(); d > 0 {
 		rp.PerTryTimeout = durationpb.New(d)
 	}
 	return rp
+}
+
+// RetryPriorityPrevious is Envoy's retry priority plugin that takes the
+// priority levels already attempted out of the next attempt's priority
+// load.
+const RetryPriorityPrevious = "envoy.retry_priorities.previous_priorities"
+
+// avoidAttemptedRegions sends every retry and hedge of a request away from
+// the priority levels, which are regions (loadAssignment), of the hosts its
+// earlier attempts went to, whatever cluster they were on: a region that
+// black-holes (accepts, never answers) fails every backend there alike,
+// and otherwise each retry to the next backend, and each hedge (which
+// stays on the same backend, hedge.go), would go to that backend's
+// endpoints in the same dead region. Once every level of the cluster has
+// been attempted, Envoy falls back to the original load, so a backend with
+// endpoints in one region only still takes its retries (e2e
+// TestRetryAvoidsAttemptedRegions). The cost: a retry after an ordinary
+// failure of one backend also leaves the Envoy's own region if the next
+// backend has endpoints elsewhere.
+func avoidAttemptedRegions() *routev3.RetryPolicy_RetryPriority {
+	a, err := anypb.New(&previousprioritiesv3.PreviousPrioritiesConfig{UpdateFrequency: 1})
+	if err != nil {
+		panic(err) // a constant, valid message: cannot fail
+	}
+	return &routev3.RetryPolicy_RetryPriority{
+		Name:       RetryPriorityPrevious,
+		ConfigType: &routev3.RetryPolicy_RetryPriority_TypedConfig{TypedConfig: a},
+	}
 }
 
 func responseHeader(k, v string) *corev3.HeaderValueOption {

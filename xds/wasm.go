@@ -322,8 +322,9 @@ func skipWhenWasmDecided(extProc *anypb.Any) (*hcmv3.HttpFilter, error) {
 
 // wasmRoutes are the routes for requests the wasm plugin decided, matched
 // on its filter state: streaming ones first (first-token deadline), then
-// the rest.
-func wasmRoutes(p *policy.Policy, bodyLimit uint64) ([]*routev3.Route, error) {
+// the rest, which race a late attempt at deadline (hedge.go; 0: none) as
+// the processor's non-stream route does.
+func wasmRoutes(p *policy.Policy, bodyLimit uint64, deadline time.Duration) ([]*routev3.Route, error) {
 	spec, err := attemptMatcher(p)
 	if err != nil {
 		return nil, err
@@ -354,7 +355,9 @@ func wasmRoutes(p *policy.Policy, bodyLimit uint64) ([]*routev3.Route, error) {
 		return nil, err
 	}
 	stream.TypedPerFilterConfig = cfg
-	return []*routev3.Route{stream, mk(wasmRoutedRoute, present(plugin.StateBackend), retryPolicy(p))}, nil
+	routed := mk(wasmRoutedRoute, present(plugin.StateBackend), retryPolicy(p))
+	hedgeOnDeadline(routed.GetRoute(), deadline)
+	return []*routev3.Route{stream, routed}, nil
 }
 
 // attemptMatcher picks attempt N's cluster from the filter state
