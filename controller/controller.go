@@ -374,7 +374,7 @@ func (c *Controller) push(ctx context.Context, next *xds.Control) error {
 	if clusters {
 		c.cfg.Metrics.Pushes.WithLabelValues("cluster").Inc()
 	}
-	if prev == nil || prev.FirstTokenTimeout != next.FirstTokenTimeout {
+	if prev == nil || prev.FirstTokenTimeout != next.FirstTokenTimeout || prev.ResponseTimeout != next.ResponseTimeout {
 		c.cfg.Metrics.Pushes.WithLabelValues("route").Inc()
 	}
 	return nil
@@ -398,6 +398,10 @@ func (c *Controller) publish(p *policy.Policy, now time.Time, serr error, in []b
 	if v.FirstTokenTimeout == 0 {
 		v.FirstTokenTimeout = healthview.Duration(p.Retry.FirstTokenTimeout.D())
 	}
+	if c.pushed != nil {
+		v.ResponseTimeout = healthview.Duration(c.pushed.ResponseTimeout)
+	}
+	v.ResponseWhy = responseWhy(p, time.Duration(v.ResponseTimeout))
 	sig := []string{}
 	for i, x := range in {
 		st := x.status

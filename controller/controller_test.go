@@ -692,3 +692,48 @@ func TestEndpointBackOnlyWhenReached(t *testing.T) {
 		t.Errorf("checks %v, want two of fast %s", reacher.calls, east)
 	}
 }
+
+// The hedged deadline of non-streaming attempts follows the slowest
+// healthy backend's response p95, within its bounds; a hard
+// retry.per_try_timeout or controller.no_hedging turns it off.
+func TestResponseDeadline(t *testing.T) {
+	measured := func(p95 time.Duration, n uint64, state health.State) backendInput {
+		return backendInput{name: "b", status: health.Status{State: state}, stats: signals.Stats{P95: p95, LatencySamples: n}}
+	}
+	tests := []struct {
+		name   string
+		modify func(*policy.Policy)
+		in     []backendInput
+		want   time.Duration
+	}{
+		{"nothing measured: the lower bound", nil, []backendInput{measured(0, 0, health.Healthy)}, 10 * time.Second},
+		{"4 × p95", nil, []backendInput{measured(5*time.Second, 100, health.Healthy), measured(time.Second, 100, health.Healthy)}, 20 * time.Second},
+		{"too few samples", nil, []backendInput{measured(9*time.Second, 5, health.Healthy)}, 10 * time.Second},
+		{"a degraded backend's p95 does not count", nil, []backendInput{measured(60*time.Second, 100, health.Degraded)}, 10 * time.Second},
+		{"the upper bound", nil, []backendInput{measured(100*time.Second, 100, health.Healthy)}, 300 * time.Second},
+		{"hard per-try timeout", func(p *policy.Policy) { p.Retry.PerTryTimeout = policy.Duration(30 * time.Second) }, []backendInput{measured(0, 0, health.Healthy)}, 0},
+		{"no hedging", func(p *policy.Policy) { p.Controller.NoHedging = true }, []backendInput{measured(0, 0, health.Healthy)}, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := quickstart(t)
+			if tt.modify != nil {
+				tt.modify(p)
+			}
+			c := &xds.Control{}
+			newTuner().tuneResponse(p, tt.in, c)
+			if c.ResponseTimeout != tt.want {
+				t.Errorf("deadline %v, want %v", c.ResponseTimeout, tt.want)
+			}
+		})
+	}
+	// A small move is noise: the pushed deadline stays.
+	tu := newTuner()
+	p := quickstart(t)
+	tu.tuneResponse(p, []backendInput{measured(5*time.Second, 100, health.Healthy)}, &xds.Control{})
+	c := &xds.Control{}
+	tu.tuneResponse(p, []backendInput{measured(5500*time.Millisecond, 100, health.Healthy)}, c)
+	if c.ResponseTimeout != 20*time.Second {
+		t.Errorf("after a 10%% move: %v, want 20s kept", c.ResponseTimeout)
+	}
+}

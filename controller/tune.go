@@ -31,6 +31,12 @@ const (
 	ttftDeadlineFactor = 4
 	// minTTFTSamples before a TTFT p95 moves the deadline.
 	minTTFTSamples = 20
+	// responseDeadlineFactor times the slowest healthy backend's response
+	// p95 is the hedged deadline of non-streaming attempts (at least
+	// bounds.response_timeout.min): only a black hole or a far tail
+	// reaches it. minResponseSamples responses before a p95 counts.
+	responseDeadlineFactor = 4
+	minResponseSamples     = 20
 	// Widespread errors (retry budget shrinks) when this share of the
 	// backends with traffic is not HEALTHY; back to normal below half of it.
 	widespreadEnter, widespreadLeave = 0.5, 0.25
@@ -52,6 +58,7 @@ type tuner struct {
 	weights     map[string]map[string]uint32 // pushed, by backend and endpoint
 	maxRequests map[string]uint32
 	firstToken  time.Duration
+	response    time.Duration
 	throttled   map[string]bool
 }
 
@@ -153,7 +160,44 @@ func (t *tuner) tune(p *policy.Policy, in []backendInput) (*xds.Control, map[str
 		why[x.name] = sets
 	}
 	firstWhy := t.tuneFirstToken(p, in, c)
+	t.tuneResponse(p, in, c)
 	return c, why, firstWhy
+}
+
+// tuneResponse sets the hedged deadline of non-streaming attempts from
+// the healthy backends' response p95: before any is measured, the lower
+// bound (a black hole is then raced after it all the same).
+func (t *tuner) tuneResponse(p *policy.Policy, in []backendInput, c *xds.Control) {
+	if p.Controller.NoHedging || p.Retry.PerTryTimeout.D() > 0 {
+		t.response = 0
+		return
+	}
+	var worst time.Duration
+	for _, x := range in {
+		if x.status.State == health.Healthy && x.stats.LatencySamples >= minResponseSamples && !x.stats.Stale && x.stats.P95 > worst {
+			worst = x.stats.P95
+		}
+	}
+	bounds := p.Controller.Bounds.ResponseTimeout
+	want := bounds.Clamp(worst * responseDeadlineFactor).Round(time.Second)
+	if t.response != 0 && !moved(float64(t.response), float64(want)) {
+		want = t.response
+	}
+	t.response = want
+	c.ResponseTimeout = want
+}
+
+// responseWhy explains the response deadline pushed.
+func responseWhy(p *policy.Policy, d time.Duration) string {
+	switch {
+	case p.Retry.PerTryTimeout.D() > 0:
+		return fmt.Sprintf("retry.per_try_timeout %v: a hard per-attempt timeout, not hedged", p.Retry.PerTryTimeout.D())
+	case p.Controller.NoHedging:
+		return "controller.no_hedging: none"
+	}
+	b := p.Controller.Bounds.ResponseTimeout
+	return fmt.Sprintf("%v: %d × the slowest healthy backend's response p95 (from %d responses), clamped to [%v, %v]; an attempt that outlives it is raced by another",
+		d, responseDeadlineFactor, minResponseSamples, b.Min.D(), b.Max.D())
 }
 
 // tuneFirstToken sets the stream deadline from the healthy backends' TTFT.

@@ -44,6 +44,10 @@ type Snapshot struct {
 	// FirstTokenTimeout is the stream deadline currently pushed.
 	FirstTokenTimeout Duration `json:"first_token_timeout,omitempty"`
 	FirstTokenWhy     string   `json:"first_token_why,omitempty"`
+	// ResponseTimeout is the hedged deadline of non-streaming attempts
+	// currently pushed (0: none).
+	ResponseTimeout Duration `json:"response_timeout,omitempty"`
+	ResponseWhy     string   `json:"response_why,omitempty"`
 }
 
 // Backend is one backend's standing.

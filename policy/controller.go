@@ -45,6 +45,15 @@ type Controller struct {
 	// HALF_OPEN backend (a failed trial is retried on the next backend,
 	// so clients do not see it). Default 0.05.
 	TrialShare float64 `yaml:"trial_share,omitempty" jsonschema:"minimum=0,maximum=1"`
+	// NoHedging turns off the response deadline of non-streaming
+	// requests: an attempt that outlives it (bounds.response_timeout,
+	// from the measured response time) is raced by another to the same
+	// backend's endpoint in another region (a lost region, a black hole);
+	// the first whole answer wins, so a long answer is never cut, but an
+	// answer that takes longer than the deadline may be generated more
+	// than once (up to retry.attempts times). Default false (hedging on).
+	// retry.per_try_timeout, when set, replaces it with a hard timeout.
+	NoHedging bool `yaml:"no_hedging,omitempty"`
 	// Bounds clamp every value the controller computes and pushes.
 	Bounds ControllerBounds `yaml:"bounds,omitempty"`
 }
@@ -80,6 +89,11 @@ type ControllerBounds struct {
 	// FirstTokenTimeout follows the measured time to first token. Default
 	// min 1s, max retry.first_token_timeout.
 	FirstTokenTimeout DurationRange `yaml:"first_token_timeout,omitempty"`
+	// ResponseTimeout is the deadline after which a non-streaming attempt
+	// is raced by another (hedged: the late one keeps running, the first
+	// whole answer wins), from the measured response time. Default min
+	// 10s, max envoy.request_timeout.
+	ResponseTimeout DurationRange `yaml:"response_timeout,omitempty"`
 }
 
 // IntRange is an inclusive range; zero fields take their defaults.
@@ -169,6 +183,8 @@ func (p *Policy) applyControllerDefaults() {
 	setInt(&b.MaxRequests.Max, 100000)
 	setDur(&b.FirstTokenTimeout.Min, min(time.Second, p.Retry.FirstTokenTimeout.D()))
 	setDur(&b.FirstTokenTimeout.Max, p.Retry.FirstTokenTimeout.D())
+	setDur(&b.ResponseTimeout.Max, p.Envoy.RequestTimeout.D())
+	setDur(&b.ResponseTimeout.Min, min(10*time.Second, b.ResponseTimeout.Max.D()))
 	for i := range p.Routes {
 		setStr(&p.Routes[i].Priority, PriorityStandard)
 	}
@@ -220,6 +236,9 @@ func (p *Policy) validateController(v *validator) {
 	}
 	if r := b.FirstTokenTimeout; r.Min <= 0 || r.Min > r.Max {
 		v.add("controller.bounds.first_token_timeout", fmt.Sprintf("[%s, %s] is not a range of positive durations", r.Min.D(), r.Max.D()), "the controller never pushes more than retry.first_token_timeout")
+	}
+	if r := b.ResponseTimeout; r.Min <= 0 || r.Min > r.Max {
+		v.add("controller.bounds.response_timeout", fmt.Sprintf("[%s, %s] is not a range of positive durations", r.Min.D(), r.Max.D()), "")
 	}
 	if u := p.ExtProc.ControllerURL; u != "" {
 		if pu, err := url.Parse(u); err != nil || (pu.Scheme != "http" && pu.Scheme != "https") || pu.Host == "" {

@@ -36,7 +36,7 @@ type Control struct {
 	// non-streaming requests, hedged: an attempt still running at the
 	// deadline keeps running while Envoy sends another, and the first
 	// complete answer wins (hedge.go; on Envoy 1.40 the hedge goes to the
-	// same backend, so do not set it yet). 0 = the policy's
+	// same backend, in another region). 0 = the policy's
 	// (retry.per_try_timeout, a hard timeout, which also overrides this
 	// value when set).
 	ResponseTimeout time.Duration

@@ -42,9 +42,11 @@ import (
 //   - Soft timeouts count in no cluster stat (upstream_rq_per_try_timeout
 //     stays 0; a hedge shows as upstream_rq_retry), and each is reported
 //     to outlier detection as a local-origin timeout.
-// Nothing sets Control.ResponseTimeout yet: a hedge still never reaches
-// the next backend, so a backend in one region that black-holes is not
-// rescued by it.
+// The controller sets Control.ResponseTimeout (4 × the measured response
+// p95, at least 10 s; controller.no_hedging turns it off): a lost region
+// is rescued for backends with endpoints elsewhere; a backend in one
+// region that black-holes is not (the controller takes it out of
+// service, which helps the requests that come after).
 //
 // The stream routes never hedge: they have the first-token deadline
 // (firsttoken.go), whose holding filter already tells a stalled attempt
