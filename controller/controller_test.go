@@ -712,11 +712,12 @@ func TestResponseDeadline(t *testing.T) {
 		{"a degraded backend's p95 does not count", nil, []backendInput{measured(60*time.Second, 100, health.Degraded)}, 10 * time.Second},
 		{"the upper bound", nil, []backendInput{measured(100*time.Second, 100, health.Healthy)}, 300 * time.Second},
 		{"hard per-try timeout", func(p *policy.Policy) { p.Retry.PerTryTimeout = policy.Duration(30 * time.Second) }, []backendInput{measured(0, 0, health.Healthy)}, 0},
-		{"no hedging", func(p *policy.Policy) { p.Controller.NoHedging = true }, []backendInput{measured(0, 0, health.Healthy)}, 0},
+		{"hedging off", func(p *policy.Policy) { p.Controller.Hedging = false }, []backendInput{measured(0, 0, health.Healthy)}, 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			p := quickstart(t)
+			p.Controller.Hedging = true
 			if tt.modify != nil {
 				tt.modify(p)
 			}
@@ -730,6 +731,7 @@ func TestResponseDeadline(t *testing.T) {
 	// A small move is noise: the pushed deadline stays.
 	tu := newTuner()
 	p := quickstart(t)
+	p.Controller.Hedging = true
 	tu.tuneResponse(p, []backendInput{measured(5*time.Second, 100, health.Healthy)}, &xds.Control{})
 	c := &xds.Control{}
 	tu.tuneResponse(p, []backendInput{measured(5500*time.Millisecond, 100, health.Healthy)}, c)

@@ -168,7 +168,7 @@ func (t *tuner) tune(p *policy.Policy, in []backendInput) (*xds.Control, map[str
 // the healthy backends' response p95: before any is measured, the lower
 // bound (a black hole is then raced after it all the same).
 func (t *tuner) tuneResponse(p *policy.Policy, in []backendInput, c *xds.Control) {
-	if p.Controller.NoHedging || p.Retry.PerTryTimeout.D() > 0 {
+	if !p.Controller.Hedging || p.Retry.PerTryTimeout.D() > 0 {
 		t.response = 0
 		return
 	}
@@ -192,8 +192,8 @@ func responseWhy(p *policy.Policy, d time.Duration) string {
 	switch {
 	case p.Retry.PerTryTimeout.D() > 0:
 		return fmt.Sprintf("retry.per_try_timeout %v: a hard per-attempt timeout, not hedged", p.Retry.PerTryTimeout.D())
-	case p.Controller.NoHedging:
-		return "controller.no_hedging: none"
+	case !p.Controller.Hedging:
+		return "none: controller.hedging is off"
 	}
 	b := p.Controller.Bounds.ResponseTimeout
 	return fmt.Sprintf("%v: %d × the slowest healthy backend's response p95 (from %d responses), clamped to [%v, %v]; an attempt that outlives it is raced by another",

@@ -79,6 +79,21 @@ func TestRetryAvoidsAttemptedRegions(t *testing.T) {
 				testHedgeOtherRegion(t, s, deadline, "fast", "fast-b", "long", "vision")
 			})
 			t.Run("slow first answer still wins", func(t *testing.T) { testHedgeOtherRegionSlowFirst(t, s) })
+			// With a hedge policy on the route, Envoy 1.40 retries a reset
+			// on the same backend (its other region, then the first
+			// again): it does not re-run the cluster specifier, so a
+			// backend down everywhere fails the request. This is why
+			// hedging is opt-in (controller.hedging).
+			t.Run("hedging keeps a reset's retries on the same backend", func(t *testing.T) {
+				s.ResetSims()
+				defer hang(s, sim.Fault{Reset: true}, "fast", "fast-west")()
+				r := post(t, s.URL("/v1/chat/completions"), chat("auto", nil, user("hello")))
+				got := simAttempts(s)
+				if r.Status != 503 || got["fast"] != 2 || got["fast-west"] != 2 || len(got) != 2 {
+					t.Errorf("status %d from %q, attempts %v: Envoy now moves a hedged route's reset retries to the next backend; make hedging the default again (xds/hedge.go)",
+						r.Status, r.Header.Get("x-sim-name"), got)
+				}
+			})
 			t.Run("one-region backend keeps its retries", func(t *testing.T) {
 				for _, isStream := range []bool{false, true} {
 					testOneRegionRetry(t, s, isStream)

@@ -45,15 +45,18 @@ type Controller struct {
 	// HALF_OPEN backend (a failed trial is retried on the next backend,
 	// so clients do not see it). Default 0.05.
 	TrialShare float64 `yaml:"trial_share,omitempty" jsonschema:"minimum=0,maximum=1"`
-	// NoHedging turns off the response deadline of non-streaming
-	// requests: an attempt that outlives it (bounds.response_timeout,
-	// from the measured response time) is raced by another to the same
-	// backend's endpoint in another region (a lost region, a black hole);
-	// the first whole answer wins, so a long answer is never cut, but an
-	// answer that takes longer than the deadline may be generated more
-	// than once (up to retry.attempts times). Default false (hedging on).
-	// retry.per_try_timeout, when set, replaces it with a hard timeout.
-	NoHedging bool `yaml:"no_hedging,omitempty"`
+	// Hedging gives non-streaming requests a response deadline
+	// (bounds.response_timeout, from the measured response time): an
+	// attempt that outlives it is raced by another to the same backend's
+	// endpoint in another region (a lost region, a black hole); the
+	// first whole answer wins, so a long answer is never cut, but one
+	// longer than the deadline may be generated more than once (up to
+	// retry.attempts times). Default false: on Envoy 1.40 a route with a
+	// hedge policy retries a reset on the same backend instead of the
+	// next one, so a backend down in every region would fail requests it
+	// otherwise loses none of. retry.per_try_timeout, when set, is a hard
+	// timeout instead.
+	Hedging bool `yaml:"hedging,omitempty"`
 	// Bounds clamp every value the controller computes and pushes.
 	Bounds ControllerBounds `yaml:"bounds,omitempty"`
 }
