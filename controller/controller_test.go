@@ -686,6 +686,13 @@ func TestEndpointBackOnlyWhenReached(t *testing.T) {
 	if got := h.push.last.Backends["fast"].EndpointsOut; got != nil {
 		t.Errorf("reached, still out: %v", got)
 	}
+	// Back in service, it is not checked again (nor held out for it).
+	for range 5 {
+		h.step(2 * time.Second)
+		if got := h.push.last.Backends["fast"].EndpointsOut; got != nil {
+			t.Fatalf("back in service, then out again: %v", got)
+		}
+	}
 	reacher.mu.Lock()
 	defer reacher.mu.Unlock()
 	if len(reacher.calls) != 2 || reacher.calls[0] != "fast "+east {

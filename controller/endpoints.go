@@ -82,8 +82,9 @@ type endpointOut struct {
 	silent  bool   // taken out for answering nothing
 	cause   string // why it was taken out (why may say more since)
 	// checking: the cool-down is over and a reachability check runs;
-	// the endpoint stays out until it passes.
-	checking bool
+	// the endpoint stays out until it passes; reached: one has passed
+	// since it was last taken out.
+	checking, reached bool
 	// back is when it last came back, with its counters then.
 	back       time.Time
 	backCounts signals.HostCounters
@@ -190,7 +191,7 @@ func (j *endpointJudge) judge(ctx context.Context, p *policy.Policy, h *health.C
 		}
 		e.times++
 		cd := min(h.BaseCoolDown<<min(e.times-1, 16), h.MaxCoolDown)
-		e.since, e.until, e.why, e.cause, e.silent = now, now.Add(cd), why, why, silent
+		e.since, e.until, e.why, e.cause, e.silent, e.reached = now, now.Add(cd), why, why, silent, false
 		e.exclude = e.until.Add(p.CircuitBreaker.Window.D())
 		j.log.Info("endpoint out of service", "backend", x.name, "endpoint", ep, "reason", why, "for", cd)
 		cause := "erring"
@@ -232,7 +233,7 @@ func (j *endpointJudge) judge(ctx context.Context, p *policy.Policy, h *health.C
 // out of service until a reachability check passes: it starts one, or
 // reads the one that finished. A failed check starts a longer cool-down.
 func (j *endpointJudge) held(ctx context.Context, backend, ep string, e *endpointOut, h *health.Config, now time.Time) bool {
-	if j.reach == nil {
+	if j.reach == nil || e.reached {
 		return false
 	}
 	addr := j.policyAddress(backend, ep)
@@ -265,7 +266,7 @@ func (j *endpointJudge) held(ctx context.Context, backend, ep string, e *endpoin
 	}
 	e.checking = false
 	if err == nil {
-		e.until = now
+		e.until, e.reached = now, true
 		j.log.Info("endpoint back in service", "backend", backend, "endpoint", ep, "after", now.Sub(e.since).Round(time.Second))
 		return false
 	}
