@@ -105,6 +105,14 @@ func printStatus(w io.Writer, v *healthview.Snapshot, verbose bool, now time.Tim
 	}
 	tw.Flush()
 	fmt.Fprintf(w, "\nfirst-token deadline: %s (%s)\n", time.Duration(v.FirstTokenTimeout), v.FirstTokenWhy)
+	if v.ResponseWhy != "" {
+		fmt.Fprintf(w, "response deadline: %s\n", v.ResponseWhy)
+	}
+	for _, n := range names {
+		for _, e := range v.Backends[n].EndpointsOut {
+			fmt.Fprintf(w, "endpoint out: %s %s for %s: %s\n", n, e.Endpoint, age(e.Until, now), e.Reason)
+		}
+	}
 	if !verbose {
 		return
 	}

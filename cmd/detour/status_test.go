@@ -50,6 +50,8 @@ func statusView() *healthview.Snapshot {
 				State: healthview.Healthy, Since: statusNow.Add(-time.Hour), Reason: "within budgets",
 				Throttled: true, ThrottledWhy: "429 on 30% of requests",
 				Signals: healthview.Signals{Window: healthview.Duration(time.Minute), Requests: 300, ErrorRate: 0.3, TokensPerSecond: 60},
+				EndpointsOut: []healthview.EndpointOut{{Endpoint: "10.0.0.7:443", Reason: "no answer for 1.2s to 30 attempts",
+					Since: statusNow.Add(-2 * time.Second), Until: statusNow.Add(8 * time.Second)}},
 			},
 			"local": {
 				State: healthview.Degraded, Since: statusNow.Add(-10 * time.Minute), Reason: "last known",
@@ -62,6 +64,7 @@ func statusView() *healthview.Snapshot {
 			"long":    {HealthyShare: 1},
 		},
 		FirstTokenTimeout: healthview.Duration(4 * time.Second), FirstTokenWhy: "4 × p95 TTFT",
+		ResponseWhy: "none: controller.hedging is off",
 	}
 }
 
@@ -99,6 +102,8 @@ func TestPrintStatus(t *testing.T) {
 				"BACKEND", "anthropic", "local", "openai",
 				"ROUTE", "auto", "fast-8k", "long",
 				"first-token deadline: 4s (4 × p95 TTFT)\n",
+				"response deadline: none: controller.hedging is off\n",
+				"endpoint out: openai 10.0.0.7:443 for 8s: no answer for 1.2s to 30 attempts\n",
 			},
 			lines: map[string]string{
 				"anthropic": "anthropic OPEN 1m30s 120/1m0s 62.0% 1.235s 800ms 41.2 error rate 62% > 50% (retried in 42s)",
