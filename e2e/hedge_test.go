@@ -127,15 +127,15 @@ func requestsEnded(t *testing.T, s *stack, name string, n int, within time.Durat
 	return recs
 }
 
-// fast answers after 800 ms, past the deadline; fast-b would take 2 s. The
-// late attempt is not cut: the client gets fast's answer, and the hedged
-// attempt, which went to fast again, is reset.
-func testHedgeKeepsSlowFirst(t *testing.T, s *stack) {
+// slowFirstAnswer makes fast answer after 800 ms, past the deadline, and
+// rival after 2 s, and checks the client gets fast's whole answer, uncut.
+func slowFirstAnswer(t *testing.T, s *stack, rival string) (response, time.Duration) {
+	t.Helper()
 	s.ResetSims()
 	s.Sim("fast").SetFault(sim.Fault{LatencyMS: 800})
-	s.Sim("fast-b").SetFault(sim.Fault{LatencyMS: 2000})
+	s.Sim(rival).SetFault(sim.Fault{LatencyMS: 2000})
 	defer s.Sim("fast").ClearFault()
-	defer s.Sim("fast-b").ClearFault()
+	defer s.Sim(rival).ClearFault()
 	start := time.Now()
 	r := post(t, s.URL("/v1/chat/completions"), chat("auto", nil, user("hello")))
 	took := time.Since(start)
@@ -145,6 +145,14 @@ func testHedgeKeepsSlowFirst(t *testing.T, s *stack) {
 	if took < 800*time.Millisecond || took > 1500*time.Millisecond {
 		t.Errorf("answered after %s, want fast's 800 ms", took)
 	}
+	return r, took
+}
+
+// fast answers after 800 ms, past the deadline; fast-b would take 2 s. The
+// late attempt is not cut: the client gets fast's answer, and the hedged
+// attempt, which went to fast again, is reset.
+func testHedgeKeepsSlowFirst(t *testing.T, s *stack) {
+	r, took := slowFirstAnswer(t, s, "fast-b")
 	recs := requestsEnded(t, s, "fast", 2, 2*time.Second)
 	statuses := map[int]int{}
 	for _, rec := range recs {

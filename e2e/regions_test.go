@@ -229,20 +229,7 @@ func testHedgeOtherRegion(t *testing.T, s *stack, deadline time.Duration, hung .
 // one would take 2 s. The late attempt is not cut: the client gets east's
 // answer, and the hedge, on fast-west, is reset.
 func testHedgeOtherRegionSlowFirst(t *testing.T, s *stack) {
-	s.ResetSims()
-	s.Sim("fast").SetFault(sim.Fault{LatencyMS: 800})
-	s.Sim("fast-west").SetFault(sim.Fault{LatencyMS: 2000})
-	defer s.Sim("fast").ClearFault()
-	defer s.Sim("fast-west").ClearFault()
-	start := time.Now()
-	r := post(t, s.URL("/v1/chat/completions"), chat("auto", nil, user("hello")))
-	took := time.Since(start)
-	if r.Status != 200 || r.Header.Get("x-sim-name") != "fast" || !strings.Contains(string(r.Body), `"content":"tok0`) {
-		t.Fatalf("status %d from %q, want fast's whole answer: %s", r.Status, r.Header.Get("x-sim-name"), r.Body)
-	}
-	if took < 800*time.Millisecond || took > 1500*time.Millisecond {
-		t.Errorf("answered after %s, want fast's 800 ms", took)
-	}
+	r, took := slowFirstAnswer(t, s, "fast-west")
 	recs := requestsEnded(t, s, "fast-west", 1, 3*time.Second)
 	if recs[0].Status != 499 {
 		t.Errorf("the hedge on fast-west ended %d, want a reset (499)", recs[0].Status)
