@@ -7,6 +7,7 @@ package xds
 import (
 	"fmt"
 	"net"
+	"net/http"
 	"slices"
 	"sort"
 	"strconv"
@@ -635,6 +636,10 @@ func localReplyConfig(p *policy.Policy) (*hcmv3.LocalReplyConfig, error) {
 			}}},
 			Body:               inline("detour's routing service (ext_proc) is unavailable or did not answer in time"),
 			BodyFormatOverride: format("server_error", "router_unavailable"),
+			// One status whichever way the processor failed: Envoy answers
+			// a stream error with status_on_error (503) but its own 504 when
+			// the message timeout ends the processing stream's retries.
+			StatusCode: wrapperspb.UInt32(http.StatusServiceUnavailable),
 		},
 		{
 			Filter:             &accesslogv3.AccessLogFilter{FilterSpecifier: &accesslogv3.AccessLogFilter_ResponseFlagFilter{ResponseFlagFilter: &accesslogv3.ResponseFlagFilter{Flags: []string{"NC"}}}},
