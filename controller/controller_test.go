@@ -746,3 +746,27 @@ func TestResponseDeadline(t *testing.T) {
 		t.Errorf("after a 10%% move: %v, want 20s kept", c.ResponseTimeout)
 	}
 }
+
+// Both endpoints dead, the second (another region) not yet tried: the
+// first goes out so traffic moves on, but the backend is judged on all of
+// its failures, not made to look healthy by an endpoint that has shown
+// nothing.
+func TestEndpointOutNoExclusionWithoutEvidence(t *testing.T) {
+	p := quickstart(t)
+	const east, west = "127.0.0.1:8101", "127.0.0.1:8111"
+	p.Backends[0].Endpoints = append(p.Backends[0].Endpoints, policy.Endpoint{Address: west, Region: "west"})
+	hosts := &fakeHosts{w: map[string]map[string]signals.HostWindow{
+		"fast": {east: {Requests: 100, Errors: 100, TotalRequests: 100, TotalErrors: 100}, west: {}},
+	}}
+	h := newHarness(t, p, nil)
+	h.withHosts(hosts)
+	var tf traffic
+	h.src.stats["fast"] = tf.window("fast", 100, 100)
+	h.step(time.Second)
+	if out := h.push.last.Backends["fast"].EndpointsOut; !out[east] || out[west] {
+		t.Errorf("endpoints out %v, want %s alone", out, east)
+	}
+	if st := h.pub.Current().Backends["fast"].State; st != healthview.Open {
+		t.Errorf("fast is %s, want OPEN on its failures: its other endpoint has answered nothing yet", st)
+	}
+}

@@ -147,7 +147,9 @@ func (j *endpointJudge) judge(ctx context.Context, p *policy.Policy, h *health.C
 		j.outs[x.name] = outs
 	}
 	after := unansweredAfter(p, o, h.MinLatencySamples)
-	inService := 0
+	// inService: endpoints neither out nor ejected; serving: those of
+	// them with answers in the window to show for it.
+	inService, serving := 0, 0
 	for _, ep := range sortedKeys(x.hosts) {
 		hw := x.hosts[ep]
 		e := outs[ep]
@@ -179,6 +181,9 @@ func (j *endpointJudge) judge(ctx context.Context, p *policy.Policy, h *health.C
 		if why == "" {
 			if !hw.Ejected {
 				inService++
+				if hw.Requests > hw.Errors {
+					serving++
+				}
 			}
 			if e != nil && now.Sub(e.until) > h.ForgiveAfter {
 				delete(outs, ep) // back long enough: cool-downs start over
@@ -219,6 +224,16 @@ func (j *endpointJudge) judge(ctx context.Context, p *policy.Policy, h *health.C
 		j.track(x, nil)
 		j.give(x.name, o)
 		return nil
+	}
+	if serving == 0 {
+		// The others have shown nothing yet (a region that took no
+		// traffic while the first served it all): the bad endpoints go
+		// out, so traffic moves there, but the backend is still judged on
+		// everything until one of them answers; were they dead too, the
+		// backend must not look healthy meanwhile.
+		j.track(x, nil)
+		j.give(x.name, o)
+		return pushed
 	}
 	j.track(x, func(ep string) bool {
 		e := outs[ep]
