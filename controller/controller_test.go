@@ -770,3 +770,29 @@ func TestEndpointOutNoExclusionWithoutEvidence(t *testing.T) {
 		t.Errorf("fast is %s, want OPEN on its failures: its other endpoint has answered nothing yet", st)
 	}
 }
+
+// A silent endpoint (a lost region) is left out of its backend's figures
+// at once, even before the other region has answered: its attempts end in
+// timeouts only, and judging the backend on them would send its traffic to
+// other backends in the same lost region.
+func TestEndpointSilentExcludedAtOnce(t *testing.T) {
+	p := quickstart(t)
+	const east, west = "127.0.0.1:8101", "127.0.0.1:8111"
+	p.Backends[0].Endpoints = append(p.Backends[0].Endpoints, policy.Endpoint{Address: west, Region: "west"})
+	hosts := &fakeHosts{w: map[string]map[string]signals.HostWindow{
+		"fast": {east: {Requests: 300, Errors: 30, TotalRequests: 300, TotalErrors: 30, Active: 40, Started: 60, Unanswered: 2 * time.Second}, west: {}},
+	}}
+	h := newHarness(t, p, nil)
+	h.withHosts(hosts)
+	var tf traffic
+	st := tf.window("fast", 300, 30)
+	st.P95, st.LatencySamples = 80*time.Millisecond, 500
+	h.src.stats["fast"] = st
+	h.step(time.Second)
+	if out := h.push.last.Backends["fast"].EndpointsOut; !out[east] || out[west] {
+		t.Errorf("endpoints out %v, want %s alone", out, east)
+	}
+	if st := h.pub.Current().Backends["fast"]; st.State != healthview.Healthy {
+		t.Errorf("fast is %s (%s), want HEALTHY: only its silent endpoint's timeouts failed", st.State, st.Reason)
+	}
+}

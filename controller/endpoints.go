@@ -24,7 +24,7 @@ const (
 	// (at least minUnanswered), over at least minUnansweredAttempts
 	// attempts: requests keep arriving and none is answered, which long
 	// generations alone in flight never look like. Without a measured
-	// p95 the policy's total-time threshold stands in for it.
+	// p95 the bound is the policy's total-time threshold (5 s).
 	unansweredFactor      = 3
 	minUnanswered         = time.Second
 	minUnansweredAttempts = 5
@@ -119,11 +119,12 @@ func (j *endpointJudge) forget(backend string) {
 // unansweredAfter is how long an endpoint of a backend observed as o may
 // stay silent with work in flight.
 func unansweredAfter(p *policy.Policy, o *health.Observation, minSamples uint64) time.Duration {
-	typical := p.Health.TotalTime.D()
 	if o.LatencySamples >= minSamples && o.P95 > 0 {
-		typical = o.P95
+		return max(minUnanswered, unansweredFactor*o.P95)
 	}
-	return max(minUnanswered, unansweredFactor*typical)
+	// Nothing measured (a backend that just got its first traffic): the
+	// policy's bound on a whole answer.
+	return max(minUnanswered, p.Health.TotalTime.D())
 }
 
 // judge updates the endpoints of backend x at now and adjusts its
@@ -225,12 +226,15 @@ func (j *endpointJudge) judge(ctx context.Context, p *policy.Policy, h *health.C
 		j.give(x.name, o)
 		return nil
 	}
-	if serving == 0 {
+	if serving == 0 && !onlySilent(outs, now) {
 		// The others have shown nothing yet (a region that took no
-		// traffic while the first served it all): the bad endpoints go
-		// out, so traffic moves there, but the backend is still judged on
-		// everything until one of them answers; were they dead too, the
-		// backend must not look healthy meanwhile.
+		// traffic while the first served it all): the erring endpoints
+		// go out, so traffic moves there, but the backend is still judged
+		// on everything until one of them answers; were they dead too (a
+		// backend killed everywhere), it must not look healthy meanwhile.
+		// Silent ones are left out at once: a lost region's attempts end
+		// in timeouts only, and judging the backend on them would send
+		// its traffic to other backends in that same region.
 		j.track(x, nil)
 		j.give(x.name, o)
 		return pushed
@@ -307,6 +311,17 @@ func (j *endpointJudge) policyAddress(backend, ep string) string {
 		return addrs[0]
 	}
 	return ""
+}
+
+// onlySilent reports whether every endpoint out at now went out for
+// answering nothing.
+func onlySilent(outs map[string]*endpointOut, now time.Time) bool {
+	for _, e := range outs {
+		if now.Before(e.until) && !e.silent {
+			return false
+		}
+	}
+	return true
 }
 
 // unresponsive explains a backend none of whose endpoints serves while
