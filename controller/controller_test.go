@@ -500,24 +500,32 @@ func (h *harness) withHosts(hosts HostSource) {
 	}
 }
 
+// fastTwoEndpoints is a harness on the quickstart policy whose fast has a
+// second endpoint, second, in region, with endpoint windows from w.
+func fastTwoEndpoints(t *testing.T, second, region string, w map[string]map[string]signals.HostWindow) (*harness, *fakeHosts) {
+	t.Helper()
+	p := quickstart(t)
+	p.Backends[0].Endpoints = append(p.Backends[0].Endpoints, policy.Endpoint{Address: second, Region: region})
+	hosts := &fakeHosts{w: w}
+	h := newHarness(t, p, nil)
+	h.withHosts(hosts)
+	return h, hosts
+}
+
 // A lost region: fast's east endpoint takes requests and answers none, its
 // west one serves. The east endpoint is pushed UNHEALTHY on its own, its
 // timeouts do not open fast, and a backend with nothing else (fast-b, one
 // endpoint, silent too) opens. Back after its cool-down, an endpoint that
 // answers stays in.
 func TestEndpointOutOfService(t *testing.T) {
-	p := quickstart(t)
 	const east, west = "127.0.0.1:8101", "127.0.0.1:8111"
-	p.Backends[0].Endpoints = append(p.Backends[0].Endpoints, policy.Endpoint{Address: west, Region: "local"})
 	silent := signals.HostWindow{Requests: 200, Errors: 150, TotalRequests: 1200, TotalErrors: 150, Active: 40, Started: 60, Unanswered: 3 * time.Second}
-	hosts := &fakeHosts{w: map[string]map[string]signals.HostWindow{
+	h, hosts := fastTwoEndpoints(t, west, "local", map[string]map[string]signals.HostWindow{
 		"fast":   {east: silent, west: {Requests: 400, TotalRequests: 2400}},
 		"fast-b": {"127.0.0.1:8102": {Requests: 50, TotalRequests: 300, Active: 5, Started: 10, Unanswered: 3 * time.Second}},
 		// A long answer alone in flight is no silence.
 		"long": {"127.0.0.1:8103": {Requests: 1, TotalRequests: 1, Active: 1, Started: 1, Unanswered: 20 * time.Second}},
-	}}
-	h := newHarness(t, p, nil)
-	h.withHosts(hosts)
+	})
 	var tf, tb traffic
 	measured := func(s signals.Stats) signals.Stats {
 		s.P95, s.LatencySamples = 80*time.Millisecond, 500
@@ -575,15 +583,11 @@ func TestEndpointOutOfService(t *testing.T) {
 // In a backend of several endpoints, one whose own error rate opens the
 // circuit is taken out; a backend of one is judged whole.
 func TestEndpointErringOut(t *testing.T) {
-	p := quickstart(t)
 	const a, b = "127.0.0.1:8101", "127.0.0.1:8111"
-	p.Backends[0].Endpoints = append(p.Backends[0].Endpoints, policy.Endpoint{Address: b, Region: "local"})
-	hosts := &fakeHosts{w: map[string]map[string]signals.HostWindow{
+	h, hosts := fastTwoEndpoints(t, b, "local", map[string]map[string]signals.HostWindow{
 		"fast":   {a: {Requests: 100, Errors: 40}, b: {Requests: 100}},
 		"fast-b": {"127.0.0.1:8102": {Requests: 100, Errors: 40}},
-	}}
-	h := newHarness(t, p, nil)
-	h.withHosts(hosts)
+	})
 	h.step(time.Second)
 	if out := h.push.last.Backends["fast"].EndpointsOut; !out[a] || len(out) != 1 {
 		t.Errorf("fast's endpoints out: %v, want %s", out, a)
@@ -644,16 +648,12 @@ func (h *harness) waitCheck() {
 // after its cool-down a check runs; while it fails the endpoint stays
 // out, with a longer cool-down; once it passes the endpoint is back.
 func TestEndpointBackOnlyWhenReached(t *testing.T) {
-	p := quickstart(t)
 	const east, west = "127.0.0.1:8101", "127.0.0.1:8111"
-	p.Backends[0].Endpoints = append(p.Backends[0].Endpoints, policy.Endpoint{Address: west, Region: "local"})
-	hosts := &fakeHosts{w: map[string]map[string]signals.HostWindow{
+	h, hosts := fastTwoEndpoints(t, west, "local", map[string]map[string]signals.HostWindow{
 		"fast": {east: {Requests: 200, TotalRequests: 200, Active: 40, Started: 60, Unanswered: 3 * time.Second}, west: {Requests: 400, TotalRequests: 400}},
-	}}
-	h := newHarness(t, p, nil)
+	})
 	reacher := &fakeReacher{err: errors.New("context deadline exceeded")}
 	h.c.endpoints.reach = reacher
-	h.withHosts(hosts)
 	var tf traffic
 	st := tf.window("fast", 600, 0)
 	st.P95, st.LatencySamples = 80*time.Millisecond, 500
@@ -752,14 +752,10 @@ func TestResponseDeadline(t *testing.T) {
 // its failures, not made to look healthy by an endpoint that has shown
 // nothing.
 func TestEndpointOutNoExclusionWithoutEvidence(t *testing.T) {
-	p := quickstart(t)
 	const east, west = "127.0.0.1:8101", "127.0.0.1:8111"
-	p.Backends[0].Endpoints = append(p.Backends[0].Endpoints, policy.Endpoint{Address: west, Region: "west"})
-	hosts := &fakeHosts{w: map[string]map[string]signals.HostWindow{
+	h, _ := fastTwoEndpoints(t, west, "west", map[string]map[string]signals.HostWindow{
 		"fast": {east: {Requests: 100, Errors: 100, TotalRequests: 100, TotalErrors: 100}, west: {}},
-	}}
-	h := newHarness(t, p, nil)
-	h.withHosts(hosts)
+	})
 	var tf traffic
 	h.src.stats["fast"] = tf.window("fast", 100, 100)
 	h.step(time.Second)
@@ -776,14 +772,10 @@ func TestEndpointOutNoExclusionWithoutEvidence(t *testing.T) {
 // timeouts only, and judging the backend on them would send its traffic to
 // other backends in the same lost region.
 func TestEndpointSilentExcludedAtOnce(t *testing.T) {
-	p := quickstart(t)
 	const east, west = "127.0.0.1:8101", "127.0.0.1:8111"
-	p.Backends[0].Endpoints = append(p.Backends[0].Endpoints, policy.Endpoint{Address: west, Region: "west"})
-	hosts := &fakeHosts{w: map[string]map[string]signals.HostWindow{
+	h, _ := fastTwoEndpoints(t, west, "west", map[string]map[string]signals.HostWindow{
 		"fast": {east: {Requests: 300, Errors: 30, TotalRequests: 300, TotalErrors: 30, Active: 40, Started: 60, Unanswered: 2 * time.Second}, west: {}},
-	}}
-	h := newHarness(t, p, nil)
-	h.withHosts(hosts)
+	})
 	var tf traffic
 	st := tf.window("fast", 300, 30)
 	st.P95, st.LatencySamples = 80*time.Millisecond, 500
