@@ -216,17 +216,18 @@ func (j *endpointJudge) judge(ctx context.Context, p *policy.Policy, h *health.C
 			}
 		}
 	}
-	if inService == 0 {
+	// left: the endpoints whose outcomes are left out of the backend's
+	// figures; nil: none are.
+	var left func(ep string) bool
+	switch {
+	case inService == 0:
 		// Nothing of this backend serves: it is judged whole, by its own
 		// figures, and opens when nothing of it answers.
 		if len(silent) > 0 {
 			o.Unresponsive = unresponsive(x.name, silent, outs)
 		}
-		j.track(x, nil)
-		j.give(x.name, o)
-		return nil
-	}
-	if serving == 0 && !onlySilent(outs, now) {
+		pushed = nil
+	case serving == 0 && !onlySilent(outs, now):
 		// The others have shown nothing yet (a region that took no
 		// traffic while the first served it all): the erring endpoints
 		// go out, so traffic moves there, but the backend is still judged
@@ -235,15 +236,16 @@ func (j *endpointJudge) judge(ctx context.Context, p *policy.Policy, h *health.C
 		// Silent ones are left out at once: a lost region's attempts end
 		// in timeouts only, and judging the backend on them would send
 		// its traffic to other backends in that same region.
-		j.track(x, nil)
-		j.give(x.name, o)
-		return pushed
+	default:
+		left = func(ep string) bool {
+			e := outs[ep]
+			return x.hosts[ep].Ejected || (e != nil && now.Before(e.exclude))
+		}
 	}
-	j.track(x, func(ep string) bool {
-		e := outs[ep]
-		return x.hosts[ep].Ejected || (e != nil && now.Before(e.exclude))
-	})
-	j.exclude(x, o, outs, now)
+	j.track(x, left)
+	if left != nil {
+		j.exclude(x, o, left)
+	}
 	j.give(x.name, o)
 	return pushed
 }
@@ -357,11 +359,10 @@ func (j *endpointJudge) track(x *backendInput, left func(string) bool) {
 // exclude takes the left-out endpoints' outcomes off o: their window
 // counts from the window figures, everything excluded so far from the
 // monotonic totals (which the state machine reads as increases).
-func (j *endpointJudge) exclude(x *backendInput, o *health.Observation, outs map[string]*endpointOut, now time.Time) {
+func (j *endpointJudge) exclude(x *backendInput, o *health.Observation, left func(string) bool) {
 	var req, errs uint64
 	for ep, hw := range x.hosts {
-		e := outs[ep]
-		if !hw.Ejected && (e == nil || !now.Before(e.exclude)) {
+		if !left(ep) {
 			continue
 		}
 		req += hw.Requests
