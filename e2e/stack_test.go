@@ -496,10 +496,16 @@ func (s *stack) Metrics() string {
 // freeAddr picks a free loopback port below Linux's ephemeral range
 // (32768-60999): a port from that range, once released, can be taken by any
 // outgoing connection before the process meant to listen on it binds it.
+// A port is never handed out twice in one run: a stack picks all its ports
+// before any process binds them, and two picks of the same number once gave
+// Envoy's listener the admin port (the client then got the admin's 404).
 func freeAddr(t testing.TB) string {
 	t.Helper()
 	for range 1000 {
 		port := 20000 + rand.IntN(12000)
+		if !handedOut.claim(port) {
+			continue
+		}
 		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
 		if err != nil {
 			continue
@@ -511,6 +517,28 @@ func freeAddr(t testing.TB) string {
 	t.Fatal("no free port in 20000-31999")
 	return ""
 }
+
+// portSet records the ports freeAddr has handed out in this test process.
+type portSet struct {
+	mu   sync.Mutex
+	used map[int]bool
+}
+
+// claim reports whether port was not handed out before, and marks it so.
+func (s *portSet) claim(port int) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.used[port] {
+		return false
+	}
+	if s.used == nil {
+		s.used = make(map[int]bool)
+	}
+	s.used[port] = true
+	return true
+}
+
+var handedOut portSet
 
 func waitTCP(t testing.TB, addr string, timeout time.Duration, log *bytes.Buffer) {
 	t.Helper()
