@@ -24,6 +24,11 @@ type Metrics struct {
 	// FirstTokenHolds and FirstTokenWait describe the first-token stage.
 	FirstTokenHolds *prometheus.CounterVec
 	FirstTokenWait  *prometheus.HistogramVec
+	// Resumes counts streams that stalled mid-answer (resume.go);
+	// ResumeGap is the client's wait from the last token to the first
+	// token of the continuation.
+	Resumes   *prometheus.CounterVec
+	ResumeGap prometheus.Histogram
 	// QueueDepth, QueueOutcomes and QueueWait describe the queue of
 	// requests whose backends are all OPEN.
 	QueueDepth    *prometheus.GaugeVec
@@ -122,7 +127,16 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Name: "detour_cache_served_total",
 		Help: "Answers served from the response cache, by route and result (hit: fresh, within the route's TTL; stale: every backend OPEN or failed) and why (ttl, open, failed).",
 	}, []string{"route", "result", "why"})
-	reg.MustRegister(m.QueueDepth, m.QueueOutcomes, m.QueueWait, m.CacheServed)
+	m.Resumes = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "detour_extproc_resumes_total",
+		Help: "Streams that went silent for resume.stall_timeout after their first token, by the backend that stalled and outcome: resumed (another backend finished the answer), failed (the continuation failed: the client got an error event), finished (the answer was complete but its end never came: detour ended it), not_resumable (tool calls, several choices, no backend able to continue, or resume.max_resumes reached).",
+	}, []string{"backend", "outcome"})
+	m.ResumeGap = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "detour_extproc_resume_gap_seconds",
+		Help:    "For resumed streams, the client's wait between the last token of the stalled backend and the first token of the continuation.",
+		Buckets: []float64{0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 30},
+	})
+	reg.MustRegister(m.QueueDepth, m.QueueOutcomes, m.QueueWait, m.CacheServed, m.Resumes, m.ResumeGap)
 	reg.MustRegister(m.Shed, m.HealthView, m.HealthViewErrors, m.FirstTokenHolds, m.FirstTokenWait, m.Attempts, m.Panics, m.Decisions, m.DecisionTime, m.Errors, m.Rejections, m.TokenCounts,
 		m.StreamsActive, m.PolicyVersion, m.PolicyReloads, m.BodyBytes)
 	return m

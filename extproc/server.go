@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -74,6 +75,8 @@ type Server struct {
 	cache   *respcache.Cache
 	queue   *queue
 	stop    context.CancelFunc
+	// client sends continuations of stalled streams through Envoy.
+	client *http.Client
 }
 
 // state is everything a policy decides; swapped whole on reload so one
@@ -95,6 +98,7 @@ type state struct {
 	// cache and queue settings.
 	cache          cacheState
 	messageTimeout time.Duration
+	resume         resumeState
 }
 
 // work is the per-request scratch reused across requests.
@@ -118,6 +122,11 @@ type work struct {
 	cache    cacheWork
 	// closeAfter ends the stream once the answer is sent.
 	closeAfter bool
+	// resumeFrom is the backend whose stalled answer this request
+	// continues (HeaderResumeFrom); continuation is the style the
+	// upstream stage marks the attempt's body with.
+	resumeFrom   string
+	continuation string
 	// early sends an answer ahead of the one being prepared (a message
 	// timeout extension before a queue wait).
 	early func(*extprocv3.ProcessingResponse) error
@@ -133,6 +142,12 @@ func New(cfg Config) (*Server, error) {
 		s.log = slog.New(slog.DiscardHandler)
 	}
 	s.queue = newQueue(cfg.Metrics)
+	s.client = &http.Client{Transport: &http.Transport{
+		Proxy:               nil,
+		MaxIdleConnsPerHost: 64,
+		IdleConnTimeout:     90 * time.Second,
+		DisableCompression:  true, // the events are passed on as they are
+	}}
 	ctx, stop := context.WithCancel(context.Background())
 	s.stop = stop
 	go s.queue.run(ctx)
@@ -156,7 +171,7 @@ func (s *Server) SetPolicy(p *policy.Policy) error {
 	if err != nil {
 		return fmt.Errorf("extproc: %w", err)
 	}
-	strip := append([]string{HeaderBackend, HeaderModel, HeaderRoute, HeaderStream, HeaderPriority}, credHeaders...)
+	strip := append([]string{HeaderBackend, HeaderModel, HeaderRoute, HeaderStream, HeaderPriority, HeaderResumeFrom, HeaderResumed}, credHeaders...)
 	stripLists(creds, strip)
 	priorities := make(map[string]string, len(p.Routes))
 	for _, rt := range p.Routes {
@@ -173,6 +188,7 @@ func (s *Server) SetPolicy(p *policy.Policy) error {
 		priorities:     priorities,
 		cache:          newCacheState(p),
 		messageTimeout: p.ExtProc.MessageTimeout.D(),
+		resume:         newResumeState(p, r),
 	})
 	s.metrics.PolicyVersion.SetToCurrentTime()
 	return nil
@@ -194,6 +210,9 @@ func (s *Server) Process(stream extprocv3.ExternalProcessor_ProcessServer) error
 	w.reset()
 	defer s.work.Put(w)
 	ctx := stream.Context()
+	if isResumeStage(ctx) {
+		return s.serveResume(stream, st)
+	}
 	w.early = stream.Send
 	for {
 		msg, err := stream.Recv()
@@ -235,6 +254,7 @@ func (w *work) reset() {
 	w.cache.reset()
 	w.early = nil
 	w.closeAfter = false
+	w.resumeFrom, w.continuation = "", ""
 	// Very large bodies are not kept for the next request.
 	if cap(w.body) > 1<<20 {
 		w.body = nil
@@ -313,6 +333,8 @@ func (s *Server) onRequestHeaders(st *state, w *work, h *extprocv3.HttpHeaders) 
 			w.method = headerValue(hv)
 		case HeaderPriority:
 			w.priority = headerValue(hv)
+		case HeaderResumeFrom:
+			w.resumeFrom = headerValue(hv)
 		default:
 			if st.cache.on {
 				w.cache.readHeader(st.cache.tenantHeader, hv.Key, headerValue(hv))
@@ -390,10 +412,15 @@ func (s *Server) route(ctx context.Context, st *state, w *work) *extprocv3.Proce
 	}
 	s.metrics.TokenCounts.WithLabelValues(method).Inc()
 	h, view := s.health.forRequest(r, &w.health)
+	if w.resumeFrom != "" {
+		h = st.resume.skipForContinuation(r, w.resumeFrom, h)
+	}
 	if err := r.DecideHealth(&w.req, &w.dec, h); err != nil {
 		return s.rejectDecision(w, err)
 	}
-	s.prepareKey(st, w)
+	if w.resumeFrom == "" {
+		s.prepareKey(st, w)
+	}
 	allOpen := candidatesOpen(view, r, &w.dec)
 	if resp := s.lookup(ctx, st, w, allOpen); resp != nil {
 		return resp
@@ -410,6 +437,9 @@ func (s *Server) route(ctx context.Context, st *state, w *work) *extprocv3.Proce
 			// request waited its turn in priority order: it is not shed.
 			released = true
 			h, view = s.health.forRequest(r, &w.health)
+			if w.resumeFrom != "" {
+				h = st.resume.skipForContinuation(r, w.resumeFrom, h)
+			}
 			if err := r.DecideHealth(&w.req, &w.dec, h); err != nil {
 				return s.rejectDecision(w, err)
 			}

@@ -119,15 +119,21 @@ func (s *Server) upstreamHeaders(st *state, w *work, h *extprocv3.HttpHeaders) *
 			w.path = headerValue(hv)
 		case HeaderModel:
 			bodyModel = headerValue(hv)
+		case HeaderResumeFrom:
+			w.resumeFrom = headerValue(hv)
 		}
 	}
 	w.kind = route.KindFromPath(w.path)
 	mut, be := s.upstreamHeaderMutation(st, w)
 	w.backend = be
+	if be != nil && w.resumeFrom != "" {
+		// A continuation: its body is marked for this attempt's backend.
+		w.continuation = st.resume.styles[be.Name]
+	}
 	resp := &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestHeaders{RequestHeaders: &extprocv3.HeadersResponse{
 		Response: &extprocv3.CommonResponse{HeaderMutation: mut},
 	}}}
-	if be == nil || h.EndOfStream || bodyModel == be.Model {
+	if be == nil || h.EndOfStream || bodyModel == be.Model && w.continuation == "" {
 		if be != nil {
 			s.metrics.Attempts.WithLabelValues(be.Name, "unchanged").Inc()
 		}
@@ -176,12 +182,26 @@ func (s *Server) upstreamBody(w *work, b *extprocv3.HttpBody) *extprocv3.Process
 		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestBody{RequestBody: &extprocv3.BodyResponse{Response: common}}}
 	}
 	outcome := "unchanged"
-	if err := route.ParseRequest(w.kind, w.body, &w.req); err == nil && w.req.Model != be.Model {
-		w.out = route.RewriteModel(w.out[:0], w.body, &w.req, be.Model)
+	if w.continuation != "" {
+		if marked, err := markContinuation(w.body, w.continuation); err == nil {
+			w.body = marked
+			outcome = "continuation"
+		} else {
+			s.log.Warn("continuation left unmarked", "backend", be.Name, "error", err)
+		}
+	}
+	if err := route.ParseRequest(w.kind, w.body, &w.req); err == nil && (w.req.Model != be.Model || outcome == "continuation") {
+		if w.req.Model != be.Model {
+			w.out = route.RewriteModel(w.out[:0], w.body, &w.req, be.Model)
+		} else {
+			w.out = append(w.out[:0], w.body...)
+		}
 		body := append([]byte(nil), w.out...)
 		common.BodyMutation = &extprocv3.BodyMutation{Mutation: &extprocv3.BodyMutation_Body{Body: body}}
 		mut.SetHeaders = append(mut.SetHeaders, setHeader("content-length", strconv.Itoa(len(body))))
-		outcome = "rewritten"
+		if outcome == "unchanged" {
+			outcome = "rewritten"
+		}
 	}
 	s.metrics.Attempts.WithLabelValues(be.Name, outcome).Inc()
 	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestBody{RequestBody: &extprocv3.BodyResponse{Response: common}}}

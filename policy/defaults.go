@@ -51,6 +51,11 @@ const (
 	// seconds), so only a stalled provider hits it; far below the request
 	// timeout, so the client still gets its answer from another backend.
 	DefaultFirstTokenTimeout = 10 * time.Second
+	// DefaultStallTimeout: a started stream silent this long is resumed
+	// on another backend.
+	DefaultStallTimeout = 3 * time.Second
+	// DefaultMaxResumes: one move per answer.
+	DefaultMaxResumes = 1
 
 	// Outlier detection: fast sweeps, since a provider that fails five
 	// times in a row is not coming back within a second.
@@ -133,6 +138,12 @@ func (p *Policy) ApplyDefaults() {
 	setStr(&p.XDS.Listen, DefaultXDSListen)
 	setStr(&p.XDS.Metrics, DefaultXDSMetrics)
 	setDur(&p.ExtProc.MessageTimeout, DefaultMessageTimeout)
+	if p.Resume.Enabled == nil {
+		on := true
+		p.Resume.Enabled = &on
+	}
+	setDur(&p.Resume.StallTimeout, DefaultStallTimeout)
+	setInt(&p.Resume.MaxResumes, DefaultMaxResumes)
 	p.applyControllerDefaults()
 	p.applyProbeDefaults()
 	p.applyCacheDefaults()

@@ -255,7 +255,7 @@ func TestParseProblems(t *testing.T) {
 		{
 			name: "unknown key far from every known one lists them",
 			src:  oneBackend + "tracing: {}\n",
-			want: []string{`f.yaml:11:1: tracing: unknown key "tracing" (hint: known keys here: backends, cache, circuit_breaker, controller, envoy, extproc, health, limits, outlier_detection, probes, queue, retry, routes, routing, version, wasm, xds)`},
+			want: []string{`f.yaml:11:1: tracing: unknown key "tracing" (hint: known keys here: backends, cache, circuit_breaker, controller, envoy, extproc, health, limits, outlier_detection, probes, queue, resume, retry, routes, routing, version, wasm, xds)`},
 		},
 		{
 			name: "int field given a word",
@@ -663,7 +663,7 @@ routes:
 				`f.yaml:11:19: retry.attempts: want a whole number, got "x"`,
 				`f.yaml:11:34: retry.base_delay: want a duration with a unit such as "500ms" or "30s", got 5`,
 				`f.yaml:11:45: retry.jitter: want a number, got "high"`,
-				`f.yaml:12:1: bogus: unknown key "bogus" (hint: known keys here: backends, cache, circuit_breaker, controller, envoy, extproc, health, limits, outlier_detection, probes, queue, retry, routes, routing, version, wasm, xds)`,
+				`f.yaml:12:1: bogus: unknown key "bogus" (hint: known keys here: backends, cache, circuit_breaker, controller, envoy, extproc, health, limits, outlier_detection, probes, queue, resume, retry, routes, routing, version, wasm, xds)`,
 				`f.yaml:13:24: extproc.log_prompts: want true or false, got "1"`,
 			},
 		},

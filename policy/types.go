@@ -43,6 +43,29 @@ type Policy struct {
 	Cache Cache `yaml:"cache,omitempty"`
 	// Queue holds requests while every backend of their route is OPEN.
 	Queue Queue `yaml:"queue,omitempty"`
+	// Resume moves a stream that stalls mid-answer to another backend,
+	// which continues the same answer.
+	Resume Resume `yaml:"resume,omitempty"`
+}
+
+// Resume is mid-answer failover for streams (decision 0015). A stream
+// whose provider goes silent after its first tokens is continued by
+// another backend that accepts a partial answer to continue (a backend
+// with continuation set): the client receives one whole answer.
+type Resume struct {
+	// Enabled turns resumption on. It only acts when at least one backend
+	// sets continuation. Default true.
+	Enabled *bool `yaml:"enabled,omitempty"`
+	// StallTimeout is how long a started stream may send nothing before it
+	// is continued elsewhere. Default 3s: far above the gap between two
+	// tokens of a healthy backend (50 ms at 20 tokens/s).
+	StallTimeout Duration `yaml:"stall_timeout,omitempty"`
+	// MaxResumes bounds how many times one answer is moved. Default 1.
+	MaxResumes int `yaml:"max_resumes,omitempty" jsonschema:"minimum=1,maximum=3"`
+	// Via is the URL at which the ext_proc service reaches Envoy's
+	// listener to send a continuation. Default: envoy.listen over http,
+	// a wildcard host read as loopback.
+	Via string `yaml:"via,omitempty"`
 }
 
 // XDSSettings configure the control plane Envoy takes its config from.
@@ -71,10 +94,36 @@ type Backend struct {
 	// Priority is a tier: lower tiers are always preferred over higher ones,
 	// whatever the objective says. Default 0.
 	Priority int `yaml:"priority,omitempty" jsonschema:"minimum=0"`
+	// Continuation says how this backend continues a partial answer, so
+	// that it can take over a stream another backend stalled (resume):
+	// "prefix" marks the partial assistant message with "prefix": true
+	// (DeepSeek, Mistral); "continue_final_message" sets that request
+	// field (vLLM, SGLang). Empty: the backend takes no resumed answers.
+	Continuation string `yaml:"continuation,omitempty" jsonschema:"enum=,enum=prefix,enum=continue_final_message"`
 	// Credentials are added to requests sent to this backend only, on each
 	// attempt. The key comes from a file or the environment, never from
 	// this file.
 	Credentials *Credentials `yaml:"credentials,omitempty"`
+}
+
+// Backend continuation styles (Backend.Continuation).
+const (
+	ContinuationPrefix       = "prefix"
+	ContinuationFinalMessage = "continue_final_message"
+)
+
+// ResumeOn reports whether streams that stall mid-answer are resumed: on,
+// and some backend can take a resumed answer.
+func (p *Policy) ResumeOn() bool {
+	if p.Resume.Enabled != nil && !*p.Resume.Enabled {
+		return false
+	}
+	for _, b := range p.Backends {
+		if b.Continuation != "" {
+			return true
+		}
+	}
+	return false
 }
 
 // Credentials name where a backend's API key is kept.

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 )
 
 var (
@@ -48,6 +49,11 @@ func (p *Policy) Validate() []Problem {
 		}
 		if b.API != APIOpenAI {
 			v.add(at+".api", fmt.Sprintf("unsupported api %q", b.API), "only \"openai\" is supported")
+		}
+		switch b.Continuation {
+		case "", ContinuationPrefix, ContinuationFinalMessage:
+		default:
+			v.add(at+".continuation", fmt.Sprintf("unknown continuation %q", b.Continuation), `"prefix" (DeepSeek, Mistral), "continue_final_message" (vLLM, SGLang), or leave it out`)
 		}
 		if b.Model == "" {
 			v.add(at+".model", "backend has no model id", "the provider's model id, e.g. gpt-4o-mini")
@@ -170,6 +176,12 @@ func (p *Policy) Validate() []Problem {
 	}
 	if !(p.Retry.Jitter >= 0 && p.Retry.Jitter <= 1) { // NaN too
 		v.add("retry.jitter", "jitter is a share between 0 and 1", "0.5 means ±50 %")
+	}
+	if p.Resume.StallTimeout.D() < 100*time.Millisecond {
+		v.add("resume.stall_timeout", fmt.Sprintf("%s would take pauses between healthy tokens for stalls", p.Resume.StallTimeout.D()), "e.g. 3s")
+	}
+	if p.Resume.MaxResumes < 1 || p.Resume.MaxResumes > 3 {
+		v.add("resume.max_resumes", fmt.Sprintf("%d is outside 1-3", p.Resume.MaxResumes), "1 moves an answer once")
 	}
 	// A first-token deadline under a healthy time to first token would
 	// abandon healthy streams; one past the request timeout never fires.

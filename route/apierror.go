@@ -209,3 +209,10 @@ func ErrQueueFull(target string, depth int) *APIError {
 	return &APIError{Status: 503, Type: "server_error", Code: "all_backends_down", Kind: "queue_full",
 		Message: fmt.Sprintf("every backend that can serve %q is down and %d requests already wait for one to recover; retry later", target, depth)}
 }
+
+// ErrStalled is the error event that ends a stream whose provider went
+// silent mid-answer and whose continuation failed: the answer is cut.
+func ErrStalled(why string) *APIError {
+	return &APIError{Status: 502, Type: "server_error", Code: "stream_stalled", Kind: "stream_stalled",
+		Message: "the answer stalled and could not be resumed on another backend: " + why}
+}

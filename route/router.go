@@ -65,7 +65,13 @@ type Health struct {
 	// controller sees whether they are well again or worse (a failure is
 	// retried on the next backend).
 	Trial bool
+	// Skip by backend index leaves a backend out of this decision
+	// altogether (a resumed answer avoids the backend that stalled it and
+	// those that cannot continue one). Missing entries skip nothing.
+	Skip []bool
 }
+
+func (h *Health) skip(i int) bool { return h != nil && i < len(h.Skip) && h.Skip[i] }
 
 // TrialRank is the rank of a recovering (HALF_OPEN) backend; degraded
 // ones rank 1. Both take trial requests.
@@ -230,7 +236,7 @@ func (r *Router) DecideHealth(req *Request, d *Decision, h *Health) error {
 	d.scores = d.scores[:0]
 	for pos, i := range tg.candidates {
 		b := &r.backends[i]
-		if r.check(req, b) != RequireNone {
+		if h.skip(i) || r.check(req, b) != RequireNone {
 			continue
 		}
 		var score float64

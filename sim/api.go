@@ -93,7 +93,7 @@ func (s *Server) handleAPI(w http.ResponseWriter, r *http.Request) {
 	if len(path) > maxRecordedValue {
 		path = path[:maxRecordedValue]
 	}
-	x.rec = RequestRecord{
+	x.rec = RequestRecord{ContinuedFrom: -1,
 		Time:    x.start.UTC(),
 		Method:  r.Method,
 		Path:    path,
@@ -373,6 +373,8 @@ type output struct {
 	// of the n token texts.
 	pieces []string
 	tool   *toolCall
+	// start is the first token's number in a continuation.
+	start int
 }
 
 // piece is the text of completion chunk i.
@@ -380,13 +382,20 @@ func (o *output) piece(i int) string {
 	if o.pieces != nil {
 		return o.pieces[i]
 	}
-	return tokenText(i)
+	return tokenText(o.start + i)
 }
 
 // text is the whole answer text (a tool call's arguments with a tool).
 func (o *output) text() string {
 	if o.pieces != nil {
 		return strings.Join(o.pieces, "")
+	}
+	if o.start > 0 {
+		var b strings.Builder
+		for i := range o.n {
+			b.WriteString(o.piece(i))
+		}
+		return b.String()
 	}
 	return completionText(o.n)
 }
@@ -430,6 +439,15 @@ func (x *exchange) generate(chat bool, req *genRequest, ov overrides, f Fault) {
 	if o.n, o.finish, e = x.completionLength(req, ov, minMax); e != nil {
 		x.fail(e)
 		return
+	}
+	if k, ok := continuedTokens(req); chat && ok {
+		// A continuation: the rest of the answer the partial one began,
+		// within what the request still allows.
+		o.start = k
+		if o.finish == "stop" {
+			o.n = max(0, o.n-k)
+		}
+		x.rec.ContinuedFrom = k
 	}
 	o.includeUsage = x.s.cfg.AlwaysUsage || (req.StreamOptions != nil && req.StreamOptions.IncludeUsage)
 	if chat {

@@ -51,6 +51,11 @@ type RequestRecord struct {
 	// Fault lists the fault effects applied, comma-separated, in the order
 	// applied (e.g. "latency,status"); "" when none.
 	Fault string `json:"fault"`
+	// ContinuedFrom is, for a request that continues a partial answer
+	// (an assistant message marked "prefix": true, or
+	// continue_final_message), the number of the first token it wrote;
+	// -1 otherwise.
+	ContinuedFrom int `json:"continued_from"`
 	// DurationMS is the handler's run time in milliseconds.
 	DurationMS float64 `json:"duration_ms"`
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"strings"
 )
 
 // apiError is an error answered in OpenAI's envelope:
@@ -209,6 +210,38 @@ type genRequest struct {
 	ResponseFormat *responseFormat `json:"response_format"`
 	Tools          []toolSpec      `json:"tools"`
 	ToolChoice     json.RawMessage `json:"tool_choice"`
+	// ContinueFinalMessage (vLLM, SGLang) continues the last assistant
+	// message instead of answering after it.
+	ContinueFinalMessage bool `json:"continue_final_message"`
+}
+
+// continuedTokens is how many of the simulator's own answer tokens a
+// partial answer to continue holds: the request ends with an assistant
+// message marked "prefix": true (DeepSeek, Mistral) or sets
+// continue_final_message (vLLM), and that message's text is
+// "tok0 tok1 … tok<k-1>". The continuation is then tokens k, k+1, …, as a
+// model continuing its own text would write. ok is false when the request
+// asks for no continuation.
+func continuedTokens(req *genRequest) (k int, ok bool) {
+	var msgs []struct {
+		Role    string `json:"role"`
+		Content string `json:"content"`
+		Prefix  bool   `json:"prefix"`
+	}
+	if json.Unmarshal(req.Messages, &msgs) != nil || len(msgs) == 0 {
+		return 0, false
+	}
+	last := msgs[len(msgs)-1]
+	if last.Role != "assistant" || !last.Prefix && !req.ContinueFinalMessage {
+		return 0, false
+	}
+	for i, f := range strings.Fields(last.Content) {
+		if f != "tok"+strconv.Itoa(i) {
+			return 0, true // not the simulator's text: start over
+		}
+		k = i + 1
+	}
+	return k, true
 }
 
 type streamOptions struct {

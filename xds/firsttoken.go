@@ -111,6 +111,11 @@ func streamRoute(p *policy.Policy, routed *routev3.Route) (*routev3.Route, error
 	if err != nil {
 		return nil, err
 	}
+	if p.ResumeOn() {
+		if cfg[ResumeFilter], err = resumePerRoute(); err != nil {
+			return nil, err
+		}
+	}
 	r.TypedPerFilterConfig = cfg
 	return r, nil
 }

@@ -283,9 +283,9 @@ func listenerHTTPFilters(p *policy.Policy, o Options, extProc, router *anypb.Any
 		if err != nil {
 			return nil, err
 		}
-		return []*hcmv3.HttpFilter{w, ep, rt}, nil
+		return withResume(p, []*hcmv3.HttpFilter{w, ep}, rt)
 	}
-	return []*hcmv3.HttpFilter{ep, rt}, nil
+	return withResume(p, []*hcmv3.HttpFilter{ep}, rt)
 }
 
 // skipWhenWasmDecided wraps the router-stage ext_proc filter so it does not
