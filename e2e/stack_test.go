@@ -101,6 +101,8 @@ type backendSpec struct {
 	// named Name+"-"+FarRegion.
 	Region, FarRegion string
 	Addr, FarAddr     string // filled by startStack
+	// Continuation is the backend's continuation style (resume).
+	Continuation string
 }
 
 // quickstartBackends mirrors examples/quickstart/policy.yaml on random ports.
@@ -190,6 +192,9 @@ backends:
     price: {input: {{.In}}, output: {{.Out}}}
 {{- if .KeyEnv}}
     credentials: {api_key_env: {{.KeyEnv}}}
+{{- end}}
+{{- if .Continuation}}
+    continuation: {{.Continuation}}
 {{- end}}
 {{- end}}
 routes:

@@ -1,0 +1,105 @@
+package e2e
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/detourhq/detour/sim"
+)
+
+// resumeBackends are the quickstart backends where fast continues partial
+// answers the vLLM way and fast-b the DeepSeek way.
+func resumeBackends() []backendSpec {
+	b := quickstartBackends()
+	b[0].Continuation = "continue_final_message"
+	b[1].Continuation = "prefix"
+	return b
+}
+
+// answerText joins the content deltas of an event stream; it fails the
+// test on an event it cannot read or on two different stream ids.
+func answerText(t *testing.T, body string) (text string, done bool) {
+	t.Helper()
+	var b strings.Builder
+	id := ""
+	for line := range strings.SplitSeq(body, "\n") {
+		data, ok := strings.CutPrefix(line, "data: ")
+		if !ok {
+			continue
+		}
+		if data == "[DONE]" {
+			done = true
+			continue
+		}
+		var c struct {
+			ID      string `json:"id"`
+			Choices []struct {
+				Delta struct {
+					Content string `json:"content"`
+				} `json:"delta"`
+			} `json:"choices"`
+			Error any `json:"error"`
+		}
+		if err := json.Unmarshal([]byte(data), &c); err != nil {
+			t.Fatalf("unreadable event %q: %v", data, err)
+		}
+		if c.Error != nil {
+			t.Fatalf("error event: %s", data)
+		}
+		if id == "" {
+			id = c.ID
+		} else if c.ID != id {
+			t.Errorf("event of stream %q in stream %q: a resumed answer keeps its id", c.ID, id)
+		}
+		for _, ch := range c.Choices {
+			b.WriteString(ch.Delta.Content)
+		}
+	}
+	return b.String(), done
+}
+
+// A stream whose provider stalls after its first tokens is finished by
+// another backend, on Envoy 1.40: the client gets one whole answer, with
+// a pause of about resume.stall_timeout, and the second backend was asked
+// to continue from the token where the first stopped.
+func TestResumeStalledStream(t *testing.T) {
+	for _, wasm := range []string{"", "measure"} {
+		t.Run("wasm="+wasm, func(t *testing.T) {
+			s := startStack(t, stackOptions{Backends: resumeBackends(), Wasm: wasm, Extra: "resume: {stall_timeout: 1s}"})
+			const want = "tok0 tok1 tok2 tok3 tok4 tok5 tok6 tok7 tok8 tok9 tok10 tok11"
+			body := chat("auto", map[string]any{"stream": true, "max_tokens": 12, "stream_options": map[string]any{"include_usage": true}}, user("hello"))
+
+			t.Run("healthy stream passes unchanged", func(t *testing.T) {
+				s.ResetSims()
+				r := stream(t, s.URL("/v1/chat/completions"), body)
+				text, done := answerText(t, r.body)
+				if r.status != 200 || text != want || !done {
+					t.Fatalf("status %d, text %q, [DONE] %v; want 200, %q, true", r.status, text, done, want)
+				}
+			})
+
+			t.Run("stall after 5 tokens", func(t *testing.T) {
+				s.ResetSims()
+				s.Sim("fast").SetFault(sim.Fault{StallAfterTokens: 5})
+				defer s.Sim("fast").ClearFault()
+				r := stream(t, s.URL("/v1/chat/completions"), body)
+				text, done := answerText(t, r.body)
+				if r.status != 200 || text != want || !done {
+					t.Fatalf("status %d, text %q, [DONE] %v; want 200, %q, true\n%s", r.status, text, done, want, r.body)
+				}
+				if r.total < time.Second || r.total > 4*time.Second {
+					t.Errorf("answer took %s; want about the 1s stall timeout", r.total)
+				}
+				recs := s.Sim("fast-b").Requests(10)
+				if len(recs) != 1 || recs[0].ContinuedFrom != 5 {
+					t.Fatalf("fast-b saw %+v; want one continuation from token 5", recs)
+				}
+				if m := s.Metrics(); !strings.Contains(m, `detour_extproc_resumes_total{backend="fast",outcome="resumed"} 1`) {
+					t.Errorf("resume not counted:\n%s", grepLines(m, "detour_extproc_resume"))
+				}
+			})
+		})
+	}
+}
