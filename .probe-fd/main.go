@@ -9,6 +9,7 @@ import (
 	"os"
 	"time"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/grpc"
 )
@@ -29,6 +30,7 @@ func (srv) Process(st extprocv3.ExternalProcessor_ProcessServer) error {
 		}
 	}()
 	var idle <-chan time.Time
+	var held []byte
 	for {
 		select {
 		case m, ok := <-msgs:
@@ -37,11 +39,21 @@ func (srv) Process(st extprocv3.ExternalProcessor_ProcessServer) error {
 			}
 			switch r := m.Request.(type) {
 			case *extprocv3.ProcessingRequest_ResponseHeaders:
-				log.Println("resp headers")
-				st.Send(&extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseHeaders{ResponseHeaders: &extprocv3.HeadersResponse{}}})
+				log.Println("resp headers (held)")
+				if os.Getenv("HOLD") == "" {
+					st.Send(&extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseHeaders{ResponseHeaders: &extprocv3.HeadersResponse{}}})
+				}
 				idle = time.After(800 * time.Millisecond)
 			case *extprocv3.ProcessingRequest_ResponseBody:
 				log.Printf("body %q eos=%v", r.ResponseBody.Body, r.ResponseBody.EndOfStream)
+				if os.Getenv("HOLD") != "" {
+					held = append(held, r.ResponseBody.Body...)
+					if r.ResponseBody.EndOfStream {
+						st.Send(&extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseHeaders{ResponseHeaders: &extprocv3.HeadersResponse{Response: &extprocv3.CommonResponse{HeaderMutation: &extprocv3.HeaderMutation{SetHeaders: []*corev3.HeaderValueOption{{Header: &corev3.HeaderValue{Key: ":status", RawValue: []byte("203")}}, {Header: &corev3.HeaderValue{Key: "x-test", RawValue: []byte("yes")}}, {Header: &corev3.HeaderValue{Key: "content-length", RawValue: []byte(fmt.Sprint(len(held)))}}}}}}}})
+						st.Send(bodyResp(held, true))
+					}
+					continue
+				}
 				st.Send(bodyResp(r.ResponseBody.Body, r.ResponseBody.EndOfStream))
 				idle = time.After(800 * time.Millisecond)
 			case *extprocv3.ProcessingRequest_ResponseTrailers:
@@ -57,6 +69,9 @@ func (srv) Process(st extprocv3.ExternalProcessor_ProcessServer) error {
 				log.Printf("other %T", r)
 			}
 		case <-idle:
+			if os.Getenv("HOLD") != "" {
+				continue
+			}
 			log.Println("stall: injecting")
 			for i := range 3 {
 				st.Send(bodyResp([]byte(fmt.Sprintf("data: resumed %d\n\n", i)), false))

@@ -103,3 +103,40 @@ func TestResumeStalledStream(t *testing.T) {
 		})
 	}
 }
+
+// A whole answer whose body stops after its headers is held by detour
+// (the client has seen nothing) and asked again of another backend: the
+// client gets the other backend's whole answer, about resume.stall_timeout
+// late, never the half body.
+func TestRedoStalledAnswer(t *testing.T) {
+	s := startStack(t, stackOptions{Backends: resumeBackends(), Extra: "resume: {stall_timeout: 1s}"})
+	body := chat("auto", map[string]any{"max_tokens": 12}, user("hello"))
+	s.Sim("fast").SetFault(sim.Fault{StallAfterTokens: 5}) // half the body, then silence
+	start := time.Now()
+	r := post(t, s.URL("/v1/chat/completions"), body)
+	took := time.Since(start)
+	var a struct {
+		Choices []struct {
+			Message struct {
+				Content string `json:"content"`
+			} `json:"message"`
+		} `json:"choices"`
+	}
+	if err := json.Unmarshal(r.Body, &a); err != nil || len(a.Choices) != 1 {
+		t.Fatalf("status %d, body %q: %v", r.Status, r.Body, err)
+	}
+	if r.Status != 200 || a.Choices[0].Message.Content != "tok0 tok1 tok2 tok3 tok4 tok5 tok6 tok7 tok8 tok9 tok10 tok11" || r.Header.Get("x-detour-backend") != "fast-b" {
+		t.Errorf("status %d from %q, content %q; want fast-b's whole answer", r.Status, r.Header.Get("x-detour-backend"), a.Choices[0].Message.Content)
+	}
+	if took < time.Second || took > 4*time.Second {
+		t.Errorf("answer took %s; want about the 1s stall timeout", took)
+	}
+	if m := s.Metrics(); !strings.Contains(m, `detour_extproc_resumes_total{backend="fast",outcome="resumed"} 1`) {
+		t.Errorf("repeat not counted:\n%s", grepLines(m, "detour_extproc_resume"))
+	}
+	// A healthy whole answer is held only until it is complete.
+	s.Sim("fast").ClearFault()
+	if r := post(t, s.URL("/v1/chat/completions"), body); r.Status != 200 || r.Header.Get("x-detour-backend") != "fast" {
+		t.Errorf("healthy answer: status %d from %q", r.Status, r.Header.Get("x-detour-backend"))
+	}
+}

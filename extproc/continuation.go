@@ -64,6 +64,17 @@ func continuationBody(body []byte, target, partial string, sent int) ([]byte, er
 	return json.Marshal(req)
 }
 
+// withModel is a request body with its model set to target (the route),
+// so that the router may pick any backend for it again.
+func withModel(body []byte, target string) ([]byte, error) {
+	var req map[string]json.RawMessage
+	if err := json.Unmarshal(body, &req); err != nil {
+		return nil, fmt.Errorf("repeat: request body: %w", err)
+	}
+	req["model"] = jsonString(target)
+	return json.Marshal(req)
+}
+
 // markContinuation marks a continuation body for a backend's style.
 func markContinuation(body []byte, style string) ([]byte, error) {
 	var req map[string]json.RawMessage

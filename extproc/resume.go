@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/grpc/metadata"
 
@@ -42,6 +43,9 @@ const (
 	// stalled: the router leaves it out, and each attempt's body is marked
 	// for its backend's continuation style.
 	HeaderResumeFrom = "x-detour-resume-from"
+	// HeaderRedoFrom marks a whole request asked again because its answer
+	// stopped coming from this backend: the router leaves it out.
+	HeaderRedoFrom = "x-detour-redo-from"
 	// HeaderResumed counts how many times an answer was moved.
 	HeaderResumed = "x-detour-resumed"
 )
@@ -101,15 +105,18 @@ func listenerURL(p *policy.Policy) string {
 	return "http://" + net.JoinHostPort(host, port)
 }
 
-// skipForContinuation is the health for routing a continuation: the
-// stalled backend and every backend that cannot continue are left out.
-func (rs *resumeState) skipForContinuation(r *route.Router, from string, h *route.Health) *route.Health {
+// anyContinues reports whether some backend takes continuations.
+func (rs *resumeState) anyContinues() bool { return len(rs.styles) > 0 }
+
+// skipFor is the health for routing a moved answer: the stalled backend
+// is left out and, for a continuation, every backend that cannot continue.
+func (rs *resumeState) skipFor(r *route.Router, from string, continuation bool, h *route.Health) *route.Health {
 	out := &route.Health{Skip: make([]bool, len(rs.continues))}
 	if h != nil {
 		out.Rank, out.Trial = h.Rank, h.Trial
 	}
 	for i, ok := range rs.continues {
-		out.Skip[i] = !ok
+		out.Skip[i] = continuation && !ok
 	}
 	if i, ok := r.BackendIndex(from); ok && i < len(out.Skip) {
 		out.Skip[i] = true
@@ -124,7 +131,7 @@ func isResumeStage(ctx context.Context) bool {
 	return len(v) == 1 && v[0] == StageResume
 }
 
-// resumer is one stream's resume stage.
+// resumer is one request's resume stage.
 type resumer struct {
 	s       *Server
 	st      *state
@@ -134,17 +141,45 @@ type resumer struct {
 	host    string
 	body    []byte
 	target  string // the route the client asked for
+	stream  bool   // a streaming request (HeaderStream)
 	resumed int    // times this answer was already moved (HeaderResumed)
 	backend string // the backend answering (response header)
-	follow  bool   // a 200 chat event stream: worth following
-	t       answerTracker
+	mode    watchMode
+	t       answerTracker // follow: the answer so far
+	held    []byte        // hold: the body so far
 	// lastToken is when the last chunk arrived.
 	lastToken time.Time
 }
 
+// watchMode is how the resume stage treats a response.
+type watchMode uint8
+
+const (
+	// passThrough: nothing to watch (an error, an unknown format).
+	passThrough watchMode = iota
+	// follow: a chat event stream, passed on as it comes and followed so
+	// that another backend can continue it.
+	follow
+	// hold: a whole answer, held (headers included) until its body ends,
+	// so that another backend can answer instead if the body stops.
+	hold
+)
+
+// maxHeldBody bounds a held answer; past it the answer is passed on.
+const maxHeldBody = 16 << 20
+
 type contEvent struct {
 	data []byte // an event for the client, or nil at the end
 	err  error  // at the end: why the continuation failed
+}
+
+// redoResult is another backend's whole answer to a request whose answer
+// stopped coming.
+type redoResult struct {
+	status int
+	header http.Header
+	body   []byte
+	err    error
 }
 
 // serveResume serves one resume-stage stream to its end.
@@ -175,19 +210,32 @@ func (s *Server) serveResume(stream extprocv3.ExternalProcessor_ProcessServer, s
 	stall := time.NewTimer(time.Hour)
 	stall.Stop()
 	defer stall.Stop()
-	var cont <-chan contEvent
-	var contStart time.Time
-	sentFromCont := false
+	var (
+		cont         <-chan contEvent
+		redo         <-chan redoResult
+		moveStart    time.Time
+		sentFromCont bool
+		cancelMove   = func() {}
+	)
+	defer func() { cancelMove() }()
 	for {
 		select {
 		case m, ok := <-in:
 			if !ok {
 				return nil
 			}
-			if cont != nil {
-				// The continuation owns the response now: the stalled
-				// attempt's late chunks are dropped, its other phases
-				// answered.
+			if cont != nil || redo != nil {
+				// The answer is being moved. A held answer that ends after
+				// all wins the race; anything else of the stalled attempt
+				// is dropped (its other phases answered).
+				if b := m.GetResponseBody(); b != nil && redo != nil && r.mode == hold {
+					r.held = append(r.held, b.Body...)
+					if b.EndOfStream {
+						cancelMove()
+						return r.release(true)
+					}
+					continue
+				}
 				if resp := passive(m); resp != nil {
 					if err := r.send(resp); err != nil {
 						return err
@@ -195,29 +243,43 @@ func (s *Server) serveResume(stream extprocv3.ExternalProcessor_ProcessServer, s
 				}
 				continue
 			}
-			resp, end := r.handle(m)
-			if resp != nil {
-				if err := r.send(resp); err != nil {
-					return err
-				}
-			}
-			if end {
-				return nil
-			}
-			if r.follow && r.t.started() && !r.t.done {
-				stall.Reset(st.resume.stall)
-			}
-		case <-stall.C:
-			if cont != nil {
-				// The continuation went silent too.
-				return r.giveUp(fmt.Errorf("the continuation sent nothing for %s", st.resume.stall))
-			}
-			c, end, err := r.onStall(ctx)
+			end, err := r.handle(m)
 			if err != nil || end {
 				return err
 			}
-			cont, contStart = c, time.Now()
-			stall.Reset(st.resume.stall + st.messageTimeout)
+			switch {
+			case r.mode == follow && r.t.started() && !r.t.done,
+				r.mode == hold && m.GetResponseHeaders() != nil,
+				r.mode == hold && m.GetResponseBody() != nil:
+				stall.Reset(st.resume.stall)
+			}
+		case <-stall.C:
+			switch {
+			case cont != nil:
+				// The continuation went silent too.
+				return r.giveUp(fmt.Errorf("the continuation sent nothing for %s", st.resume.stall))
+			case r.mode == hold:
+				if r.resumed >= st.resume.max || r.target == "" {
+					s.metrics.Resumes.WithLabelValues(r.backend, resumeNot).Inc()
+					continue
+				}
+				var mctx context.Context
+				mctx, cancelMove = context.WithCancel(ctx)
+				ch := make(chan redoResult, 1)
+				go r.redo(mctx, ch)
+				redo, moveStart = ch, time.Now()
+			case r.mode == follow:
+				c, end, err := r.onStall(ctx)
+				if err != nil || end {
+					return err
+				}
+				if c != nil {
+					cont, moveStart = c, time.Now()
+					stall.Reset(st.resume.stall + st.messageTimeout)
+				}
+			}
+		case res := <-redo:
+			return r.answerRedo(res, moveStart)
 		case ev := <-cont:
 			if ev.data == nil {
 				if ev.err != nil {
@@ -230,7 +292,7 @@ func (s *Server) serveResume(stream extprocv3.ExternalProcessor_ProcessServer, s
 				sentFromCont = true
 				s.metrics.ResumeGap.Observe(time.Since(r.lastToken).Seconds())
 				s.log.Info("stream resumed on another backend", "stalled", r.backend, "tokens_before", r.t.events,
-					"gap", time.Since(r.lastToken).Round(time.Millisecond), "continuation_first_token", time.Since(contStart).Round(time.Millisecond))
+					"gap", time.Since(r.lastToken).Round(time.Millisecond), "continuation_first_token", time.Since(moveStart).Round(time.Millisecond))
 			}
 			if err := r.send(streamed(ev.data, false)); err != nil {
 				return err
@@ -242,26 +304,57 @@ func (s *Server) serveResume(stream extprocv3.ExternalProcessor_ProcessServer, s
 
 // handle answers one message while the provider's answer flows; end is
 // true once the response has ended.
-func (r *resumer) handle(m *extprocv3.ProcessingRequest) (resp *extprocv3.ProcessingResponse, end bool) {
+func (r *resumer) handle(m *extprocv3.ProcessingRequest) (end bool, err error) {
 	switch v := m.Request.(type) {
 	case *extprocv3.ProcessingRequest_RequestHeaders:
 		r.readRequestHeaders(v.RequestHeaders)
-		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestHeaders{RequestHeaders: &extprocv3.HeadersResponse{}}}, false
+		return false, r.send(&extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestHeaders{RequestHeaders: &extprocv3.HeadersResponse{}}})
 	case *extprocv3.ProcessingRequest_RequestBody:
 		r.body = append(r.body, v.RequestBody.Body...)
-		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestBody{RequestBody: &extprocv3.BodyResponse{}}}, false
+		return false, r.send(&extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestBody{RequestBody: &extprocv3.BodyResponse{}}})
 	case *extprocv3.ProcessingRequest_ResponseHeaders:
 		r.readResponseHeaders(v.ResponseHeaders)
-		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseHeaders{ResponseHeaders: &extprocv3.HeadersResponse{}}}, false
+		if r.mode == hold && !v.ResponseHeaders.EndOfStream {
+			return false, nil // answered with the body
+		}
+		return v.ResponseHeaders.EndOfStream, r.send(passive(m))
 	case *extprocv3.ProcessingRequest_ResponseBody:
 		b := v.ResponseBody
-		if r.follow {
+		switch r.mode {
+		case hold:
+			r.held = append(r.held, b.Body...)
+			if b.EndOfStream {
+				return true, r.release(true)
+			}
+			if len(r.held) > maxHeldBody {
+				r.mode = passThrough
+				return false, r.release(false)
+			}
+			return false, nil
+		case follow:
 			r.t.feed(b.Body)
 			r.lastToken = time.Now()
 		}
-		return streamed(b.Body, b.EndOfStream), b.EndOfStream
+		return b.EndOfStream, r.send(streamed(b.Body, b.EndOfStream))
 	}
-	return passive(m), false
+	if resp := passive(m); resp != nil {
+		return false, r.send(resp)
+	}
+	return false, nil
+}
+
+// release passes on a held answer: its headers, then its body so far.
+func (r *resumer) release(eos bool) error {
+	if err := r.send(passiveHeaders()); err != nil {
+		return err
+	}
+	held := r.held
+	r.held = nil
+	return r.send(streamed(held, eos))
+}
+
+func passiveHeaders() *extprocv3.ProcessingResponse {
+	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseHeaders{ResponseHeaders: &extprocv3.HeadersResponse{}}}
 }
 
 // passive answers the messages that need no thought.
@@ -272,7 +365,7 @@ func passive(m *extprocv3.ProcessingRequest) *extprocv3.ProcessingResponse {
 	case *extprocv3.ProcessingRequest_ResponseTrailers:
 		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseTrailers{ResponseTrailers: &extprocv3.TrailersResponse{}}}
 	case *extprocv3.ProcessingRequest_ResponseHeaders:
-		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseHeaders{ResponseHeaders: &extprocv3.HeadersResponse{}}}
+		return passiveHeaders()
 	}
 	return nil
 }
@@ -298,6 +391,8 @@ func (r *resumer) readRequestHeaders(h *extprocv3.HttpHeaders) {
 			r.target = v
 		case k == HeaderResumed:
 			r.resumed, _ = strconv.Atoi(v)
+		case k == HeaderStream:
+			r.stream = true
 		case strings.HasPrefix(k, ":"), k == "content-length", k == "host", k == "connection", k == "transfer-encoding",
 			k == "te", k == "keep-alive", k == "upgrade", k == "x-request-id",
 			strings.HasPrefix(k, "x-envoy-"), strings.HasPrefix(k, "x-forwarded-"):
@@ -308,6 +403,8 @@ func (r *resumer) readRequestHeaders(h *extprocv3.HttpHeaders) {
 	}
 }
 
+// readResponseHeaders picks the watch mode: a 200 chat event stream is
+// followed, a 200 whole answer held; anything else passes.
 func (r *resumer) readResponseHeaders(h *extprocv3.HttpHeaders) {
 	status, eventStream := "", false
 	for _, hv := range h.GetHeaders().GetHeaders() {
@@ -324,7 +421,13 @@ func (r *resumer) readResponseHeaders(h *extprocv3.HttpHeaders) {
 			r.backend = headerValue(hv)
 		}
 	}
-	r.follow = status == "200" && eventStream && route.KindFromPath(r.path) == route.KindChat
+	switch {
+	case status != "200":
+	case r.stream && eventStream && route.KindFromPath(r.path) == route.KindChat:
+		r.mode = follow
+	case !r.stream && !eventStream:
+		r.mode = hold
+	}
 	if r.backend == "" {
 		r.backend = "unknown"
 	}
@@ -340,7 +443,7 @@ func (r *resumer) onStall(ctx context.Context) (<-chan contEvent, bool, error) {
 		// The answer was whole; only its end never came.
 		s.metrics.Resumes.WithLabelValues(r.backend, resumeFinished).Inc()
 		return nil, true, r.send(streamed([]byte("data: [DONE]\n\n"), true))
-	case r.t.unresumable || r.resumed >= r.st.resume.max || r.target == "":
+	case r.t.unresumable || r.resumed >= r.st.resume.max || r.target == "" || !r.st.resume.anyContinues():
 		s.metrics.Resumes.WithLabelValues(r.backend, resumeNot).Inc()
 		s.log.Info("stream stalled and cannot be resumed", "backend", r.backend, "tool_calls_or_unreadable", r.t.unresumable, "resumed", r.resumed)
 		return nil, false, nil
@@ -374,17 +477,10 @@ func (r *resumer) continuation(ctx context.Context, body []byte, ch chan<- contE
 		case <-ctx.Done():
 		}
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, r.st.resume.url+r.path, bytes.NewReader(body))
+	req, err := r.moveRequest(ctx, body, HeaderResumeFrom)
 	if err != nil {
-		finish(fmt.Errorf("build the continuation request: %w", err))
+		finish(err)
 		return
-	}
-	req.Header = r.headers.Clone()
-	req.Header.Set("content-type", "application/json")
-	req.Header.Set(HeaderResumeFrom, r.backend)
-	req.Header.Set(HeaderResumed, strconv.Itoa(r.resumed+1))
-	if r.host != "" {
-		req.Host = r.host
 	}
 	resp, err := r.s.client.Do(req)
 	if err != nil {
@@ -428,4 +524,84 @@ func (r *resumer) continuation(ctx context.Context, body []byte, ch chan<- contE
 	case ch <- contEvent{}:
 	case <-ctx.Done():
 	}
+}
+
+// redo asks the whole request again of another backend, through Envoy.
+func (r *resumer) redo(ctx context.Context, ch chan<- redoResult) {
+	body, err := withModel(r.body, r.target)
+	if err != nil {
+		ch <- redoResult{err: err}
+		return
+	}
+	req, err := r.moveRequest(ctx, body, HeaderRedoFrom)
+	if err != nil {
+		ch <- redoResult{err: err}
+		return
+	}
+	resp, err := r.s.client.Do(req)
+	if err != nil {
+		ch <- redoResult{err: fmt.Errorf("repeated request: %w", err)}
+		return
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, maxHeldBody))
+	if err != nil {
+		ch <- redoResult{err: fmt.Errorf("read the repeated request's answer: %w", err)}
+		return
+	}
+	ch <- redoResult{status: resp.StatusCode, header: resp.Header, body: b}
+}
+
+// answerRedo answers the held headers with the other backend's answer
+// (status, type, length and detour's headers from it) and ends the body.
+func (r *resumer) answerRedo(res redoResult, start time.Time) error {
+	s := r.s
+	if res.err != nil {
+		s.metrics.Resumes.WithLabelValues(r.backend, resumeFailed).Inc()
+		s.log.Warn("answer stalled and could not be asked again", "backend", r.backend, "error", res.err)
+		res = redoResult{status: http.StatusBadGateway, header: http.Header{"Content-Type": {"application/json"}},
+			body: route.ErrStalled(res.err.Error()).JSON()}
+	} else {
+		outcome := resumeResumed
+		if res.status != http.StatusOK {
+			outcome = resumeFailed
+		}
+		s.metrics.Resumes.WithLabelValues(r.backend, outcome).Inc()
+		s.log.Info("answer stalled and was asked again of another backend", "stalled", r.backend,
+			"answered_by", res.header.Get(HeaderBackend), "status", res.status, "took", time.Since(start).Round(time.Millisecond))
+	}
+	set := []*corev3.HeaderValueOption{
+		setHeader(":status", strconv.Itoa(res.status)),
+		setHeader("content-length", strconv.Itoa(len(res.body))),
+	}
+	for _, k := range []string{"content-type", HeaderBackend, HeaderModel, HeaderError, "retry-after"} {
+		if v := res.header.Get(k); v != "" {
+			set = append(set, setHeader(k, v))
+		}
+	}
+	if err := r.send(&extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseHeaders{ResponseHeaders: &extprocv3.HeadersResponse{
+		Response: &extprocv3.CommonResponse{HeaderMutation: &extprocv3.HeaderMutation{SetHeaders: set}},
+	}}}); err != nil {
+		return err
+	}
+	return r.send(streamed(res.body, true))
+}
+
+// moveRequest is the request that moves this answer to another backend,
+// through Envoy's listener: the client's own headers, marked with the
+// stalled backend (under header: HeaderResumeFrom for a continuation,
+// HeaderRedoFrom for a repeat) and the move count.
+func (r *resumer) moveRequest(ctx context.Context, body []byte, header string) (*http.Request, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, r.st.resume.url+r.path, bytes.NewReader(body))
+	if err != nil {
+		return nil, fmt.Errorf("build the request to another backend: %w", err)
+	}
+	req.Header = r.headers.Clone()
+	req.Header.Set("content-type", "application/json")
+	req.Header.Set(header, r.backend)
+	req.Header.Set(HeaderResumed, strconv.Itoa(r.resumed+1))
+	if r.host != "" {
+		req.Host = r.host
+	}
+	return req, nil
 }

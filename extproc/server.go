@@ -126,6 +126,7 @@ type work struct {
 	// continues (HeaderResumeFrom); continuation is the style the
 	// upstream stage marks the attempt's body with.
 	resumeFrom   string
+	continues    bool // resumeFrom is a continuation, not a repeat
 	continuation string
 	// early sends an answer ahead of the one being prepared (a message
 	// timeout extension before a queue wait).
@@ -171,7 +172,7 @@ func (s *Server) SetPolicy(p *policy.Policy) error {
 	if err != nil {
 		return fmt.Errorf("extproc: %w", err)
 	}
-	strip := append([]string{HeaderBackend, HeaderModel, HeaderRoute, HeaderStream, HeaderPriority, HeaderResumeFrom, HeaderResumed}, credHeaders...)
+	strip := append([]string{HeaderBackend, HeaderModel, HeaderRoute, HeaderStream, HeaderPriority, HeaderResumeFrom, HeaderRedoFrom, HeaderResumed}, credHeaders...)
 	stripLists(creds, strip)
 	priorities := make(map[string]string, len(p.Routes))
 	for _, rt := range p.Routes {
@@ -254,7 +255,7 @@ func (w *work) reset() {
 	w.cache.reset()
 	w.early = nil
 	w.closeAfter = false
-	w.resumeFrom, w.continuation = "", ""
+	w.resumeFrom, w.continuation, w.continues = "", "", false
 	// Very large bodies are not kept for the next request.
 	if cap(w.body) > 1<<20 {
 		w.body = nil
@@ -334,6 +335,8 @@ func (s *Server) onRequestHeaders(st *state, w *work, h *extprocv3.HttpHeaders) 
 		case HeaderPriority:
 			w.priority = headerValue(hv)
 		case HeaderResumeFrom:
+			w.resumeFrom, w.continues = headerValue(hv), true
+		case HeaderRedoFrom:
 			w.resumeFrom = headerValue(hv)
 		default:
 			if st.cache.on {
@@ -413,7 +416,7 @@ func (s *Server) route(ctx context.Context, st *state, w *work) *extprocv3.Proce
 	s.metrics.TokenCounts.WithLabelValues(method).Inc()
 	h, view := s.health.forRequest(r, &w.health)
 	if w.resumeFrom != "" {
-		h = st.resume.skipForContinuation(r, w.resumeFrom, h)
+		h = st.resume.skipFor(r, w.resumeFrom, w.continues, h)
 	}
 	if err := r.DecideHealth(&w.req, &w.dec, h); err != nil {
 		return s.rejectDecision(w, err)
@@ -438,7 +441,7 @@ func (s *Server) route(ctx context.Context, st *state, w *work) *extprocv3.Proce
 			released = true
 			h, view = s.health.forRequest(r, &w.health)
 			if w.resumeFrom != "" {
-				h = st.resume.skipForContinuation(r, w.resumeFrom, h)
+				h = st.resume.skipFor(r, w.resumeFrom, w.continues, h)
 			}
 			if err := r.DecideHealth(&w.req, &w.dec, h); err != nil {
 				return s.rejectDecision(w, err)

@@ -48,16 +48,18 @@ type Policy struct {
 	Resume Resume `yaml:"resume,omitempty"`
 }
 
-// Resume is mid-answer failover for streams (decision 0015). A stream
-// whose provider goes silent after its first tokens is continued by
-// another backend that accepts a partial answer to continue (a backend
-// with continuation set): the client receives one whole answer.
+// Resume is mid-answer failover (decision 0015). A stream whose provider
+// goes silent after its first tokens is continued by another backend that
+// accepts a partial answer to continue (a backend with continuation set);
+// a whole answer whose body stops coming after its headers is asked again
+// of another backend, before the client sees any of it. Either way the
+// client receives one whole answer.
 type Resume struct {
-	// Enabled turns resumption on. It only acts when at least one backend
-	// sets continuation. Default true.
+	// Enabled turns resumption on. Default true.
 	Enabled *bool `yaml:"enabled,omitempty"`
-	// StallTimeout is how long a started stream may send nothing before it
-	// is continued elsewhere. Default 3s: far above the gap between two
+	// StallTimeout is how long a started answer (a stream after its first
+	// token, a whole answer after its headers) may send nothing before it
+	// is moved. Default 3s: far above the gap between two
 	// tokens of a healthy backend (50 ms at 20 tokens/s).
 	StallTimeout Duration `yaml:"stall_timeout,omitempty"`
 	// MaxResumes bounds how many times one answer is moved. Default 1.
@@ -112,19 +114,9 @@ const (
 	ContinuationFinalMessage = "continue_final_message"
 )
 
-// ResumeOn reports whether streams that stall mid-answer are resumed: on,
-// and some backend can take a resumed answer.
-func (p *Policy) ResumeOn() bool {
-	if p.Resume.Enabled != nil && !*p.Resume.Enabled {
-		return false
-	}
-	for _, b := range p.Backends {
-		if b.Continuation != "" {
-			return true
-		}
-	}
-	return false
-}
+// ResumeOn reports whether answers that stall are moved to another
+// backend (resume.enabled).
+func (p *Policy) ResumeOn() bool { return p.Resume.Enabled == nil || *p.Resume.Enabled }
 
 // Credentials name where a backend's API key is kept.
 type Credentials struct {

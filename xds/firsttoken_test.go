@@ -62,9 +62,17 @@ func TestStreamRoute(t *testing.T) {
 				t.Error("stream route lost the body limit")
 			}
 
-			// Only the stream route turns the holding filter on.
-			if len(routed.TypedPerFilterConfig) != 0 {
-				t.Errorf("routed route has per-filter config %v", routed.TypedPerFilterConfig)
+			// Only the stream route turns the holding filter on; both
+			// turn the resume filter on.
+			if _, on := routed.TypedPerFilterConfig[FirstTokenFilter]; on || len(routed.TypedPerFilterConfig) != 1 {
+				t.Errorf("routed route has per-filter config %v, want the resume filter's alone", routed.TypedPerFilterConfig)
+			}
+			for _, r := range []*routev3.Route{routed, stream} {
+				rm := unpack(t, r.TypedPerFilterConfig[ResumeFilter], &extprocfilterv3.ExtProcPerRoute{}).GetOverrides().GetProcessingMode()
+				if rm.GetResponseBodyMode() != extprocfilterv3.ProcessingMode_FULL_DUPLEX_STREAMED || rm.GetResponseTrailerMode() != extprocfilterv3.ProcessingMode_SEND ||
+					rm.GetRequestBodyMode() != extprocfilterv3.ProcessingMode_BUFFERED {
+					t.Errorf("route %s sets the resume filter's mode to %v", r.Name, rm)
+				}
 			}
 			pr := unpack(t, stream.TypedPerFilterConfig[FirstTokenFilter], &extprocfilterv3.ExtProcPerRoute{})
 			m := pr.GetOverrides().GetProcessingMode()

@@ -334,6 +334,18 @@ func routeConfig(p *policy.Policy, o Options) (*routev3.RouteConfiguration, erro
 	if err != nil {
 		return nil, err
 	}
+	if p.ResumeOn() {
+		// Whole answers are held until complete by the resume filter
+		// (resume.go), so that one whose body stops can be asked again.
+		a, err := resumePerRoute()
+		if err != nil {
+			return nil, err
+		}
+		if routes[0].TypedPerFilterConfig == nil {
+			routes[0].TypedPerFilterConfig = map[string]*anypb.Any{}
+		}
+		routes[0].TypedPerFilterConfig[ResumeFilter] = a
+	}
 	routes = append([]*routev3.Route{stream}, routes...)
 	// Whole answers race a late attempt (hedge.go): set after the stream
 	// route was cloned from this one, which must not hedge.

@@ -192,15 +192,19 @@ func TestListener(t *testing.T) {
 	}
 	hcm := hcmOf(t, l)
 
-	// ext_proc first, then the router, nothing else.
+	// ext_proc first, then the resume filter, then the router, nothing else.
 	var names []string
 	for _, f := range hcm.HttpFilters {
 		names = append(names, f.Name)
 	}
-	if strings.Join(names, ",") != ExtProcFilter+","+RouterFilter {
-		t.Fatalf("http filters %v, want ext_proc then router", names)
+	if strings.Join(names, ",") != ExtProcFilter+","+ResumeFilter+","+RouterFilter {
+		t.Fatalf("http filters %v, want ext_proc, resume, router", names)
 	}
-	unpack(t, hcm.HttpFilters[1].GetTypedConfig(), &routerv3.Router{})
+	unpack(t, hcm.HttpFilters[2].GetTypedConfig(), &routerv3.Router{})
+	rf := unpack(t, hcm.HttpFilters[1].GetTypedConfig(), &extprocfilterv3.ExternalProcessor{})
+	if md := rf.GetGrpcService().GetInitialMetadata(); len(md) != 1 || md[0].Key != "x-detour-stage" || md[0].Value != "resume" || !rf.FailureModeAllow {
+		t.Errorf("resume filter: metadata %v, failure_mode_allow %v; want the stage marked and fail-open", md, rf.FailureModeAllow)
+	}
 	ep := unpack(t, hcm.HttpFilters[0].GetTypedConfig(), &extprocfilterv3.ExternalProcessor{})
 	checkExtProc(t, ep, p)
 
