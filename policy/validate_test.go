@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/detourhq/detour/examples"
 	"github.com/detourhq/detour/route"
@@ -39,6 +40,14 @@ func TestValidateDirect(t *testing.T) {
 		{"NaN jitter", func(p *Policy) { p.Retry.Jitter = math.NaN() },
 			[]string{"retry.jitter: jitter is a share between 0 and 1"}},
 		{"jitter exactly 1", func(p *Policy) { p.Retry.Jitter = 1 }, nil},
+		{"continuation style prefix", func(p *Policy) { p.Backends[0].Continuation = ContinuationPrefix }, nil},
+		{"continuation style continue_final_message", func(p *Policy) { p.Backends[0].Continuation = ContinuationFinalMessage }, nil},
+		{"unknown continuation", func(p *Policy) { p.Backends[0].Continuation = "append" },
+			[]string{`backends[0].continuation: unknown continuation "append"`}},
+		{"stall timeout too short", func(p *Policy) { p.Resume.StallTimeout = Duration(10 * time.Millisecond) },
+			[]string{"resume.stall_timeout: 10ms would take pauses between healthy tokens for stalls"}},
+		{"too many resumes", func(p *Policy) { p.Resume.MaxResumes = 9 },
+			[]string{"resume.max_resumes: 9 is outside 1-3"}},
 		{"infinite price", func(p *Policy) { p.Backends[0].Price.Output = math.Inf(1) },
 			[]string{"backends[0].price: prices must be finite numbers"}},
 		{"NaN price", func(p *Policy) { p.Backends[0].Price.Input = math.NaN() },

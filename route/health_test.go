@@ -1,6 +1,7 @@
 package route
 
 import (
+	"errors"
 	"slices"
 	"testing"
 )
@@ -25,6 +26,8 @@ func TestDecideHealth(t *testing.T) {
 		{"trial without a recovering backend changes nothing", &Health{Rank: []uint8{0, 0, 0, 0}, Trial: true}, []string{"fast", "fast-b", "long", "vision"}, ReasonCheapest},
 		{"all open: objective order, last resort", &Health{Rank: []uint8{3, 3, 3, 3}}, []string{"fast", "fast-b", "long", "vision"}, ReasonCheapest},
 		{"a worse-ranked loser is not an overrule", &Health{Rank: []uint8{0, 0, 0, 3}}, []string{"fast", "fast-b", "long", "vision"}, ReasonCheapest},
+		{"skipped backends are left out", &Health{Skip: []bool{true, false, true}}, []string{"fast-b", "vision"}, ReasonCheapest},
+		{"skip and rank together", &Health{Rank: []uint8{0, 3, 0, 0}, Skip: []bool{true}}, []string{"long", "vision", "fast-b"}, ReasonHealth},
 	}
 	var d Decision
 	for _, tt := range tests {
@@ -42,6 +45,18 @@ func TestDecideHealth(t *testing.T) {
 				t.Errorf("upstream model %q is not the chosen backend's", d.UpstreamModel)
 			}
 		})
+	}
+}
+
+// Skipping every candidate leaves nothing to route to: an error, not a
+// panic or an empty decision.
+func TestDecideHealthAllSkipped(t *testing.T) {
+	r := mustRouter(t, quickstartTable())
+	req := Request{Kind: KindChat, Model: "auto", PromptTokens: 100}
+	var d Decision
+	var ue *UnsatisfiableError
+	if err := r.DecideHealth(&req, &d, &Health{Skip: []bool{true, true, true, true}}); !errors.As(err, &ue) {
+		t.Fatalf("error %v, want an UnsatisfiableError", err)
 	}
 }
 

@@ -448,3 +448,34 @@ func TestAuth(t *testing.T) {
 		t.Errorf("models without key: %d", r.status)
 	}
 }
+
+// A request that asks the simulator to continue its own partial answer
+// (an assistant message marked prefix, or continue_final_message) gets the
+// tokens after it, within max_tokens; any other partial text starts over.
+func TestChatContinuation(t *testing.T) {
+	s := startSim(t, Config{Name: "alpha"})
+	c := newClient(t)
+	msgs := func(last string) string {
+		return `"messages":[{"role":"user","content":"hi"},` + last + `]`
+	}
+	tests := []struct {
+		name, body, want string
+	}{
+		{"prefix", `{"model":"m1",` + msgs(`{"role":"assistant","content":"tok0 tok1 tok2","prefix":true}`) + `,"max_tokens":4}`, " tok3 tok4 tok5 tok6"},
+		{"continue_final_message", `{"model":"m1",` + msgs(`{"role":"assistant","content":"tok0 tok1"}`) + `,"continue_final_message":true,"max_tokens":2}`, " tok2 tok3"},
+		{"to the natural end", `{"model":"m1",` + msgs(`{"role":"assistant","content":"tok0 tok1 tok2 tok3 tok4 tok5 tok6 tok7 tok8 tok9 tok10 tok11 tok12 tok13","prefix":true}`) + `}`, " tok14 tok15"},
+		{"not marked: a new answer", `{"model":"m1",` + msgs(`{"role":"assistant","content":"tok0"}`) + `,"max_tokens":2}`, "tok0 tok1"},
+		{"foreign text: start over", `{"model":"m1",` + msgs(`{"role":"assistant","content":"Hello","prefix":true}`) + `,"max_tokens":2}`, "tok0 tok1"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := call(t, c, http.MethodPost, apiURL(s, "/v1/chat/completions"), tt.body, nil)
+			if r.err != nil || r.status != 200 {
+				t.Fatalf("status %d err %v body %s", r.status, r.err, r.body)
+			}
+			if got := dig(r.json(t), "choices", 0, "message", "content"); got != tt.want {
+				t.Errorf("content %q, want %q", got, tt.want)
+			}
+		})
+	}
+}
