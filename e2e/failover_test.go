@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -158,9 +159,16 @@ func testStartedStreamIsNotRetried(t *testing.T, s *stack) {
 	if attempts != 1 {
 		t.Errorf("%d upstream attempts for a stream that had started, want 1", attempts)
 	}
-	// The role chunk and three tokens.
-	if chunks != 4 {
-		t.Errorf("%d chunks before the drop, want 4", chunks)
+	// The role chunk and three tokens; with the resume filter on (the
+	// default, ext_proc routing), the last of them may still be in the
+	// processor's full-duplex pipeline when the upstream reset ends the
+	// response: Envoy 1.40 resets the client's stream at once.
+	want := []int{4}
+	if s.opts.Wasm != "route" {
+		want = []int{3, 4}
+	}
+	if !slices.Contains(want, chunks) {
+		t.Errorf("%d chunks before the drop, want %v", chunks, want)
 	}
 	t.Logf("%d chunks before the drop", chunks)
 }

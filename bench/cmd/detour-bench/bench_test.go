@@ -276,7 +276,7 @@ func TestMedianSummaryAndFigures(t *testing.T) {
 func TestBaselineBootstrap(t *testing.T) {
 	a := addrs{"127.0.0.1:8001", "127.0.0.1:8002", "127.0.0.1:8003", "127.0.0.1:8004",
 		"127.0.0.1:8005", "127.0.0.1:8006", "127.0.0.1:8007", "127.0.0.1:8008"}
-	p, err := policy.Parse("bench", benchPolicy(a))
+	p, err := policy.Parse("bench", benchPolicy(a, ""))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -127,6 +127,7 @@ type e2eConfig struct {
 func runE2E(ctx context.Context, c e2eConfig) (*e2eResult, error) {
 	st, err := startStack(ctx, stackConfig{
 		envoyBin: c.envoyBin, detourBin: c.detourBin, dir: c.workDir, tee: c.childOutput, log: c.log,
+		policyExtra: c.opts.policyExtra,
 	})
 	if err != nil {
 		return nil, err

@@ -64,6 +64,7 @@ type options struct {
 	skipChaos       bool
 	chaosOut        string
 	keepWork        bool
+	policyExtra     string
 	chaosOnly       string
 	chaosPlotFormat string
 	chaosRaw        string
@@ -114,6 +115,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.cacheRequests, "cache-requests", 1000, "cache: measured requests of each kind per store")
 	fs.StringVar(&o.wasm, "wasm", "", "path of detour.wasm (default: $DETOUR_WASM, else detour.wasm beside the detour binary, else build ./wasm)")
 	fs.StringVar(&o.only, "only", "", "run only these parts, comma-separated: latency (sections 1-3), failover (4-5), micro (6), wasm (7), controller (8), cache (9), chaos (the chaos suite), soak (the soak); chaos and soak run only when named")
+	fs.StringVar(&o.policyExtra, "policy-extra", "", `latency (sections 1-3): YAML appended to detour's policy, e.g. "resume: {enabled: false}" to measure what a feature costs`)
 	fs.BoolVar(&o.keepWork, "keep-work", false, "keep the work directory (every process's log, the generated policies and Envoy configs) for inspection")
 	fs.StringVar(&o.chaosOut, "chaos-out", "reports/chaos.md", "chaos: report file (the plots go beside it, in chaos/)")
 	fs.DurationVar(&o.soakDuration, "soak-duration", 20*time.Minute, "soak: how long the load runs")

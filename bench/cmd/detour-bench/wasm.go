@@ -138,7 +138,7 @@ func writeWasmConfigs(ctx context.Context, dir, module string) (*wasmStack, stri
 	}
 	base := addrs{sim: a[0], simAdmin: a[1], extproc: a[2], metrics: a[3], listenB: a[4], adminB: a[5]}
 	policyPath := filepath.Join(dir, "policy.yaml")
-	if err := os.WriteFile(policyPath, benchPolicy(base), 0o644); err != nil {
+	if err := os.WriteFile(policyPath, benchPolicy(base, ""), 0o644); err != nil {
 		return nil, "", fmt.Errorf("write policy: %w", err)
 	}
 	wm, err := xds.LoadWasmModule(module)
