@@ -99,7 +99,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	})
 	m.Attempts = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "detour_extproc_upstream_attempts_total",
-		Help: "Attempts prepared for a backend by the per-attempt (upstream) stage, by whether the body had to be rewritten for it (rewritten: a fallback with another model id).",
+		Help: "Attempts prepared for a backend by the per-attempt (upstream) stage, by whether the body had to be rewritten for it (rewritten: a fallback with another model id; continuation: a resumed answer marked for this backend).",
 	}, []string{"backend", "body"})
 	m.FirstTokenHolds = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "detour_extproc_first_token_holds_total",

@@ -165,6 +165,9 @@ type Snippet struct {
 	// HTTPFilter goes into the LLM connection manager's http_filters,
 	// before the router.
 	HTTPFilter *hcmv3.HttpFilter
+	// ResumeFilter goes right after HTTPFilter (nil with resume off): it
+	// moves answers that stall mid-way (decision 0015).
+	ResumeFilter *hcmv3.HttpFilter
 	// RDS replaces that connection manager's route_config.
 	RDS *hcmv3.Rds
 	// EarlyHeaderMutation goes into its early_header_mutation_extensions:
@@ -200,7 +203,16 @@ func JoinSnippet(p *policy.Policy, o DynamicOptions) (*Snippet, error) {
 	}
 	dyn := b.DynamicResources
 	dyn.LdsConfig = nil
+	var resume *hcmv3.HttpFilter
+	if p.ResumeOn() {
+		a, err := pack(ResumeFilterConfig(p))
+		if err != nil {
+			return nil, err
+		}
+		resume = &hcmv3.HttpFilter{Name: ResumeFilter, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: a}}
+	}
 	return &Snippet{
+		ResumeFilter:        resume,
 		HTTPFilter:          &hcmv3.HttpFilter{Name: ExtProcFilter, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: ep}},
 		RDS:                 &hcmv3.Rds{ConfigSource: adsSource(), RouteConfigName: RouteConfigName},
 		EarlyHeaderMutation: ehm,
@@ -218,6 +230,7 @@ func MarshalSnippet(s *Snippet) ([]byte, error) {
 		msg          proto.Message
 	}{
 		{"Add to the http_filters of the connection manager that carries LLM traffic, before the router.", "http_filter", s.HTTPFilter},
+		{"Add right after it (still before the router): moves answers that stall mid-way (resume).", "resume_http_filter", s.ResumeFilter},
 		{"Use as that connection manager's route source, in place of its route_config.", "rds", s.RDS},
 		{"Add to that connection manager's early_header_mutation_extensions: clients must not pick the backend.", "early_header_mutation", s.EarlyHeaderMutation},
 		{"Use as that connection manager's local_reply_config: Envoy's own errors in OpenAI's shape.", "local_reply_config", s.LocalReplyConfig},
@@ -226,6 +239,9 @@ func MarshalSnippet(s *Snippet) ([]byte, error) {
 	}
 	out := []byte("# detour: the pieces an existing Envoy adds to join (keys are for reading; paste the values).\n")
 	for _, part := range parts {
+		if h, ok := part.msg.(*hcmv3.HttpFilter); ok && h == nil {
+			continue // a piece the policy turns off
+		}
 		j, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(part.msg)
 		if err != nil {
 			return nil, fmt.Errorf("marshal snippet: %w", err)

@@ -97,12 +97,13 @@ func editHCM(f *listenerv3.Filter, fn func(*hcmv3.HttpConnectionManager) error) 
 	return true, nil
 }
 
-// withoutExtProc removes the ext_proc filter from hcm and routes every
+// withoutExtProc removes detour's ext_proc filters (routing and resume)
+// from hcm and routes every
 // request of its inline route config to cluster.
 func withoutExtProc(hcm *hcmv3.HttpConnectionManager, cluster string) error {
 	before := len(hcm.HttpFilters)
 	hcm.HttpFilters = slices.DeleteFunc(hcm.HttpFilters, func(f *hcmv3.HttpFilter) bool {
-		return f.GetName() == xds.ExtProcFilter
+		return f.GetName() == xds.ExtProcFilter || f.GetName() == xds.ResumeFilter
 	})
 	if len(hcm.HttpFilters) == before {
 		return fmt.Errorf("no %s filter to remove", xds.ExtProcFilter)
@@ -133,6 +134,7 @@ func plainRoute(vh *routev3.VirtualHost, cluster string) (*routev3.Route, error)
 		out.Name = "baseline"
 		out.Match = &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}}
 		out.GetRoute().ClusterSpecifier = &routev3.RouteAction_Cluster{Cluster: cluster}
+		out.TypedPerFilterConfig = nil // detour's filters are gone
 		return out, nil
 	}
 	return nil, errors.New("no forwarding route to derive the baseline route from")
