@@ -1,7 +1,10 @@
 package e2e
 
 import (
+	"bytes"
 	"encoding/json"
+	"io"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -139,4 +142,98 @@ func TestRedoStalledAnswer(t *testing.T) {
 	if r := post(t, s.URL("/v1/chat/completions"), body); r.Status != 200 || r.Header.Get("x-detour-backend") != "fast" {
 		t.Errorf("healthy answer: status %d from %q", r.Status, r.Header.Get("x-detour-backend"))
 	}
+}
+
+// The price of resumption, pinned on Envoy 1.40: a response passes through
+// the processor, so a processor killed while it carries a stream cuts that
+// stream (Envoy resets the client's stream, failure_mode_allow or not). A
+// processor stopped as a rolling restart stops it (SIGTERM) drains its
+// streams first, and with resume off a kill costs a running stream
+// nothing.
+func TestResumeProcessorDeath(t *testing.T) {
+	slowStream := chat("auto", map[string]any{"stream": true, "max_tokens": 20}, user("hello"))
+	run := func(t *testing.T, s *stack, stop func()) (string, bool) {
+		t.Helper()
+		type result struct {
+			text string
+			done bool
+		}
+		ch := make(chan result, 1)
+		go func() {
+			r := streamNoFatal(s.URL("/v1/chat/completions"), slowStream, "x-sim-tokens-per-second", "10")
+			text, done := answerTextLoose(r)
+			ch <- result{text, done}
+		}()
+		time.Sleep(700 * time.Millisecond) // a few tokens in
+		stop()
+		res := <-ch
+		s.StartExtProc()
+		return res.text, res.done
+	}
+	const whole = "tok0 tok1 tok2 tok3 tok4 tok5 tok6 tok7 tok8 tok9 tok10 tok11 tok12 tok13 tok14 tok15" // the simulator's 16 tokens, 1.6 s
+	t.Run("resume on, killed: the stream is cut", func(t *testing.T) {
+		s := startStack(t, stackOptions{Backends: resumeBackends()})
+		text, done := run(t, s, s.StopExtProc)
+		if done || text == whole {
+			t.Errorf("stream survived its processor's death (%q, [DONE] %v): Envoy changed, update decision 0015", text, done)
+		}
+	})
+	t.Run("resume on, SIGTERM: drained", func(t *testing.T) {
+		s := startStack(t, stackOptions{Backends: resumeBackends()})
+		if text, done := run(t, s, s.TermExtProc); !done || text != whole {
+			t.Errorf("got %q, [DONE] %v; want the whole answer", text, done)
+		}
+	})
+	t.Run("resume off, killed: nothing lost", func(t *testing.T) {
+		s := startStack(t, stackOptions{Backends: resumeBackends(), Extra: "resume: {enabled: false}"})
+		if text, done := run(t, s, s.StopExtProc); !done || text != whole {
+			t.Errorf("got %q, [DONE] %v; want the whole answer", text, done)
+		}
+	})
+}
+
+// streamNoFatal is stream for another goroutine: errors end up in the body.
+func streamNoFatal(url string, body []byte, headers ...string) string {
+	req, err := http.NewRequest(http.MethodPost, url, bytes.NewReader(body))
+	if err != nil {
+		return err.Error()
+	}
+	for i := 0; i+1 < len(headers); i += 2 {
+		req.Header.Set(headers[i], headers[i+1])
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
+
+// answerTextLoose is answerText without failing on unreadable events.
+func answerTextLoose(body string) (text string, done bool) {
+	var b strings.Builder
+	for line := range strings.SplitSeq(body, "\n") {
+		data, ok := strings.CutPrefix(line, "data: ")
+		if !ok {
+			continue
+		}
+		if data == "[DONE]" {
+			done = true
+			continue
+		}
+		var c struct {
+			Choices []struct {
+				Delta struct {
+					Content string `json:"content"`
+				} `json:"delta"`
+			} `json:"choices"`
+		}
+		if json.Unmarshal([]byte(data), &c) == nil {
+			for _, ch := range c.Choices {
+				b.WriteString(ch.Delta.Content)
+			}
+		}
+	}
+	return b.String(), done
 }

@@ -394,6 +394,19 @@ func (s *stack) StopExtProc() {
 	s.extproc = nil
 }
 
+// TermExtProc stops `detour extproc` the way a rolling restart does
+// (SIGTERM: it drains its streams for up to 5 s), and waits for it.
+func (s *stack) TermExtProc() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.extproc == nil {
+		return
+	}
+	s.extproc.Process.Signal(syscall.SIGTERM)
+	s.extproc.Wait()
+	s.extproc = nil
+}
+
 func (s *stack) startEnvoy() {
 	s.t.Helper()
 	args := []string{"bootstrap", "--policy", s.policyPath}

@@ -772,14 +772,37 @@ func sendChat(ctx context.Context, client *http.Client, url string, body []byte,
 		// The first content chunk: the first data line after the role
 		// chunk (which the provider sends with its headers).
 		br := bufio.NewReader(resp.Body)
+		done := false
 		for {
 			line, err := br.ReadString('\n')
-			if strings.HasPrefix(line, "data:") && !strings.Contains(line, `"role"`) && o.TTFT == 0 {
+			data, isData := strings.CutPrefix(line, "data:")
+			data = strings.TrimSpace(data)
+			switch {
+			case !isData:
+			case data == "[DONE]":
+				done = true
+			case strings.HasPrefix(data, `{"error"`):
+				// A mid-stream error event (OpenAI's way, and detour's when
+				// a stalled answer cannot be resumed): the answer is cut.
+				var e struct {
+					Error struct {
+						Code string `json:"code"`
+					} `json:"error"`
+				}
+				if json.Unmarshal([]byte(data), &e) == nil {
+					o.ErrCode = e.Error.Code
+				}
+				o.Err = "stream error event"
+			case !strings.Contains(line, `"role"`) && o.TTFT == 0:
 				o.TTFT = time.Since(t0)
 			}
 			if err != nil {
 				if !errors.Is(err, io.EOF) {
 					o.Err = "body " + errKind(err)
+				} else if !done && o.Err == "" {
+					// Ended cleanly but without OpenAI's terminator: a
+					// truncated answer is a failed one.
+					o.Err = "stream without [DONE]"
 				}
 				break
 			}
@@ -797,8 +820,10 @@ func sendChat(ctx context.Context, client *http.Client, url string, body []byte,
 		} else if json.Unmarshal(data, &e) == nil {
 			o.ErrCode = e.Error.Code
 		}
-	} else if _, err := io.Copy(io.Discard, resp.Body); err != nil {
+	} else if data, err := io.ReadAll(resp.Body); err != nil {
 		o.Err = "body " + errKind(err)
+	} else if !json.Valid(data) {
+		o.Err = "body not JSON" // a cut answer that still ended cleanly
 	}
 	o.Total = time.Since(t0)
 	return o
