@@ -62,6 +62,11 @@ type Resume struct {
 	// is moved. Default 3s: far above the gap between two
 	// tokens of a healthy backend (50 ms at 20 tokens/s).
 	StallTimeout Duration `yaml:"stall_timeout,omitempty"`
+	// WholeAnswers holds whole (non-streaming) answers until complete, so
+	// that one whose body stops can be asked again; it costs every such
+	// request about 1 ms and half a millisecond of CPU (BENCHMARKS.md).
+	// false keeps resumption for streams only. Default true.
+	WholeAnswers *bool `yaml:"whole_answers,omitempty"`
 	// MaxResumes bounds how many times one answer is moved. Default 1.
 	MaxResumes int `yaml:"max_resumes,omitempty" jsonschema:"minimum=1,maximum=3"`
 	// Via is the URL at which the ext_proc service reaches Envoy's
@@ -117,6 +122,12 @@ const (
 // ResumeOn reports whether answers that stall are moved to another
 // backend (resume.enabled).
 func (p *Policy) ResumeOn() bool { return p.Resume.Enabled == nil || *p.Resume.Enabled }
+
+// HoldWholeAnswers reports whether whole answers are held for resumption
+// (resume on, and resume.whole_answers not false).
+func (p *Policy) HoldWholeAnswers() bool {
+	return p.ResumeOn() && (p.Resume.WholeAnswers == nil || *p.Resume.WholeAnswers)
+}
 
 // Credentials name where a backend's API key is kept.
 type Credentials struct {

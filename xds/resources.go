@@ -334,7 +334,7 @@ func routeConfig(p *policy.Policy, o Options) (*routev3.RouteConfiguration, erro
 	if err != nil {
 		return nil, err
 	}
-	if p.ResumeOn() {
+	if p.HoldWholeAnswers() {
 		// Whole answers are held until complete by the resume filter
 		// (resume.go), so that one whose body stops can be asked again.
 		a, err := resumePerRoute()

@@ -32,3 +32,22 @@ func TestResumeOff(t *testing.T) {
 		}
 	}
 }
+
+// resume.whole_answers: false keeps the filter for streams only.
+func TestResumeStreamsOnly(t *testing.T) {
+	p := quickstart(t)
+	off := false
+	p.Resume.WholeAnswers = &off
+	rc, err := RouteConfig(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, vh := range rc.VirtualHosts {
+		for _, r := range vh.Routes {
+			_, on := r.TypedPerFilterConfig[ResumeFilter]
+			if want := r.Name == streamRouteName; on != want {
+				t.Errorf("route %s enables the resume filter: %v, want %v", r.Name, on, want)
+			}
+		}
+	}
+}
