@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
@@ -22,9 +23,22 @@ func resumeBackends() []backendSpec {
 }
 
 // answerText joins the content deltas of an event stream; it fails the
-// test on an event it cannot read or on two different stream ids.
+// test on an event it cannot read, an error event, or two stream ids.
 func answerText(t *testing.T, body string) (text string, done bool) {
 	t.Helper()
+	text, done, problems := readAnswer(body)
+	for _, p := range problems {
+		t.Error(p)
+	}
+	if len(problems) > 0 {
+		t.FailNow()
+	}
+	return text, done
+}
+
+// readAnswer joins the content deltas of an event stream, and lists what
+// is wrong with it.
+func readAnswer(body string) (text string, done bool, problems []string) {
 	var b strings.Builder
 	id := ""
 	for line := range strings.SplitSeq(body, "\n") {
@@ -45,22 +59,22 @@ func answerText(t *testing.T, body string) (text string, done bool) {
 			} `json:"choices"`
 			Error any `json:"error"`
 		}
-		if err := json.Unmarshal([]byte(data), &c); err != nil {
-			t.Fatalf("unreadable event %q: %v", data, err)
-		}
-		if c.Error != nil {
-			t.Fatalf("error event: %s", data)
-		}
-		if id == "" {
+		switch err := json.Unmarshal([]byte(data), &c); {
+		case err != nil:
+			problems = append(problems, fmt.Sprintf("unreadable event %q: %v", data, err))
+			continue
+		case c.Error != nil:
+			problems = append(problems, "error event: "+data)
+		case id == "":
 			id = c.ID
-		} else if c.ID != id {
-			t.Errorf("event of stream %q in stream %q: a resumed answer keeps its id", c.ID, id)
+		case c.ID != id:
+			problems = append(problems, fmt.Sprintf("event of stream %q in stream %q: a resumed answer keeps its id", c.ID, id))
 		}
 		for _, ch := range c.Choices {
 			b.WriteString(ch.Delta.Content)
 		}
 	}
-	return b.String(), done
+	return b.String(), done, problems
 }
 
 // A stream whose provider stalls after its first tokens is finished by
@@ -161,7 +175,7 @@ func TestResumeProcessorDeath(t *testing.T) {
 		ch := make(chan result, 1)
 		go func() {
 			r := streamNoFatal(s.URL("/v1/chat/completions"), slowStream, "x-sim-tokens-per-second", "10")
-			text, done := answerTextLoose(r)
+			text, done, _ := readAnswer(r) // a cut stream may end mid-event
 			ch <- result{text, done}
 		}()
 		time.Sleep(700 * time.Millisecond) // a few tokens in
@@ -208,32 +222,4 @@ func streamNoFatal(url string, body []byte, headers ...string) string {
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return string(b)
-}
-
-// answerTextLoose is answerText without failing on unreadable events.
-func answerTextLoose(body string) (text string, done bool) {
-	var b strings.Builder
-	for line := range strings.SplitSeq(body, "\n") {
-		data, ok := strings.CutPrefix(line, "data: ")
-		if !ok {
-			continue
-		}
-		if data == "[DONE]" {
-			done = true
-			continue
-		}
-		var c struct {
-			Choices []struct {
-				Delta struct {
-					Content string `json:"content"`
-				} `json:"delta"`
-			} `json:"choices"`
-		}
-		if json.Unmarshal([]byte(data), &c) == nil {
-			for _, ch := range c.Choices {
-				b.WriteString(ch.Delta.Content)
-			}
-		}
-	}
-	return b.String(), done
 }
