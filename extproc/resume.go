@@ -215,9 +215,10 @@ func (s *Server) serveResume(stream extprocv3.ExternalProcessor_ProcessServer, s
 		redo         <-chan redoResult
 		moveStart    time.Time
 		sentFromCont bool
-		cancelMove   = func() {}
 	)
-	defer func() { cancelMove() }()
+	// A repeat runs in moveCtx: cancelled when the held answer ends first.
+	moveCtx, cancelMove := context.WithCancel(ctx)
+	defer cancelMove()
 	for {
 		select {
 		case m, ok := <-in:
@@ -263,10 +264,8 @@ func (s *Server) serveResume(stream extprocv3.ExternalProcessor_ProcessServer, s
 					s.metrics.Resumes.WithLabelValues(r.backend, resumeNot).Inc()
 					continue
 				}
-				var mctx context.Context
-				mctx, cancelMove = context.WithCancel(ctx)
 				ch := make(chan redoResult, 1)
-				go r.redo(mctx, ch)
+				go r.redo(moveCtx, ch)
 				redo, moveStart = ch, time.Now()
 			case r.mode == follow:
 				c, end, err := r.onStall(ctx)
