@@ -383,26 +383,19 @@ func (s *stack) StartExtProc() {
 }
 
 // StopExtProc kills `detour extproc` abruptly, as a crash would.
-func (s *stack) StopExtProc() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.extproc == nil {
-		return
-	}
-	s.extproc.Process.Kill()
-	s.extproc.Wait()
-	s.extproc = nil
-}
+func (s *stack) StopExtProc() { s.endExtProc(syscall.SIGKILL) }
 
 // TermExtProc stops `detour extproc` the way a rolling restart does
 // (SIGTERM: it drains its streams for up to 5 s), and waits for it.
-func (s *stack) TermExtProc() {
+func (s *stack) TermExtProc() { s.endExtProc(syscall.SIGTERM) }
+
+func (s *stack) endExtProc(sig syscall.Signal) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.extproc == nil {
 		return
 	}
-	s.extproc.Process.Signal(syscall.SIGTERM)
+	s.extproc.Process.Signal(sig)
 	s.extproc.Wait()
 	s.extproc = nil
 }

@@ -23,83 +23,101 @@ import (
 // set to target (the route, so the router may pick any backend), and the
 // answer limits lowered by the tokens already sent.
 func continuationBody(body []byte, target, partial string, sent int) ([]byte, error) {
-	var req map[string]json.RawMessage
-	if err := json.Unmarshal(body, &req); err != nil {
-		return nil, fmt.Errorf("continuation: request body: %w", err)
-	}
-	var msgs []map[string]json.RawMessage
-	if err := json.Unmarshal(req["messages"], &msgs); err != nil || len(msgs) == 0 {
-		return nil, errors.New("continuation: the request has no messages array")
-	}
-	last := msgs[len(msgs)-1]
-	if role(last) == "assistant" {
-		var prior string
-		if err := json.Unmarshal(last["content"], &prior); err != nil {
-			return nil, errors.New("continuation: the last assistant message has no text content")
+	return editRequest(body, "continuation", func(req map[string]json.RawMessage) error {
+		msgs, ok := messages(req)
+		if !ok {
+			return errors.New("continuation: the request has no messages array")
 		}
-		last["content"] = jsonString(prior + partial)
-	} else {
-		msgs = append(msgs, map[string]json.RawMessage{
-			"role":    json.RawMessage(`"assistant"`),
-			"content": jsonString(partial),
-		})
-	}
-	m, err := json.Marshal(msgs)
-	if err != nil {
-		return nil, fmt.Errorf("continuation: messages: %w", err)
-	}
-	req["messages"] = m
-	req["model"] = jsonString(target)
-	for _, k := range []string{"max_tokens", "max_completion_tokens"} {
-		raw, ok := req[k]
-		if !ok || bytes.Equal(raw, []byte("null")) {
-			continue
+		last := msgs[len(msgs)-1]
+		if role(last) == "assistant" {
+			var prior string
+			if err := json.Unmarshal(last["content"], &prior); err != nil {
+				return errors.New("continuation: the last assistant message has no text content")
+			}
+			last["content"] = jsonString(prior + partial)
+		} else {
+			msgs = append(msgs, map[string]json.RawMessage{
+				"role":    json.RawMessage(`"assistant"`),
+				"content": jsonString(partial),
+			})
 		}
-		n, err := strconv.Atoi(string(raw))
-		if err != nil {
-			return nil, fmt.Errorf("continuation: %s: %w", k, err)
+		if err := setMessages(req, msgs); err != nil {
+			return fmt.Errorf("continuation: messages: %w", err)
 		}
-		req[k] = json.RawMessage(strconv.Itoa(max(1, n-sent)))
-	}
-	return json.Marshal(req)
+		req["model"] = jsonString(target)
+		for _, k := range []string{"max_tokens", "max_completion_tokens"} {
+			raw, ok := req[k]
+			if !ok || bytes.Equal(raw, []byte("null")) {
+				continue
+			}
+			n, err := strconv.Atoi(string(raw))
+			if err != nil {
+				return fmt.Errorf("continuation: %s: %w", k, err)
+			}
+			req[k] = json.RawMessage(strconv.Itoa(max(1, n-sent)))
+		}
+		return nil
+	})
 }
 
 // withModel is a request body with its model set to target (the route),
 // so that the router may pick any backend for it again.
 func withModel(body []byte, target string) ([]byte, error) {
-	var req map[string]json.RawMessage
-	if err := json.Unmarshal(body, &req); err != nil {
-		return nil, fmt.Errorf("repeat: request body: %w", err)
-	}
-	req["model"] = jsonString(target)
-	return json.Marshal(req)
+	return editRequest(body, "repeat", func(req map[string]json.RawMessage) error {
+		req["model"] = jsonString(target)
+		return nil
+	})
 }
 
 // markContinuation marks a continuation body for a backend's style.
 func markContinuation(body []byte, style string) ([]byte, error) {
+	return editRequest(body, "continuation", func(req map[string]json.RawMessage) error {
+		switch style {
+		case policy.ContinuationPrefix:
+			msgs, ok := messages(req)
+			if !ok || role(msgs[len(msgs)-1]) != "assistant" {
+				return errors.New("continuation: the request does not end with an assistant message")
+			}
+			msgs[len(msgs)-1]["prefix"] = json.RawMessage("true")
+			return setMessages(req, msgs)
+		case policy.ContinuationFinalMessage:
+			req["continue_final_message"] = json.RawMessage("true")
+			req["add_generation_prompt"] = json.RawMessage("false")
+			return nil
+		}
+		return fmt.Errorf("continuation: backend takes no continuation (style %q)", style)
+	})
+}
+
+// editRequest decodes a request body as a JSON object, lets edit change
+// its fields and encodes it again; what names the operation in errors.
+func editRequest(body []byte, what string, edit func(req map[string]json.RawMessage) error) ([]byte, error) {
 	var req map[string]json.RawMessage
 	if err := json.Unmarshal(body, &req); err != nil {
-		return nil, fmt.Errorf("continuation: request body: %w", err)
+		return nil, fmt.Errorf("%s: request body: %w", what, err)
 	}
-	switch style {
-	case policy.ContinuationPrefix:
-		var msgs []map[string]json.RawMessage
-		if err := json.Unmarshal(req["messages"], &msgs); err != nil || len(msgs) == 0 || role(msgs[len(msgs)-1]) != "assistant" {
-			return nil, errors.New("continuation: the request does not end with an assistant message")
-		}
-		msgs[len(msgs)-1]["prefix"] = json.RawMessage("true")
-		m, err := json.Marshal(msgs)
-		if err != nil {
-			return nil, err
-		}
-		req["messages"] = m
-	case policy.ContinuationFinalMessage:
-		req["continue_final_message"] = json.RawMessage("true")
-		req["add_generation_prompt"] = json.RawMessage("false")
-	default:
-		return nil, fmt.Errorf("continuation: backend takes no continuation (style %q)", style)
+	if err := edit(req); err != nil {
+		return nil, err
 	}
 	return json.Marshal(req)
+}
+
+// messages decodes req's messages; ok is false unless there is at least one.
+func messages(req map[string]json.RawMessage) ([]map[string]json.RawMessage, bool) {
+	var msgs []map[string]json.RawMessage
+	if err := json.Unmarshal(req["messages"], &msgs); err != nil || len(msgs) == 0 {
+		return nil, false
+	}
+	return msgs, true
+}
+
+func setMessages(req map[string]json.RawMessage, msgs []map[string]json.RawMessage) error {
+	m, err := json.Marshal(msgs)
+	if err != nil {
+		return err
+	}
+	req["messages"] = m
+	return nil
 }
 
 func role(m map[string]json.RawMessage) string {
@@ -129,8 +147,12 @@ type answerTracker struct {
 	unresumable bool
 }
 
-// maxPendingEvent bounds an incomplete event kept between chunks.
-const maxPendingEvent = 1 << 20
+// maxPendingEvent bounds an incomplete event kept between chunks;
+// maxKeptPending is the largest buffer kept for the next chunk.
+const (
+	maxPendingEvent = 1 << 20
+	maxKeptPending  = 64 << 10
+)
 
 type trackedChunk struct {
 	ID      string          `json:"id"`
@@ -164,7 +186,13 @@ func (t *answerTracker) feed(chunk []byte) {
 		t.unresumable = true
 	}
 	if len(t.pending) == 0 {
-		t.pending = t.pending[:0:0] // drop a grown array
+		// Reuse the array from its start; one grown by a long event is
+		// dropped.
+		if cap(t.pending) > maxKeptPending {
+			t.pending = nil
+		} else {
+			t.pending = t.pending[:0]
+		}
 	}
 }
 

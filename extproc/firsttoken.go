@@ -131,23 +131,38 @@ func (s *Server) holdFirstToken(stream extprocv3.ExternalProcessor_ProcessServer
 // (an error to retry, a whole JSON answer) goes on at once, and a
 // compressed stream cannot be read for its first token.
 func holdable(h *extprocv3.HttpHeaders) bool {
-	if h.EndOfStream {
-		return false
-	}
-	var code, ctype, encoding string
+	rs := readResponseShape(h)
+	return !h.EndOfStream && rs.status == "200" && rs.readableStream()
+}
+
+// responseShape is what the response stages read of response headers.
+type responseShape struct {
+	status, contentType, encoding string
+	backend                       string // HeaderBackend
+}
+
+func readResponseShape(h *extprocv3.HttpHeaders) responseShape {
+	var rs responseShape
 	for _, hv := range h.GetHeaders().GetHeaders() {
 		switch hv.Key {
 		case ":status":
-			code = headerValue(hv)
+			rs.status = headerValue(hv)
 		case "content-type":
-			ctype = headerValue(hv)
+			rs.contentType = headerValue(hv)
 		case "content-encoding":
-			encoding = headerValue(hv)
+			rs.encoding = headerValue(hv)
+		case HeaderBackend:
+			rs.backend = headerValue(hv)
 		}
 	}
-	mediaType, _, _ := strings.Cut(ctype, ";")
-	return code == "200" && strings.EqualFold(strings.TrimSpace(mediaType), "text/event-stream") &&
-		(encoding == "" || strings.EqualFold(encoding, "identity"))
+	return rs
+}
+
+// readableStream: an event stream detour can read (not compressed).
+func (rs responseShape) readableStream() bool {
+	mediaType, _, _ := strings.Cut(rs.contentType, ";")
+	return strings.EqualFold(strings.TrimSpace(mediaType), "text/event-stream") &&
+		(rs.encoding == "" || strings.EqualFold(rs.encoding, "identity"))
 }
 
 // scanFirstToken reads the complete lines of an event stream from offset

@@ -60,7 +60,6 @@ const (
 
 // resumeState is the resume part of a policy.
 type resumeState struct {
-	on    bool
 	stall time.Duration
 	max   int
 	// url is where the processor reaches Envoy's listener.
@@ -72,7 +71,7 @@ type resumeState struct {
 }
 
 func newResumeState(p *policy.Policy, r *route.Router) resumeState {
-	rs := resumeState{on: p.ResumeOn(), stall: p.Resume.StallTimeout.D(), max: p.Resume.MaxResumes, url: listenerURL(p), styles: map[string]string{}}
+	rs := resumeState{stall: p.Resume.StallTimeout.D(), max: p.Resume.MaxResumes, url: listenerURL(p), styles: map[string]string{}}
 	rs.continues = make([]bool, len(r.Backends()))
 	for _, b := range p.Backends {
 		if b.Continuation == "" {
@@ -402,31 +401,19 @@ func (r *resumer) readRequestHeaders(h *extprocv3.HttpHeaders) {
 	}
 }
 
-// readResponseHeaders picks the watch mode: a 200 chat event stream is
-// followed, a 200 whole answer held; anything else passes.
+// readResponseHeaders picks the watch mode: a 200 chat event stream
+// (uncompressed: detour reads it) is followed, any other 200 answer to a
+// request that did not ask for a stream is held; anything else passes.
 func (r *resumer) readResponseHeaders(h *extprocv3.HttpHeaders) {
-	status, eventStream := "", false
-	for _, hv := range h.GetHeaders().GetHeaders() {
-		switch hv.Key {
-		case ":status":
-			status = headerValue(hv)
-		case "content-type":
-			eventStream = strings.HasPrefix(strings.ToLower(headerValue(hv)), "text/event-stream")
-		case "content-encoding":
-			if v := headerValue(hv); v != "" && v != "identity" {
-				eventStream = false // compressed: detour cannot read it
-			}
-		case HeaderBackend:
-			r.backend = headerValue(hv)
-		}
-	}
+	rs := readResponseShape(h)
 	switch {
-	case status != "200":
-	case r.stream && eventStream && route.KindFromPath(r.path) == route.KindChat:
+	case rs.status != "200":
+	case r.stream && rs.readableStream() && route.KindFromPath(r.path) == route.KindChat:
 		r.mode = follow
-	case !r.stream && !eventStream:
+	case !r.stream && !rs.readableStream():
 		r.mode = hold
 	}
+	r.backend = rs.backend
 	if r.backend == "" {
 		r.backend = "unknown"
 	}

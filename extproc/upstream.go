@@ -181,27 +181,29 @@ func (s *Server) upstreamBody(w *work, b *extprocv3.HttpBody) *extprocv3.Process
 	if be == nil {
 		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestBody{RequestBody: &extprocv3.BodyResponse{Response: common}}}
 	}
+	// The body sent is a fresh copy: w's buffers are reused after Send.
+	var body []byte
 	outcome := "unchanged"
 	if w.continuation != "" {
 		if marked, err := markContinuation(w.body, w.continuation); err == nil {
-			w.body = marked
-			outcome = "continuation"
+			body, outcome = marked, "continuation"
 		} else {
 			s.log.Warn("continuation left unmarked", "backend", be.Name, "error", err)
 		}
 	}
-	if err := route.ParseRequest(w.kind, w.body, &w.req); err == nil && (w.req.Model != be.Model || outcome == "continuation") {
-		if w.req.Model != be.Model {
-			w.out = route.RewriteModel(w.out[:0], w.body, &w.req, be.Model)
-		} else {
-			w.out = append(w.out[:0], w.body...)
-		}
-		body := append([]byte(nil), w.out...)
-		common.BodyMutation = &extprocv3.BodyMutation{Mutation: &extprocv3.BodyMutation_Body{Body: body}}
-		mut.SetHeaders = append(mut.SetHeaders, setHeader("content-length", strconv.Itoa(len(body))))
+	src := w.body
+	if body != nil {
+		src = body
+	}
+	if err := route.ParseRequest(w.kind, src, &w.req); err == nil && w.req.Model != be.Model {
+		body = route.RewriteModel(make([]byte, 0, len(src)+len(be.Model)), src, &w.req, be.Model)
 		if outcome == "unchanged" {
 			outcome = "rewritten"
 		}
+	}
+	if body != nil {
+		common.BodyMutation = &extprocv3.BodyMutation{Mutation: &extprocv3.BodyMutation_Body{Body: body}}
+		mut.SetHeaders = append(mut.SetHeaders, setHeader("content-length", strconv.Itoa(len(body))))
 	}
 	s.metrics.Attempts.WithLabelValues(be.Name, outcome).Inc()
 	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestBody{RequestBody: &extprocv3.BodyResponse{Response: common}}}

@@ -784,14 +784,7 @@ func sendChat(ctx context.Context, client *http.Client, url string, body []byte,
 			case strings.HasPrefix(data, `{"error"`):
 				// A mid-stream error event (OpenAI's way, and detour's when
 				// a stalled answer cannot be resumed): the answer is cut.
-				var e struct {
-					Error struct {
-						Code string `json:"code"`
-					} `json:"error"`
-				}
-				if json.Unmarshal([]byte(data), &e) == nil {
-					o.ErrCode = e.Error.Code
-				}
+				o.ErrCode = errorCode([]byte(data))
 				o.Err = "stream error event"
 			case !strings.Contains(line, `"role"`) && o.TTFT == 0:
 				o.TTFT = time.Since(t0)
@@ -809,16 +802,11 @@ func sendChat(ctx context.Context, client *http.Client, url string, body []byte,
 		}
 	} else if resp.StatusCode != http.StatusOK {
 		o.RetryAfter = resp.Header.Get("Retry-After")
-		var e struct {
-			Error struct {
-				Code string `json:"code"`
-			} `json:"error"`
-		}
 		data, err := io.ReadAll(io.LimitReader(resp.Body, 1<<16))
 		if err != nil {
 			o.Err = "body " + errKind(err)
-		} else if json.Unmarshal(data, &e) == nil {
-			o.ErrCode = e.Error.Code
+		} else {
+			o.ErrCode = errorCode(data)
 		}
 	} else if data, err := io.ReadAll(resp.Body); err != nil {
 		o.Err = "body " + errKind(err)
@@ -827,6 +815,17 @@ func sendChat(ctx context.Context, client *http.Client, url string, body []byte,
 	}
 	o.Total = time.Since(t0)
 	return o
+}
+
+// errorCode is the code of an OpenAI error body or event; "" if none.
+func errorCode(data []byte) string {
+	var e struct {
+		Error struct {
+			Code string `json:"code"`
+		} `json:"error"`
+	}
+	_ = json.Unmarshal(data, &e)
+	return e.Error.Code
 }
 
 // ctlLoop sends loads at their fixed rates from start until stop closes;
