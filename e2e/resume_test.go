@@ -149,12 +149,13 @@ func TestRedoStalledAnswer(t *testing.T) {
 	}
 }
 
-// The price of resumption, pinned on Envoy 1.40: a response passes through
+// The price of resumption, pinned on Envoy 1.40: a stream passes through
 // the processor, so a processor killed while it carries a stream cuts that
 // stream (Envoy resets the client's stream, failure_mode_allow or not). A
 // processor stopped as a rolling restart stops it (SIGTERM) drains its
 // streams first, and with resume off a kill costs a running stream
-// nothing.
+// nothing. Whole answers are held by Envoy, not the processor: a kill
+// while one is held costs it nothing.
 func TestResumeProcessorDeath(t *testing.T) {
 	slowStream := chat("auto", map[string]any{"stream": true, "max_tokens": 20}, user("hello"))
 	run := func(t *testing.T, s *stack, stop func()) (string, bool) {
@@ -187,6 +188,31 @@ func TestResumeProcessorDeath(t *testing.T) {
 		s := startStack(t, stackOptions{Backends: resumeBackends()})
 		if text, done := run(t, s, s.TermExtProc); !done || text != whole {
 			t.Errorf("got %q, [DONE] %v; want the whole answer", text, done)
+		}
+	})
+	t.Run("resume on, killed while Envoy holds a whole answer: nothing lost", func(t *testing.T) {
+		// Half the body, a 1.5 s pause, the rest; the stall timeout is
+		// longer, so detour only watches while Envoy holds the answer.
+		s := startStack(t, stackOptions{Backends: resumeBackends(), Extra: "resume: {stall_timeout: 10s}"})
+		s.Sim("fast").SetFault(sim.Fault{StallAfterTokens: 5, StallMS: 1500})
+		ch := make(chan string, 1)
+		go func() {
+			ch <- streamNoFatal(s.URL("/v1/chat/completions"), chat("auto", map[string]any{"max_tokens": 12}, user("hello")))
+		}()
+		time.Sleep(700 * time.Millisecond)
+		s.StopExtProc()
+		got := <-ch
+		s.StartExtProc()
+		var v struct {
+			Choices []struct {
+				Message struct{ Content string } `json:"message"`
+			} `json:"choices"`
+		}
+		if err := json.Unmarshal([]byte(got), &v); err != nil || len(v.Choices) != 1 || v.Choices[0].Message.Content != "tok0 tok1 tok2 tok3 tok4 tok5 tok6 tok7 tok8 tok9 tok10 tok11" {
+			t.Errorf("got %q (%v); want fast's whole answer", got, err)
+		}
+		if st := s.EnvoyStats("http.detour.ext_proc.detour_resume.failure_mode_allowed"); !strings.Contains(st, "failure_mode_allowed: 1") {
+			t.Errorf("the resume filter did not see its processor die:\n%s", st)
 		}
 	})
 	t.Run("resume off, killed: nothing lost", func(t *testing.T) {

@@ -15,6 +15,7 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/grpc/metadata"
 
 	"github.com/detourhq/detour/policy"
@@ -33,6 +34,14 @@ import (
 // one answer, with a pause where the first provider stalled. Envoy routes
 // and retries the continuation like any request; the stalled attempt ends
 // when detour ends the response.
+//
+// Whole answers (non-streaming requests) are held by Envoy, not by detour:
+// the filter buffers them (BUFFERED_PARTIAL) and sends each to detour in
+// one message once complete. If it is not complete resume.stall_timeout
+// after its headers, detour asks the request again of another backend and
+// answers with an immediate response if that comes first. Holding in
+// Envoy means a processor that dies costs a whole answer nothing: with
+// failure_mode_allow, Envoy passes on what it buffered (decision 0015).
 
 const (
 	// StageMetadataKey is the gRPC metadata key that names the filter a
@@ -145,7 +154,6 @@ type resumer struct {
 	backend string // the backend answering (response header)
 	mode    watchMode
 	t       answerTracker // follow: the answer so far
-	held    []byte        // hold: the body so far
 	// lastToken is when the last chunk arrived.
 	lastToken time.Time
 }
@@ -159,13 +167,18 @@ const (
 	// follow: a chat event stream, passed on as it comes and followed so
 	// that another backend can continue it.
 	follow
-	// hold: a whole answer, held (headers included) until its body ends,
-	// so that another backend can answer instead if the body stops.
+	// hold: a whole answer, held by Envoy (headers included) until its
+	// body ends, so that another backend can answer instead if the body
+	// stops.
 	hold
 )
 
-// maxHeldBody bounds a held answer; past it the answer is passed on.
-const maxHeldBody = 16 << 20
+// maxRedoBody bounds the repeated request's answer detour reads.
+const maxRedoBody = 16 << 20
+
+// redoDetails is the response code detail of an answer a repeat replaced;
+// Envoy's local reply mappers leave detour_* replies as they are.
+const redoDetails = "detour_redo"
 
 type contEvent struct {
 	data []byte // an event for the client, or nil at the end
@@ -215,7 +228,8 @@ func (s *Server) serveResume(stream extprocv3.ExternalProcessor_ProcessServer, s
 		moveStart    time.Time
 		sentFromCont bool
 	)
-	// A repeat runs in moveCtx: cancelled when the held answer ends first.
+	// A repeat runs in moveCtx, cancelled when this stream ends: the held
+	// answer completed first, or the repeat's answer was sent.
 	moveCtx, cancelMove := context.WithCancel(ctx)
 	defer cancelMove()
 	for {
@@ -224,18 +238,10 @@ func (s *Server) serveResume(stream extprocv3.ExternalProcessor_ProcessServer, s
 			if !ok {
 				return nil
 			}
-			if cont != nil || redo != nil {
-				// The answer is being moved. A held answer that ends after
-				// all wins the race; anything else of the stalled attempt
-				// is dropped (its other phases answered).
-				if b := m.GetResponseBody(); b != nil && redo != nil && r.mode == hold {
-					r.held = append(r.held, b.Body...)
-					if b.EndOfStream {
-						cancelMove()
-						return r.release(true)
-					}
-					continue
-				}
+			if cont != nil {
+				// The stream is being continued elsewhere: anything more
+				// of the stalled attempt is dropped (its other phases
+				// answered).
 				if resp := passive(m); resp != nil {
 					if err := r.send(resp); err != nil {
 						return err
@@ -243,14 +249,15 @@ func (s *Server) serveResume(stream extprocv3.ExternalProcessor_ProcessServer, s
 				}
 				continue
 			}
+			// A held answer that completes while it is being asked again
+			// wins the race: handle passes it on and ends the stream.
 			end, err := r.handle(m)
 			if err != nil || end {
 				return err
 			}
 			switch {
 			case r.mode == follow && r.t.started() && !r.t.done,
-				r.mode == hold && m.GetResponseHeaders() != nil,
-				r.mode == hold && m.GetResponseBody() != nil:
+				r.mode == hold && m.GetResponseHeaders() != nil:
 				stall.Reset(st.resume.stall)
 			}
 		case <-stall.C:
@@ -312,24 +319,16 @@ func (r *resumer) handle(m *extprocv3.ProcessingRequest) (end bool, err error) {
 		return false, r.send(&extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestBody{RequestBody: &extprocv3.BodyResponse{}}})
 	case *extprocv3.ProcessingRequest_ResponseHeaders:
 		r.readResponseHeaders(v.ResponseHeaders)
-		if r.mode == hold && !v.ResponseHeaders.EndOfStream {
-			return false, nil // answered with the body
-		}
-		return v.ResponseHeaders.EndOfStream, r.send(passive(m))
+		return v.ResponseHeaders.EndOfStream, r.send(passiveHeaders())
 	case *extprocv3.ProcessingRequest_ResponseBody:
 		b := v.ResponseBody
-		switch r.mode {
-		case hold:
-			r.held = append(r.held, b.Body...)
-			if b.EndOfStream {
-				return true, r.release(true)
-			}
-			if len(r.held) > maxHeldBody {
-				r.mode = passThrough
-				return false, r.release(false)
-			}
-			return false, nil
-		case follow:
+		if !r.stream {
+			// Envoy held the answer (BUFFERED_PARTIAL) and sends it whole,
+			// or as much as its buffer takes, in this one message; the
+			// rest, if any, flows past detour. Passed on untouched.
+			return true, r.send(&extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseBody{ResponseBody: &extprocv3.BodyResponse{}}})
+		}
+		if r.mode == follow {
 			r.t.feed(b.Body)
 			r.lastToken = time.Now()
 		}
@@ -339,16 +338,6 @@ func (r *resumer) handle(m *extprocv3.ProcessingRequest) (end bool, err error) {
 		return false, r.send(resp)
 	}
 	return false, nil
-}
-
-// release passes on a held answer: its headers, then its body so far.
-func (r *resumer) release(eos bool) error {
-	if err := r.send(passiveHeaders()); err != nil {
-		return err
-	}
-	held := r.held
-	r.held = nil
-	return r.send(streamed(held, eos))
 }
 
 func passiveHeaders() *extprocv3.ProcessingResponse {
@@ -403,7 +392,8 @@ func (r *resumer) readRequestHeaders(h *extprocv3.HttpHeaders) {
 
 // readResponseHeaders picks the watch mode: a 200 chat event stream
 // (uncompressed: detour reads it) is followed, any other 200 answer to a
-// request that did not ask for a stream is held; anything else passes.
+// request that did not ask for a stream is watched while Envoy holds it;
+// anything else passes.
 func (r *resumer) readResponseHeaders(h *extprocv3.HttpHeaders) {
 	rs := readResponseShape(h)
 	switch {
@@ -530,7 +520,7 @@ func (r *resumer) redo(ctx context.Context, ch chan<- redoResult) {
 		return
 	}
 	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, maxHeldBody))
+	b, err := io.ReadAll(io.LimitReader(resp.Body, maxRedoBody))
 	if err != nil {
 		ch <- redoResult{err: fmt.Errorf("read the repeated request's answer: %w", err)}
 		return
@@ -538,8 +528,9 @@ func (r *resumer) redo(ctx context.Context, ch chan<- redoResult) {
 	ch <- redoResult{status: resp.StatusCode, header: resp.Header, body: b}
 }
 
-// answerRedo answers the held headers with the other backend's answer
-// (status, type, length and detour's headers from it) and ends the body.
+// answerRedo replaces the held answer with the other backend's (status,
+// body, type and detour's headers from it): an immediate response, which
+// Envoy sends in place of the held headers and resets the stalled attempt.
 func (r *resumer) answerRedo(res redoResult, start time.Time) error {
 	s := r.s
 	if res.err != nil {
@@ -556,21 +547,18 @@ func (r *resumer) answerRedo(res redoResult, start time.Time) error {
 		s.log.Info("answer stalled and was asked again of another backend", "stalled", r.backend,
 			"answered_by", res.header.Get(HeaderBackend), "status", res.status, "took", time.Since(start).Round(time.Millisecond))
 	}
-	set := []*corev3.HeaderValueOption{
-		setHeader(":status", strconv.Itoa(res.status)),
-		setHeader("content-length", strconv.Itoa(len(res.body))),
-	}
+	var set []*corev3.HeaderValueOption
 	for _, k := range []string{"content-type", HeaderBackend, HeaderModel, HeaderError, "retry-after"} {
 		if v := res.header.Get(k); v != "" {
 			set = append(set, setHeader(k, v))
 		}
 	}
-	if err := r.send(&extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseHeaders{ResponseHeaders: &extprocv3.HeadersResponse{
-		Response: &extprocv3.CommonResponse{HeaderMutation: &extprocv3.HeaderMutation{SetHeaders: set}},
-	}}}); err != nil {
-		return err
-	}
-	return r.send(streamed(res.body, true))
+	return r.send(&extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ImmediateResponse{ImmediateResponse: &extprocv3.ImmediateResponse{
+		Status:  &typev3.HttpStatus{Code: typev3.StatusCode(res.status)},
+		Headers: &extprocv3.HeaderMutation{SetHeaders: set},
+		Body:    res.body,
+		Details: redoDetails,
+	}}})
 }
 
 // moveRequest is the request that moves this answer to another backend,

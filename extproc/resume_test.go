@@ -202,6 +202,9 @@ func TestResumeStreamOutcomes(t *testing.T) {
 
 const wholeBody = `{"model":"fast-8k","messages":[{"role":"user","content":"hi"}],"max_tokens":10}`
 
+// A whole answer whose body has not come stall_timeout after its headers
+// is asked again of another backend; that answer replaces it, whole, as an
+// immediate response.
 func TestRedoWholeAnswer(t *testing.T) {
 	const answer = `{"id":"x","choices":[{"index":0,"message":{"role":"assistant","content":"tok0"},"finish_reason":"stop"}]}`
 	rh := newResumeHarness(t, func(w http.ResponseWriter, r *http.Request) {
@@ -211,38 +214,64 @@ func TestRedoWholeAnswer(t *testing.T) {
 	})
 	c := rh.open(t, false, wholeBody)
 	rh.responseHeaders(t, c, "application/json")
-	rh.chunk(t, c, `{"id":"x","choi`, false) // half, then silence
-	h := expect[*extprocv3.ProcessingResponse_ResponseHeaders](t, c)
-	set := map[string]string{}
-	for _, o := range h.ResponseHeaders.GetResponse().GetHeaderMutation().GetSetHeaders() {
-		set[o.Header.Key] = string(o.Header.RawValue)
+	// Envoy holds the headers and buffers the body: detour answers at once.
+	if h := expect[*extprocv3.ProcessingResponse_ResponseHeaders](t, c); h.ResponseHeaders.GetResponse() != nil {
+		t.Errorf("headers answered with %v", h)
 	}
-	if set[":status"] != "200" || set["content-length"] != "105" || set[HeaderBackend] != "fast-b" || set["content-type"] != "application/json" {
-		t.Errorf("headers set %v", set)
+	ir := expect[*extprocv3.ProcessingResponse_ImmediateResponse](t, c).ImmediateResponse
+	set := setHeaders(t, ir.GetHeaders())
+	if ir.GetStatus().GetCode() != 200 || set[HeaderBackend] != "fast-b" || set["content-type"] != "application/json" || ir.Details != redoDetails {
+		t.Errorf("immediate response %d %v %q", ir.GetStatus().GetCode(), set, ir.Details)
 	}
-	if got, eos := body(t, c); got != answer || !eos {
-		t.Errorf("body %q eos %v, want the other backend's whole answer", got, eos)
+	if string(ir.Body) != answer {
+		t.Errorf("body %q, want the other backend's whole answer", ir.Body)
 	}
 	req, sent := <-rh.got, <-rh.body
 	if req.Header.Get(HeaderRedoFrom) != "fast" || req.Header.Get(HeaderResumeFrom) != "" {
 		t.Errorf("repeat marked %v", req.Header)
 	}
 	sameJSON(t, sent, `{"model":"auto","messages":[{"role":"user","content":"hi"}],"max_tokens":10}`)
+	waitCount(t, func() float64 { return testutil.ToFloat64(rh.metrics.Resumes.WithLabelValues("fast", resumeResumed)) }, 1)
 }
 
-// A whole answer that completes is passed on whole, headers untouched.
+// The held answer completing while the repeat runs wins the race: it is
+// passed on untouched and the repeat is cancelled.
+func TestHeldAnswerBeatsRedo(t *testing.T) {
+	cancelled := make(chan struct{})
+	rh := newResumeHarness(t, func(w http.ResponseWriter, r *http.Request) {
+		<-r.Context().Done()
+		close(cancelled)
+	})
+	c := rh.open(t, false, wholeBody)
+	rh.responseHeaders(t, c, "application/json")
+	expect[*extprocv3.ProcessingResponse_ResponseHeaders](t, c)
+	<-rh.got // the repeat started
+	rh.chunk(t, c, `{"a":1}`, true)
+	if b := expect[*extprocv3.ProcessingResponse_ResponseBody](t, c); b.ResponseBody.GetResponse() != nil {
+		t.Errorf("held answer changed: %v", b)
+	}
+	select {
+	case <-cancelled:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the repeat was not cancelled")
+	}
+}
+
+// A whole answer that completes in time is passed on untouched: headers
+// and body each answered with no change, and nothing asked again.
 func TestHoldWholeAnswer(t *testing.T) {
 	rh := newResumeHarness(t, func(w http.ResponseWriter, r *http.Request) { t.Error("nothing should be asked again") })
 	c := rh.open(t, false, wholeBody)
 	rh.responseHeaders(t, c, "application/json")
-	rh.chunk(t, c, `{"a":`, false)
-	rh.chunk(t, c, `1}`, true)
-	h := expect[*extprocv3.ProcessingResponse_ResponseHeaders](t, c)
-	if h.ResponseHeaders.GetResponse().GetHeaderMutation() != nil {
+	if h := expect[*extprocv3.ProcessingResponse_ResponseHeaders](t, c); h.ResponseHeaders.GetResponse() != nil {
 		t.Errorf("headers changed: %v", h)
 	}
-	if got, eos := body(t, c); got != `{"a":1}` || !eos {
-		t.Errorf("body %q eos %v", got, eos)
+	rh.chunk(t, c, `{"a":1}`, true)
+	if b := expect[*extprocv3.ProcessingResponse_ResponseBody](t, c); b.ResponseBody.GetResponse() != nil {
+		t.Errorf("body changed: %v", b)
+	}
+	if _, err := c.Recv(); err != io.EOF {
+		t.Errorf("stream not ended after the answer: %v", err)
 	}
 }
 

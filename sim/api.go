@@ -543,6 +543,10 @@ func (x *exchange) respond(o *output, f Fault) {
 	_, _ = x.w.Write(body[:len(body)/2])
 	_ = http.NewResponseController(x.w).Flush()
 	if f.DropAfterTokens == 0 {
+		if f.StallMS > 0 && sleep(x.r.Context(), time.Duration(f.StallMS)*time.Millisecond) == nil {
+			_, _ = x.w.Write(body[len(body)/2:]) // a pause, not a hang
+			return
+		}
 		<-x.r.Context().Done()
 		return
 	}
@@ -624,9 +628,14 @@ func (x *exchange) stream(o *output, f Fault) {
 		if f.DropAfterTokens > 0 && i >= f.DropAfterTokens {
 			x.abort()
 		}
-		if f.StallAfterTokens > 0 && i >= f.StallAfterTokens {
-			<-ctx.Done()
-			return
+		if f.StallAfterTokens > 0 && i == f.StallAfterTokens {
+			if f.StallMS == 0 {
+				<-ctx.Done()
+				return
+			}
+			if sleep(ctx, time.Duration(f.StallMS)*time.Millisecond) != nil {
+				return
+			}
 		}
 		d := f.interval()
 		if i == 0 {

@@ -52,6 +52,10 @@ type Fault struct {
 	// headers and part of the body. A provider that hangs, unlike
 	// DropAfterTokens, gives the client no error to react to. 0 = off.
 	StallAfterTokens int `json:"stall_after_tokens,omitempty"`
+	// StallMS turns StallAfterTokens's hang into a pause: after this many
+	// milliseconds the response goes on to its end (a provider that
+	// pauses mid-answer). 0 = hang until the client goes away.
+	StallMS int `json:"stall_ms,omitempty"`
 	// Reset closes the TCP connection with an RST after reading the
 	// request, without any response.
 	Reset bool `json:"reset"`
@@ -94,6 +98,8 @@ func (f Fault) Validate() error {
 		return fmt.Errorf("drop_after_tokens %d: must be in [0, %d]", f.DropAfterTokens, maxTokens)
 	case f.StallAfterTokens < 0 || f.StallAfterTokens > maxTokens:
 		return fmt.Errorf("stall_after_tokens %d: must be in [0, %d]", f.StallAfterTokens, maxTokens)
+	case f.StallMS < 0 || f.StallMS > maxDelayMS:
+		return fmt.Errorf("stall_ms %d: must be in [0, %d]", f.StallMS, maxDelayMS)
 	}
 	return nil
 }
@@ -110,6 +116,7 @@ func (f Fault) sanitize() Fault {
 	clampInt(&f.TTFTMS, maxDelayMS)
 	clampInt(&f.DropAfterTokens, maxTokens)
 	clampInt(&f.StallAfterTokens, maxTokens)
+	clampInt(&f.StallMS, maxDelayMS)
 	if math.IsNaN(f.Rate) || f.Rate < 0 {
 		f.Rate = 0
 	}

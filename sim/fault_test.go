@@ -369,6 +369,32 @@ func TestStallAfterTokens(t *testing.T) {
 	})
 }
 
+// With stall_ms the stall is a pause: the answer arrives whole, late.
+func TestStallPause(t *testing.T) {
+	s := startSim(t, Config{})
+	s.SetFault(Fault{StallAfterTokens: 3, StallMS: 200})
+	defer s.ClearFault()
+	c := newClient(t)
+	for _, stream := range []bool{true, false} {
+		t.Run(fmt.Sprintf("stream=%t", stream), func(t *testing.T) {
+			start := time.Now()
+			r := call(t, c, http.MethodPost, apiURL(s, "/v1/chat/completions"), chatBody(fmt.Sprintf(`"stream":%t,"max_tokens":8`, stream)), nil)
+			if r.status != 200 || r.err != nil {
+				t.Fatalf("status %d, err %v", r.status, r.err)
+			}
+			if took := time.Since(start); took < 200*time.Millisecond {
+				t.Errorf("answer took %s; want at least the 200ms pause", took)
+			}
+			if b := string(r.body); stream && (strings.Count(b, `"content":"`) != 9 || !strings.Contains(b, "[DONE]")) {
+				t.Errorf("want the role chunk, 8 tokens and [DONE]; got %q", r.body)
+			}
+			if !stream && !strings.Contains(string(r.body), "tok7") {
+				t.Errorf("body %q: want the whole answer", r.body)
+			}
+		})
+	}
+}
+
 func TestReset(t *testing.T) {
 	s := startSim(t, Config{})
 	c := newClient(t)

@@ -112,7 +112,7 @@ func streamRoute(p *policy.Policy, routed *routev3.Route) (*routev3.Route, error
 		return nil, err
 	}
 	if p.ResumeOn() {
-		if cfg[ResumeFilter], err = resumePerRoute(); err != nil {
+		if cfg[ResumeFilter], err = resumePerRoute(true); err != nil {
 			return nil, err
 		}
 	}

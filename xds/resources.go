@@ -337,7 +337,7 @@ func routeConfig(p *policy.Policy, o Options) (*routev3.RouteConfiguration, erro
 	if p.HoldWholeAnswers() {
 		// Whole answers are held until complete by the resume filter
 		// (resume.go), so that one whose body stops can be asked again.
-		a, err := resumePerRoute()
+		a, err := resumePerRoute(false)
 		if err != nil {
 			return nil, err
 		}

@@ -33,10 +33,11 @@ func ResumeFilterConfig(p *policy.Policy) *extprocfilterv3.ExternalProcessor {
 	// The processor tells this filter's streams from the routing filter's
 	// by this metadata.
 	c.GrpcService.InitialMetadata = []*corev3.HeaderValue{{Key: extproc.StageMetadataKey, Value: extproc.StageResume}}
-	// A processor that cannot be reached when the stream starts costs the
-	// stream its resumption, not its answer. (Once the body flows through
-	// the processor, Envoy 1.40 ends the response if the processor dies:
-	// measured, and said in decision 0015.)
+	// A processor that cannot be reached when the stream starts, or dies
+	// while Envoy holds a whole answer, costs the answer its resumption,
+	// not the answer. (Once a stream's body flows through the processor,
+	// Envoy 1.40 ends the response if the processor dies: measured, and
+	// said in decision 0015.)
 	c.FailureModeAllow = true
 	return c
 }
@@ -54,16 +55,25 @@ func withResume(p *policy.Policy, filters []*hcmv3.HttpFilter, router *hcmv3.Htt
 	return append(filters, router), nil
 }
 
-// resumePerRoute enables the resume filter on the stream route.
-func resumePerRoute() (*anypb.Any, error) {
+// resumePerRoute enables the resume filter on a route. Streams pass
+// through detour chunk by chunk (FULL_DUPLEX_STREAMED: it must add chunks
+// while the provider is silent). Whole answers are held by Envoy and sent
+// to detour once complete (BUFFERED_PARTIAL: past the buffer limit the
+// rest flows on unheld), so a processor that dies holds none of their
+// bytes.
+func resumePerRoute(stream bool) (*anypb.Any, error) {
+	body, trailers := extprocfilterv3.ProcessingMode_BUFFERED_PARTIAL, extprocfilterv3.ProcessingMode_SKIP
+	if stream {
+		body, trailers = extprocfilterv3.ProcessingMode_FULL_DUPLEX_STREAMED, extprocfilterv3.ProcessingMode_SEND
+	}
 	return pack(&extprocfilterv3.ExtProcPerRoute{Override: &extprocfilterv3.ExtProcPerRoute_Overrides{Overrides: &extprocfilterv3.ExtProcOverrides{
 		ProcessingMode: &extprocfilterv3.ProcessingMode{
 			RequestHeaderMode:   extprocfilterv3.ProcessingMode_SEND,
 			RequestBodyMode:     extprocfilterv3.ProcessingMode_BUFFERED,
 			RequestTrailerMode:  extprocfilterv3.ProcessingMode_SKIP,
 			ResponseHeaderMode:  extprocfilterv3.ProcessingMode_SEND,
-			ResponseBodyMode:    extprocfilterv3.ProcessingMode_FULL_DUPLEX_STREAMED,
-			ResponseTrailerMode: extprocfilterv3.ProcessingMode_SEND,
+			ResponseBodyMode:    body,
+			ResponseTrailerMode: trailers,
 		},
 	}}})
 }
