@@ -7,8 +7,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"github.com/detourhq/detour/healthview"
-	"github.com/detourhq/detour/healthview/viewhttp"
 	"io"
 	"math/rand/v2"
 	"net"
@@ -16,6 +14,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -24,6 +24,8 @@ import (
 	"time"
 
 	"github.com/detourhq/detour/envoy"
+	"github.com/detourhq/detour/healthview"
+	"github.com/detourhq/detour/healthview/viewhttp"
 	"github.com/detourhq/detour/sim"
 	"github.com/detourhq/detour/wasm/wasmtest"
 )
@@ -480,6 +482,19 @@ func (s *stack) ResetSims() {
 // EnvoyStat reads one counter or gauge from Envoy's admin /stats.
 func (s *stack) EnvoyStats(filter string) string {
 	return s.EnvoyStatsPath("/stats?filter=" + filter)
+}
+
+// EnvoyCounter reads one stat of Envoy by its full name; -1 if absent.
+func (s *stack) EnvoyCounter(name string) int {
+	for _, l := range strings.Split(s.EnvoyStats("^"+regexp.QuoteMeta(name)+"$"), "\n") {
+		if v, ok := strings.CutPrefix(l, name+": "); ok {
+			n, err := strconv.Atoi(strings.TrimSpace(v))
+			if err == nil {
+				return n
+			}
+		}
+	}
+	return -1
 }
 
 // EnvoyStatsPath reads an admin page of Envoy.
