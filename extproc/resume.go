@@ -35,13 +35,15 @@ import (
 // and retries the continuation like any request; the stalled attempt ends
 // when detour ends the response.
 //
-// Whole answers (non-streaming requests) are held by Envoy, not by detour:
-// the filter buffers them (BUFFERED_PARTIAL) and sends each to detour in
-// one message once complete. If it is not complete resume.stall_timeout
-// after its headers, detour asks the request again of another backend and
-// answers with an immediate response if that comes first. Holding in
-// Envoy means a processor that dies costs a whole answer nothing: with
-// failure_mode_allow, Envoy passes on what it buffered (decision 0015).
+// Whole answers (non-streaming requests) are held in Envoy, not in
+// detour: their body goes to detour STREAMED, where Envoy keeps each chunk
+// until detour answers it, and detour answers the headers and every chunk
+// only when the body ends. If the body goes silent for
+// resume.stall_timeout, detour asks the request again of another backend
+// and, if that answer comes first, sends it as an immediate response in
+// place of the held one. A processor that dies costs a held answer
+// nothing: with failure_mode_allow, Envoy passes on what it kept
+// (decision 0015).
 
 const (
 	// StageMetadataKey is the gRPC metadata key that names the filter a
@@ -71,6 +73,9 @@ const (
 type resumeState struct {
 	stall time.Duration
 	max   int
+	// holdFor is how long Envoy may wait for held headers while a repeat
+	// runs (envoy.request_timeout).
+	holdFor time.Duration
 	// url is where the processor reaches Envoy's listener.
 	url string
 	// continues marks, by backend index, the backends that take
@@ -80,7 +85,7 @@ type resumeState struct {
 }
 
 func newResumeState(p *policy.Policy, r *route.Router) resumeState {
-	rs := resumeState{stall: p.Resume.StallTimeout.D(), max: p.Resume.MaxResumes, url: listenerURL(p), styles: map[string]string{}}
+	rs := resumeState{stall: p.Resume.StallTimeout.D(), max: p.Resume.MaxResumes, holdFor: p.Envoy.RequestTimeout.D(), url: listenerURL(p), styles: map[string]string{}}
 	rs.continues = make([]bool, len(r.Backends()))
 	for _, b := range p.Backends {
 		if b.Continuation == "" {
@@ -154,6 +159,11 @@ type resumer struct {
 	backend string // the backend answering (response header)
 	mode    watchMode
 	t       answerTracker // follow: the answer so far
+	// hold: whether the headers are held, and the chunks Envoy keeps
+	// until detour answers them.
+	holding    bool
+	heldChunks int
+	heldBytes  int
 	// lastToken is when the last chunk arrived.
 	lastToken time.Time
 }
@@ -173,8 +183,13 @@ const (
 	hold
 )
 
-// maxRedoBody bounds the repeated request's answer detour reads.
-const maxRedoBody = 16 << 20
+// maxHeldBody bounds a held answer (held by Envoy; detour counts it);
+// past it the answer is passed on. maxRedoBody bounds the repeated
+// request's answer detour reads.
+const (
+	maxHeldBody = 16 << 20
+	maxRedoBody = 16 << 20
+)
 
 // redoDetails is the response code detail of an answer a repeat replaced;
 // Envoy's local reply mappers leave detour_* replies as they are.
@@ -257,7 +272,7 @@ func (s *Server) serveResume(stream extprocv3.ExternalProcessor_ProcessServer, s
 			}
 			switch {
 			case r.mode == follow && r.t.started() && !r.t.done,
-				r.mode == hold && m.GetResponseHeaders() != nil:
+				r.holding && redo == nil:
 				stall.Reset(st.resume.stall)
 			}
 		case <-stall.C:
@@ -269,6 +284,11 @@ func (s *Server) serveResume(stream extprocv3.ExternalProcessor_ProcessServer, s
 				if r.resumed >= st.resume.max || r.target == "" {
 					s.metrics.Resumes.WithLabelValues(r.backend, resumeNot).Inc()
 					continue
+				}
+				// The held headers now wait for the repeat: Envoy is asked
+				// to wait for them up to the request's own timeout.
+				if err := r.send(extendTimeout(st.resume.holdFor)); err != nil {
+					return err
 				}
 				ch := make(chan redoResult, 1)
 				go r.redo(moveCtx, ch)
@@ -319,14 +339,27 @@ func (r *resumer) handle(m *extprocv3.ProcessingRequest) (end bool, err error) {
 		return false, r.send(&extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestBody{RequestBody: &extprocv3.BodyResponse{}}})
 	case *extprocv3.ProcessingRequest_ResponseHeaders:
 		r.readResponseHeaders(v.ResponseHeaders)
+		if r.mode == hold && !v.ResponseHeaders.EndOfStream {
+			// Held: answered when the body ends (release).
+			r.holding = true
+			return false, nil
+		}
 		return v.ResponseHeaders.EndOfStream, r.send(passiveHeaders())
 	case *extprocv3.ProcessingRequest_ResponseBody:
 		b := v.ResponseBody
 		if !r.stream {
-			// Envoy held the answer (BUFFERED_PARTIAL) and sends it whole,
-			// or as much as its buffer takes, in this one message; the
-			// rest, if any, flows past detour. Passed on untouched.
-			return true, r.send(&extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseBody{ResponseBody: &extprocv3.BodyResponse{}}})
+			// STREAMED: Envoy keeps each chunk until detour answers it, so
+			// detour only counts them.
+			if !r.holding {
+				return b.EndOfStream, r.send(passBody())
+			}
+			r.heldChunks++
+			r.heldBytes += len(b.Body)
+			if b.EndOfStream || r.heldBytes > maxHeldBody {
+				r.mode = passThrough
+				return b.EndOfStream, r.release()
+			}
+			return false, nil
 		}
 		if r.mode == follow {
 			r.t.feed(b.Body)
@@ -338,6 +371,26 @@ func (r *resumer) handle(m *extprocv3.ProcessingRequest) (end bool, err error) {
 		return false, r.send(resp)
 	}
 	return false, nil
+}
+
+// release lets a held whole answer go: its headers, then each chunk
+// Envoy kept, all unchanged.
+func (r *resumer) release() error {
+	r.holding = false
+	if err := r.send(passiveHeaders()); err != nil {
+		return err
+	}
+	for ; r.heldChunks > 0; r.heldChunks-- {
+		if err := r.send(passBody()); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// passBody lets one body chunk (STREAMED) go on unchanged.
+func passBody() *extprocv3.ProcessingResponse {
+	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseBody{ResponseBody: &extprocv3.BodyResponse{}}}
 }
 
 func passiveHeaders() *extprocv3.ProcessingResponse {

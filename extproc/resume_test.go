@@ -202,8 +202,8 @@ func TestResumeStreamOutcomes(t *testing.T) {
 
 const wholeBody = `{"model":"fast-8k","messages":[{"role":"user","content":"hi"}],"max_tokens":10}`
 
-// A whole answer whose body has not come stall_timeout after its headers
-// is asked again of another backend; that answer replaces it, whole, as an
+// A whole answer whose body goes silent for stall_timeout is asked again
+// of another backend; that answer replaces the held one, whole, as an
 // immediate response.
 func TestRedoWholeAnswer(t *testing.T) {
 	const answer = `{"id":"x","choices":[{"index":0,"message":{"role":"assistant","content":"tok0"},"finish_reason":"stop"}]}`
@@ -214,9 +214,11 @@ func TestRedoWholeAnswer(t *testing.T) {
 	})
 	c := rh.open(t, false, wholeBody)
 	rh.responseHeaders(t, c, "application/json")
-	// Envoy holds the headers and buffers the body: detour answers at once.
-	if h := expect[*extprocv3.ProcessingResponse_ResponseHeaders](t, c); h.ResponseHeaders.GetResponse() != nil {
-		t.Errorf("headers answered with %v", h)
+	rh.chunk(t, c, `{"id":"x","choi`, false) // half, then silence
+	// Envoy is asked to keep waiting for the held headers, then gets the
+	// other backend's answer.
+	if r, err := c.Recv(); err != nil || r.GetOverrideMessageTimeout().AsDuration() != 300*time.Second {
+		t.Fatalf("got %v (%v), want the message timeout extended to the request timeout", r, err)
 	}
 	ir := expect[*extprocv3.ProcessingResponse_ImmediateResponse](t, c).ImmediateResponse
 	set := setHeaders(t, ir.GetHeaders())
@@ -234,8 +236,25 @@ func TestRedoWholeAnswer(t *testing.T) {
 	waitCount(t, func() float64 { return testutil.ToFloat64(rh.metrics.Resumes.WithLabelValues("fast", resumeResumed)) }, 1)
 }
 
+// release expects a held answer let go: its headers and n chunks, each
+// answered unchanged, then the end of the stream.
+func release(t *testing.T, c extprocv3.ExternalProcessor_ProcessClient, n int) {
+	t.Helper()
+	if h := expect[*extprocv3.ProcessingResponse_ResponseHeaders](t, c); h.ResponseHeaders.GetResponse() != nil {
+		t.Errorf("headers changed: %v", h)
+	}
+	for range n {
+		if b := expect[*extprocv3.ProcessingResponse_ResponseBody](t, c); b.ResponseBody.GetResponse() != nil {
+			t.Errorf("chunk changed: %v", b)
+		}
+	}
+	if r, err := c.Recv(); err != io.EOF {
+		t.Errorf("stream not ended after the answer: %v %v", r, err)
+	}
+}
+
 // The held answer completing while the repeat runs wins the race: it is
-// passed on untouched and the repeat is cancelled.
+// let go unchanged and the repeat is cancelled.
 func TestHeldAnswerBeatsRedo(t *testing.T) {
 	cancelled := make(chan struct{})
 	rh := newResumeHarness(t, func(w http.ResponseWriter, r *http.Request) {
@@ -244,12 +263,13 @@ func TestHeldAnswerBeatsRedo(t *testing.T) {
 	})
 	c := rh.open(t, false, wholeBody)
 	rh.responseHeaders(t, c, "application/json")
-	expect[*extprocv3.ProcessingResponse_ResponseHeaders](t, c)
+	rh.chunk(t, c, `{"a":`, false)
 	<-rh.got // the repeat started
-	rh.chunk(t, c, `{"a":1}`, true)
-	if b := expect[*extprocv3.ProcessingResponse_ResponseBody](t, c); b.ResponseBody.GetResponse() != nil {
-		t.Errorf("held answer changed: %v", b)
+	rh.chunk(t, c, `1}`, true)
+	if r, err := c.Recv(); err != nil || r.GetOverrideMessageTimeout() == nil {
+		t.Fatalf("got %v (%v), want the message timeout extended", r, err)
 	}
+	release(t, c, 2)
 	select {
 	case <-cancelled:
 	case <-time.After(5 * time.Second):
@@ -257,21 +277,30 @@ func TestHeldAnswerBeatsRedo(t *testing.T) {
 	}
 }
 
-// A whole answer that completes in time is passed on untouched: headers
-// and body each answered with no change, and nothing asked again.
+// A whole answer that completes in time is let go unchanged once complete:
+// its headers and every chunk, and nothing is asked again.
 func TestHoldWholeAnswer(t *testing.T) {
 	rh := newResumeHarness(t, func(w http.ResponseWriter, r *http.Request) { t.Error("nothing should be asked again") })
 	c := rh.open(t, false, wholeBody)
 	rh.responseHeaders(t, c, "application/json")
-	if h := expect[*extprocv3.ProcessingResponse_ResponseHeaders](t, c); h.ResponseHeaders.GetResponse() != nil {
-		t.Errorf("headers changed: %v", h)
-	}
-	rh.chunk(t, c, `{"a":1}`, true)
-	if b := expect[*extprocv3.ProcessingResponse_ResponseBody](t, c); b.ResponseBody.GetResponse() != nil {
-		t.Errorf("body changed: %v", b)
-	}
-	if _, err := c.Recv(); err != io.EOF {
-		t.Errorf("stream not ended after the answer: %v", err)
+	rh.chunk(t, c, `{"a":`, false)
+	rh.chunk(t, c, `1}`, true)
+	release(t, c, 2)
+}
+
+// An answer detour does not hold (an error) is answered as it comes.
+func TestWholeAnswerNotHeld(t *testing.T) {
+	rh := newResumeHarness(t, func(w http.ResponseWriter, r *http.Request) { t.Error("nothing should be asked again") })
+	c := rh.open(t, false, wholeBody)
+	rh.sendMsg(t, c, &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseHeaders{ResponseHeaders: &extprocv3.HttpHeaders{Headers: &corev3.HeaderMap{Headers: []*corev3.HeaderValue{
+		{Key: ":status", RawValue: []byte("503")},
+		{Key: "content-type", RawValue: []byte("application/json")},
+	}}}}})
+	expect[*extprocv3.ProcessingResponse_ResponseHeaders](t, c)
+	rh.chunk(t, c, `{"error":{}}`, true)
+	expect[*extprocv3.ProcessingResponse_ResponseBody](t, c)
+	if r, err := c.Recv(); err != io.EOF {
+		t.Errorf("stream not ended after the answer: %v %v", r, err)
 	}
 }
 

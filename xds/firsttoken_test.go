@@ -75,7 +75,7 @@ func TestStreamRoute(t *testing.T) {
 				trailersWant extprocfilterv3.ProcessingMode_HeaderSendMode
 			}{
 				{r: stream, body: extprocfilterv3.ProcessingMode_FULL_DUPLEX_STREAMED, trailersWant: extprocfilterv3.ProcessingMode_SEND},
-				{r: routed, body: extprocfilterv3.ProcessingMode_BUFFERED_PARTIAL, trailersWant: extprocfilterv3.ProcessingMode_SKIP},
+				{r: routed, body: extprocfilterv3.ProcessingMode_STREAMED, trailersWant: extprocfilterv3.ProcessingMode_SKIP},
 			} {
 				rm := unpack(t, rt.r.TypedPerFilterConfig[ResumeFilter], &extprocfilterv3.ExtProcPerRoute{}).GetOverrides().GetProcessingMode()
 				if rm.GetResponseBodyMode() != rt.body || rm.GetResponseTrailerMode() != rt.trailersWant ||

@@ -5,6 +5,7 @@ import (
 	extprocfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/detourhq/detour/extproc"
 	"github.com/detourhq/detour/policy"
@@ -39,6 +40,14 @@ func ResumeFilterConfig(p *policy.Policy) *extprocfilterv3.ExternalProcessor {
 	// Envoy 1.40 ends the response if the processor dies: measured, and
 	// said in decision 0015.)
 	c.FailureModeAllow = true
+	// A whole answer's chunks (STREAMED) reach detour while it holds the
+	// headers: it answers them all when the body ends, one round trip.
+	c.SendBodyWithoutWaitingForHeaderResponse = true
+	// Held headers wait through a stall (stall_timeout) before detour acts;
+	// while another backend answers instead, detour extends the wait up to
+	// the request's own timeout.
+	c.MessageTimeout = durationpb.New(p.Resume.StallTimeout.D() + p.ExtProc.MessageTimeout.D())
+	c.MaxMessageTimeout = durationpb.New(max(p.Envoy.RequestTimeout.D(), p.Resume.StallTimeout.D()+p.ExtProc.MessageTimeout.D()))
 	return c
 }
 
@@ -57,12 +66,11 @@ func withResume(p *policy.Policy, filters []*hcmv3.HttpFilter, router *hcmv3.Htt
 
 // resumePerRoute enables the resume filter on a route. Streams pass
 // through detour chunk by chunk (FULL_DUPLEX_STREAMED: it must add chunks
-// while the provider is silent). Whole answers are held by Envoy and sent
-// to detour once complete (BUFFERED_PARTIAL: past the buffer limit the
-// rest flows on unheld), so a processor that dies holds none of their
-// bytes.
+// while the provider is silent). Whole answers are STREAMED: Envoy keeps
+// each chunk until detour answers it, so a processor that dies holds none
+// of their bytes.
 func resumePerRoute(stream bool) (*anypb.Any, error) {
-	body, trailers := extprocfilterv3.ProcessingMode_BUFFERED_PARTIAL, extprocfilterv3.ProcessingMode_SKIP
+	body, trailers := extprocfilterv3.ProcessingMode_STREAMED, extprocfilterv3.ProcessingMode_SKIP
 	if stream {
 		body, trailers = extprocfilterv3.ProcessingMode_FULL_DUPLEX_STREAMED, extprocfilterv3.ProcessingMode_SEND
 	}

@@ -51,3 +51,24 @@ func TestResumeStreamsOnly(t *testing.T) {
 		}
 	}
 }
+
+// The resume filter fails open, sends whole answers' chunks while detour
+// holds their headers, and lets held headers wait through a stall; detour
+// may extend the wait up to the request timeout while another backend
+// answers instead.
+func TestResumeFilterConfig(t *testing.T) {
+	p := quickstart(t)
+	c := ResumeFilterConfig(p)
+	if !c.FailureModeAllow || !c.SendBodyWithoutWaitingForHeaderResponse {
+		t.Errorf("failure_mode_allow %v, send_body_without_waiting %v; want both", c.FailureModeAllow, c.SendBodyWithoutWaitingForHeaderResponse)
+	}
+	if got, want := c.MessageTimeout.AsDuration(), p.Resume.StallTimeout.D()+p.ExtProc.MessageTimeout.D(); got != want {
+		t.Errorf("message timeout %v, want stall_timeout + extproc.message_timeout = %v", got, want)
+	}
+	if got, want := c.MaxMessageTimeout.AsDuration(), p.Envoy.RequestTimeout.D(); got != want {
+		t.Errorf("max message timeout %v, want envoy.request_timeout %v", got, want)
+	}
+	if md := c.GrpcService.GetInitialMetadata(); len(md) != 1 || md[0].Value != "resume" {
+		t.Errorf("initial metadata %v, want the resume stage marked", md)
+	}
+}
