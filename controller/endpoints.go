@@ -26,7 +26,7 @@ const (
 	// generations alone in flight never look like. Without a measured
 	// p95 the bound is the policy's total-time threshold (5 s).
 	unansweredFactor      = 3
-	minUnanswered         = time.Second
+	minUnanswered         = 500 * time.Millisecond
 	minUnansweredAttempts = 5
 	// reachTimeout bounds the check an endpoint must pass, once its
 	// cool-down is over, before it takes traffic again.

@@ -51,6 +51,8 @@ const (
 	// chaosRestart is how long a killed ext_proc service stays down before
 	// its supervisor restarts it.
 	chaosRestart = 2 * time.Second
+	// chaosSlowTPS paces the long-answers scenario: 40 tokens in 4 s.
+	chaosSlowTPS = 10
 	// chaosShiftShare: 99 % of traffic shifted means at most 1 % of a
 	// window's requests still go to the fault.
 	chaosShiftShare = 0.01
@@ -116,8 +118,11 @@ type chaosScenario struct {
 	// Replicas runs that many ext_proc replicas (extproc.replicas); 0 or
 	// 1: one, the default.
 	Replicas int
-	inject   func(ctx context.Context, e *chaosEnv) error
-	clear    func(ctx context.Context, e *chaosEnv) error
+	// setup, when set, runs before the stack starts (after the providers
+	// are reset), for conditions that hold through the whole run.
+	setup  func(ctx context.Context, e *chaosEnv) error
+	inject func(ctx context.Context, e *chaosEnv) error
+	clear  func(ctx context.Context, e *chaosEnv) error
 }
 
 func simFault(f sim.Fault, names ...string) (inject, clear func(context.Context, *chaosEnv) error) {
@@ -160,6 +165,12 @@ func chaosCatalogue() []chaosScenario {
 			inject: func(_ context.Context, e *chaosEnv) error { e.st.xds.kill(); return nil },
 			clear:  func(ctx context.Context, e *chaosEnv) error { return e.st.restartXDS(ctx) }},
 		{Name: "processor-down", Title: "Processor down: `detour extproc` killed and restarted", Fault: fmt.Sprintf("SIGKILL to detour extproc (the only replica, the default); restarted %s later (a supervisor's restart delay)", chaosRestart), Kind: kindInfra, For: chaosRestart, DetourOnly: true,
+			inject: func(_ context.Context, e *chaosEnv) error { e.st.extproc.kill(); return nil },
+			clear:  func(ctx context.Context, e *chaosEnv) error { return e.st.restartExtproc(ctx) }},
+		{Name: "processor-down-long-answers", Title: "Processor down, long answers: `detour extproc` killed while 4-second answers are in flight", Fault: fmt.Sprintf("every provider paced at %d tokens/s for the whole run (40-token answers take 4 s, streamed or whole); SIGKILL to detour extproc (one replica); restarted %s later", chaosSlowTPS, chaosRestart), Kind: kindInfra, For: chaosRestart, DetourOnly: true,
+			setup: func(ctx context.Context, e *chaosEnv) error {
+				return e.sims.setFault(ctx, names(chaosSims), &sim.Fault{TokensPerSecond: chaosSlowTPS})
+			},
 			inject: func(_ context.Context, e *chaosEnv) error { e.st.extproc.kill(); return nil },
 			clear:  func(ctx context.Context, e *chaosEnv) error { return e.st.restartExtproc(ctx) }},
 		{Name: "processor-down-2-replicas", Title: "Processor down, two replicas: one `detour extproc` of two killed and restarted", Fault: fmt.Sprintf("`extproc.replicas` lists two; SIGKILL to the first; restarted %s later", chaosRestart), Kind: kindInfra, For: chaosRestart, DetourOnly: true, Replicas: 2,
@@ -586,6 +597,11 @@ func runChaos1(ctx context.Context, c e2eConfig, env *chaosEnv, dir, module stri
 	}
 	if err := env.net.reset(ctx); err != nil {
 		return nil, err
+	}
+	if sc.setup != nil {
+		if err := sc.setup(ctx, env); err != nil {
+			return nil, fmt.Errorf("set up: %w", err)
+		}
 	}
 	st, err := startChaosStack(ctx, c, env.sims, dir, sc.Name+"-"+mode, module, mode, sc.Replicas)
 	if err != nil {
