@@ -15,8 +15,7 @@ type Controller struct {
 	// in this file and every backend counts as healthy. Default false.
 	Disabled bool `yaml:"disabled,omitempty"`
 	// Interval between two evaluations (read signals, decide, push).
-	// Default 500ms: an endpoint that answers nothing is seen within
-	// about a second.
+	// Default 1s.
 	Interval Duration `yaml:"interval,omitempty"`
 	// Source of the signals: "envoy" scrapes each Envoy's admin
 	// /stats/prometheus; "prometheus" queries a Prometheus server that
@@ -153,7 +152,7 @@ const (
 
 // Controller defaults.
 const (
-	DefaultControllerInterval = 500 * time.Millisecond
+	DefaultControllerInterval = time.Second
 	DefaultStaleAfter         = 10 * time.Second
 	DefaultDwell              = 10 * time.Second
 	DefaultCoolDown           = 10 * time.Second
@@ -197,7 +196,7 @@ func (p *Policy) applyControllerDefaults() {
 func (p *Policy) validateController(v *validator) {
 	c := &p.Controller
 	if c.Interval.D() < 100*time.Millisecond || c.Interval.D() > time.Minute {
-		v.add("controller.interval", fmt.Sprintf("%s is out of range", c.Interval.D()), "between 100ms and 1m; the default 500ms moves traffic within about a second")
+		v.add("controller.interval", fmt.Sprintf("%s is out of range", c.Interval.D()), "between 100ms and 1m; 1s moves traffic within about a second")
 	}
 	switch c.Source {
 	case SourceEnvoy:
