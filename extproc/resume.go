@@ -76,6 +76,11 @@ type resumeState struct {
 	// holdFor is how long Envoy may wait for held headers while a repeat
 	// runs (envoy.request_timeout).
 	holdFor time.Duration
+	// maxHeld bounds a held whole answer; past it the answer is let go.
+	// Envoy keeps the chunks within its connection buffer
+	// (limits.max_body_bytes and some headroom): held past it, Envoy would
+	// stop reading the provider, and the answer would stall itself.
+	maxHeld int
 	// url is where the processor reaches Envoy's listener.
 	url string
 	// continues marks, by backend index, the backends that take
@@ -85,7 +90,8 @@ type resumeState struct {
 }
 
 func newResumeState(p *policy.Policy, r *route.Router) resumeState {
-	rs := resumeState{stall: p.Resume.StallTimeout.D(), max: p.Resume.MaxResumes, holdFor: p.Envoy.RequestTimeout.D(), url: listenerURL(p), styles: map[string]string{}}
+	rs := resumeState{stall: p.Resume.StallTimeout.D(), max: p.Resume.MaxResumes, holdFor: p.Envoy.RequestTimeout.D(),
+		maxHeld: int(p.Limits.MaxBodyBytes / 2), url: listenerURL(p), styles: map[string]string{}}
 	rs.continues = make([]bool, len(r.Backends()))
 	for _, b := range p.Backends {
 		if b.Continuation == "" {
@@ -183,13 +189,8 @@ const (
 	hold
 )
 
-// maxHeldBody bounds a held answer (held by Envoy; detour counts it);
-// past it the answer is passed on. maxRedoBody bounds the repeated
-// request's answer detour reads.
-const (
-	maxHeldBody = 16 << 20
-	maxRedoBody = 16 << 20
-)
+// maxRedoBody bounds the repeated request's answer detour reads.
+const maxRedoBody = 16 << 20
 
 // redoDetails is the response code detail of an answer a repeat replaced;
 // Envoy's local reply mappers leave detour_* replies as they are.
@@ -269,6 +270,12 @@ func (s *Server) serveResume(stream extprocv3.ExternalProcessor_ProcessServer, s
 			end, err := r.handle(m)
 			if err != nil || end {
 				return err
+			}
+			if redo != nil && !r.holding {
+				// Let go (too large to hold) while being asked again: its
+				// headers are gone, so it can no longer be replaced.
+				cancelMove()
+				redo = nil
 			}
 			switch {
 			case r.mode == follow && r.t.started() && !r.t.done,
@@ -355,7 +362,7 @@ func (r *resumer) handle(m *extprocv3.ProcessingRequest) (end bool, err error) {
 			}
 			r.heldChunks++
 			r.heldBytes += len(b.Body)
-			if b.EndOfStream || r.heldBytes > maxHeldBody {
+			if b.EndOfStream || r.heldBytes > r.st.resume.maxHeld {
 				r.mode = passThrough
 				return b.EndOfStream, r.release()
 			}

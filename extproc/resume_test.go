@@ -288,6 +288,30 @@ func TestHoldWholeAnswer(t *testing.T) {
 	release(t, c, 2)
 }
 
+// A whole answer larger than Envoy's buffer can keep is let go once it
+// passes half of it (limits.max_body_bytes / 2, 4 MiB here), before it ends;
+// what follows is answered as it comes.
+func TestHeldAnswerTooLarge(t *testing.T) {
+	rh := newResumeHarness(t, func(w http.ResponseWriter, r *http.Request) { t.Error("nothing should be asked again") })
+	c := rh.open(t, false, wholeBody)
+	rh.responseHeaders(t, c, "application/json")
+	mib := strings.Repeat("x", 1<<20)
+	for range 5 {
+		rh.chunk(t, c, mib, false)
+	}
+	if h := expect[*extprocv3.ProcessingResponse_ResponseHeaders](t, c); h.ResponseHeaders.GetResponse() != nil {
+		t.Errorf("headers changed: %v", h)
+	}
+	for range 5 {
+		expect[*extprocv3.ProcessingResponse_ResponseBody](t, c)
+	}
+	rh.chunk(t, c, "}", true)
+	expect[*extprocv3.ProcessingResponse_ResponseBody](t, c)
+	if r, err := c.Recv(); err != io.EOF {
+		t.Errorf("stream not ended after the answer: %v %v", r, err)
+	}
+}
+
 // An answer detour does not hold (an error) is answered as it comes.
 func TestWholeAnswerNotHeld(t *testing.T) {
 	rh := newResumeHarness(t, func(w http.ResponseWriter, r *http.Request) { t.Error("nothing should be asked again") })
