@@ -74,10 +74,9 @@ func (s *Server) holdFirstToken(stream extprocv3.ExternalProcessor_ProcessServer
 		}
 		return nil
 	}
-	headersAnswer := &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseHeaders{ResponseHeaders: &extprocv3.HeadersResponse{}}}
 	if !holdable(h) {
 		outcome = holdNotStream
-		return send(headersAnswer)
+		return send(passiveHeaders())
 	}
 	// The held chunks, answered in order at the release; w.body is free
 	// (this stream carries no request).
@@ -113,11 +112,11 @@ func (s *Server) holdFirstToken(stream extprocv3.ExternalProcessor_ProcessServer
 			break
 		}
 	}
-	if err := send(headersAnswer); err != nil {
+	if err := send(passiveHeaders()); err != nil {
 		return err
 	}
 	for range pending {
-		if err := send(&extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseBody{ResponseBody: &extprocv3.BodyResponse{}}}); err != nil {
+		if err := send(passBody()); err != nil {
 			return err
 		}
 	}
