@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"net/http"
 	"strings"
@@ -60,6 +61,19 @@ func testRouting(t *testing.T, s *stack) {
 			}
 		})
 	}
+	t.Run("the access log says where a request went, and nothing of the prompt", func(t *testing.T) {
+		vision := s.Sim("vision").Addr()
+		line, all := s.AccessLogLine(func(m map[string]any) bool { return m["upstream"] == vision })
+		for k, want := range map[string]any{"status": 200.0, "backend": "vision", "cluster": "vision", "attempts": 1.0,
+			"method": "POST", "path": "/v1/chat/completions", "flags": "-", "details": "via_upstream"} {
+			if line[k] != want {
+				t.Errorf("%s: %v, want %v (line %v)", k, line[k], want, line)
+			}
+		}
+		if bytes.Contains(all, []byte("picture")) {
+			t.Errorf("the access log holds a prompt:\n%s", all)
+		}
+	})
 	t.Run("metrics count the decisions", func(t *testing.T) {
 		m, wants := s.Metrics(), []string{
 			`detour_extproc_decisions_total{backend="fast",reason="cheapest",route="auto"}`,

@@ -6,6 +6,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -209,6 +210,7 @@ limits:
 envoy:
   listen: "{{.Envoy}}"
   admin: "{{.Admin}}"
+  access_log: "{{.AccessLog}}"
 extproc:
   listen: "{{.ExtProc}}"
   metrics: "{{.Metrics}}"
@@ -320,7 +322,7 @@ func (s *stack) PolicyText(o stackOptions) string {
 		"Envoy": s.EnvoyAddr, "Admin": s.AdminAddr, "ExtProc": s.ExtProcAddr, "Metrics": s.MetricsAddr,
 		"XDS": s.XDSAddr, "XDSMetrics": s.XDSMetricsAddr,
 		"Wasm": o.Wasm, "WasmModule": wasmModule, "Controller": o.Controller,
-		"Extra": o.Extra, "RouteExtra": o.RouteExtra, "Replicas": s.ReplicaAddrs,
+		"Extra": o.Extra, "RouteExtra": o.RouteExtra, "Replicas": s.ReplicaAddrs, "AccessLog": s.AccessLogPath(),
 	}); err != nil {
 		s.t.Fatal(err)
 	}
@@ -469,6 +471,29 @@ func (s *stack) stop() {
 func (s *stack) URL(path string) string { return "http://" + s.EnvoyAddr + path }
 
 // Sim returns a backend's simulated provider.
+// AccessLogPath is Envoy's access log (envoy.access_log).
+func (s *stack) AccessLogPath() string { return filepath.Join(s.dir, "envoy-access.log") }
+
+// AccessLogLine waits for an access log line that match accepts (Envoy
+// flushes the file every second) and returns it with the whole file.
+func (s *stack) AccessLogLine(match func(map[string]any) bool) (map[string]any, []byte) {
+	s.t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		data, _ := os.ReadFile(s.AccessLogPath())
+		for _, line := range bytes.Split(data, []byte("\n")) {
+			var m map[string]any
+			if json.Unmarshal(line, &m) == nil && match(m) {
+				return m, data
+			}
+		}
+		if time.Now().After(deadline) {
+			s.t.Fatalf("no such access log line in %s:\n%s", s.AccessLogPath(), data)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
 func (s *stack) Sim(name string) *sim.Server { return s.sims[name] }
 
 // ResetSims clears every provider's faults, counters and request log.

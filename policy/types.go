@@ -327,6 +327,11 @@ type EnvoySettings struct {
 	RequestTimeout Duration `yaml:"request_timeout,omitempty"`
 	// MaxConnections bounds open client connections to Envoy. Default 50000.
 	MaxConnections int `yaml:"max_connections,omitempty" jsonschema:"minimum=1"`
+	// AccessLog is a file Envoy writes one JSON line to per client
+	// request: status, response flags and details, duration, the backend
+	// and endpoint that answered, upstream attempts. Never bodies or
+	// credentials. "/dev/stdout" logs to Envoy's output. Default: off.
+	AccessLog string `yaml:"access_log,omitempty"`
 }
 
 // ExtProcSettings configure detour's ext_proc service.

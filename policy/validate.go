@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"net"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -138,6 +139,11 @@ func (p *Policy) Validate() []Problem {
 	}
 	if p.Envoy.MaxConnections < 1 {
 		v.add("envoy.max_connections", "must be at least 1", "")
+	}
+	// Envoy opens the file from its own working directory, which the
+	// policy's author rarely knows.
+	if a := p.Envoy.AccessLog; a != "" && !filepath.IsAbs(a) {
+		v.add("envoy.access_log", fmt.Sprintf("%q is not an absolute path", a), "for example /var/log/envoy/detour-access.log or /dev/stdout")
 	}
 	if p.Routing.OutputReserveTokens < 0 {
 		v.add("routing.output_reserve_tokens", "cannot be negative", "")

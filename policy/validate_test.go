@@ -32,6 +32,10 @@ func TestValidateDirect(t *testing.T) {
 		want   []string // "path: message"; nil for a valid policy
 	}{
 		{"valid", func(*Policy) {}, nil},
+		{"access log to a file", func(p *Policy) { p.Envoy.AccessLog = "/var/log/detour/access.log" }, nil},
+		{"access log to stdout", func(p *Policy) { p.Envoy.AccessLog = "/dev/stdout" }, nil},
+		{"relative access log", func(p *Policy) { p.Envoy.AccessLog = "access.log" },
+			[]string{`envoy.access_log: "access.log" is not an absolute path`}},
 		{"NaN health error rate", func(p *Policy) { p.Health.ErrorRate = math.NaN() },
 			[]string{"health.error_rate: NaN is not a share between 0 and 1"}},
 		{"NaN breaker error rate", func(p *Policy) { p.CircuitBreaker.ErrorRate = math.NaN() },

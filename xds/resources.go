@@ -538,6 +538,10 @@ func listener(p *policy.Policy, rc *routev3.RouteConfiguration, o Options) (*lis
 	if err != nil {
 		return nil, err
 	}
+	logs, err := accessLogs(p)
+	if err != nil {
+		return nil, err
+	}
 	hcm := &hcmv3.HttpConnectionManager{
 		StatPrefix:     "detour",
 		CodecType:      hcmv3.HttpConnectionManager_AUTO,
@@ -551,6 +555,7 @@ func listener(p *policy.Policy, rc *routev3.RouteConfiguration, o Options) (*lis
 		// headers: routing happens before any later filter could strip
 		// them, so they go at the connection manager's door.
 		EarlyHeaderMutationExtensions: []*corev3.TypedExtensionConfig{ehm},
+		AccessLog:                     logs,
 	}
 	if o.Dynamic {
 		hcm.RouteSpecifier = &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{ConfigSource: adsSource(), RouteConfigName: rc.Name}}

@@ -15,9 +15,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -95,6 +98,14 @@ func runSaturation(ctx context.Context, c e2eConfig, module string) (*saturation
 		return nil, err
 	}
 	res := &saturationResult{}
+	// The trace (work directory only) shows where overload requests wait:
+	// Envoy's requests and connections per cluster, the processor's
+	// streams, the bench process itself.
+	trace, err := os.Create(filepath.Join(dir, "saturation-trace.log"))
+	if err != nil {
+		return nil, err
+	}
+	defer trace.Close()
 	res.Memory = append(res.Memory, readMemory(ctx, st, "before"))
 	var peakMu sync.Mutex
 	peak := satMemory{When: "peak (overload)"}
@@ -120,6 +131,7 @@ func runSaturation(ctx context.Context, c e2eConfig, module string) (*saturation
 					case <-tick.C:
 					}
 					m := readMemory(ctx, st, "")
+					traceOverload(ctx, trace, st, time.Since(start))
 					peakMu.Lock()
 					peak.ExtProc, peak.XDS, peak.Envoy = max(peak.ExtProc, m.ExtProc), max(peak.XDS, m.XDS), max(peak.Envoy, m.Envoy)
 					peakMu.Unlock()
@@ -301,4 +313,20 @@ func yesNo(ok bool) string {
 		return "yes"
 	}
 	return "no"
+}
+
+// traceOverload appends one sample of where requests wait to w.
+func traceOverload(ctx context.Context, w io.Writer, st *chaosStack, at time.Duration) {
+	fmt.Fprintf(w, "--- %.1fs bench goroutines=%d\n", at.Seconds(), runtime.NumGoroutine())
+	re := `^cluster\.[^.]+\.(upstream_rq_active|upstream_rq_pending_active|upstream_cx_active|upstream_rq_retry|upstream_rq_retry_overflow|upstream_rq_429|upstream_rq_timeout)$|^http\.detour\.(downstream_rq_active|ext_proc\..*)$`
+	if page, err := fetchPage(ctx, "http://"+st.a.admin+"/stats?usedonly&filter="+url.QueryEscape(re)); err == nil {
+		w.Write(page)
+	}
+	if page, err := fetchPage(ctx, "http://"+st.a.metrics+"/metrics"); err == nil {
+		for _, l := range strings.Split(string(page), "\n") {
+			if strings.HasPrefix(l, "go_goroutines") || strings.HasPrefix(l, "process_cpu_seconds_total") || strings.HasPrefix(l, "detour_resume") {
+				fmt.Fprintln(w, "extproc", l)
+			}
+		}
+	}
 }
