@@ -228,6 +228,31 @@ func TestFailoverUnderLoad(t *testing.T) {
 	}
 }
 
+// A retry whose backend serves the model the router stage wrote follows
+// one whose body was rewritten for another model: it must go out with its
+// own content-length, not the rewritten body's (Envoy keeps an earlier
+// attempt's headers), or the provider waits for bytes that never come.
+// The chaos suite's saturation run found it: hundreds of requests hung
+// until the client's timeout.
+func TestRetryAfterRewriteSendsWholeBody(t *testing.T) {
+	s := startStack(t, stackOptions{RouteExtra: "    objective: ordered\n    backends: [fast, long, fast-b]"})
+	s.Sim("fast").SetFault(sim.Fault{Status: 503})
+	s.Sim("long").SetFault(sim.Fault{Status: 503})
+	for _, stream := range []bool{false, true} {
+		start := time.Now()
+		r := post(t, s.URL("/v1/chat/completions"), chat("auto", map[string]any{"stream": stream}, user("hello")))
+		if r.Status != 200 || r.Header.Get("x-sim-name") != "fast-b" {
+			t.Fatalf("stream %v: status %d from %q after %s, want 200 from fast-b: %s", stream, r.Status, r.Header.Get("x-sim-name"), time.Since(start), r.Body)
+		}
+		if n := r.Header.Get("x-envoy-attempt-count"); n != "3" {
+			t.Errorf("stream %v: %s attempts, want 3 (fast, long, fast-b)", stream, n)
+		}
+		if took := time.Since(start); took > 5*time.Second {
+			t.Errorf("stream %v: answered after %s", stream, took)
+		}
+	}
+}
+
 // firstTokenStack is a stack whose deadlines are short enough to test:
 // retry.first_token_timeout and retry.per_try_timeout of 1s, applied as a
 // policy edit once the stack runs.

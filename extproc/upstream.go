@@ -203,8 +203,15 @@ func (s *Server) upstreamBody(w *work, b *extprocv3.HttpBody) *extprocv3.Process
 	}
 	if body != nil {
 		common.BodyMutation = &extprocv3.BodyMutation{Mutation: &extprocv3.BodyMutation_Body{Body: body}}
-		mut.SetHeaders = append(mut.SetHeaders, setHeader("content-length", strconv.Itoa(len(body))))
+	} else {
+		body = src
 	}
+	// Always the length of what this attempt sends: Envoy keeps an earlier
+	// attempt's headers, so a retry whose body needs no rewrite (its
+	// backend serves the model the router stage wrote) would otherwise go
+	// out with the content-length of the last rewritten body, and the
+	// provider would wait for bytes that never come.
+	mut.SetHeaders = append(mut.SetHeaders, setHeader("content-length", strconv.Itoa(len(body))))
 	s.metrics.Attempts.WithLabelValues(be.Name, outcome).Inc()
 	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestBody{RequestBody: &extprocv3.BodyResponse{Response: common}}}
 }

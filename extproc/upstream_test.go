@@ -112,6 +112,32 @@ func TestUpstreamRewritesForTheAttemptsBackend(t *testing.T) {
 	}
 }
 
+// A retry whose backend serves the model already in the body sends the
+// body unchanged, with its own length: Envoy keeps the content-length an
+// earlier attempt's rewrite set (vision-128k, four bytes longer), and a
+// provider told 89 bytes and sent 85 waits for the rest until the client
+// gives up. Found by the chaos suite's saturation run.
+func TestUpstreamRetryUnchangedBodyGetsItsLength(t *testing.T) {
+	h := newHarness(t, quickstart(t, ""), nil)
+	body := []byte(`{"model":"fast-8k","messages":[{"role":"user","content":"hi"}]}`)
+	s := h.open(t)
+	defer s.close()
+	// A retry: detour's headers (the model written) were removed by the
+	// first attempt.
+	r := s.exchange(upstreamHeaders("/v1/chat/completions", "fast", ""))
+	if r.GetModeOverride().GetRequestBodyMode() != extprocfilterv3.ProcessingMode_BUFFERED {
+		t.Fatalf("retry without the written model did not ask for the body: %v", r)
+	}
+	r = s.exchange(bodyMsg(body, true))
+	common := r.GetRequestBody().GetResponse()
+	if common.GetBodyMutation() != nil {
+		t.Errorf("body rewritten for a backend that serves its model: %s", common.GetBodyMutation().GetBody())
+	}
+	if got := setHeaders(t, common.GetHeaderMutation())["content-length"]; got != itoa(len(body)) {
+		t.Errorf("content-length %q, want %d (the body sent)", got, len(body))
+	}
+}
+
 func TestUpstreamCredentials(t *testing.T) {
 	keyFile := filepath.Join(t.TempDir(), "long.key")
 	if err := os.WriteFile(keyFile, []byte("  sk-long-secret\n"), 0o600); err != nil {
