@@ -233,12 +233,50 @@ func (c *Controller) Run(ctx context.Context) {
 		if err := c.Step(ctx); err != nil && ctx.Err() == nil {
 			c.log.Warn("controller evaluation failed", "err", err)
 		}
-		select {
-		case <-ctx.Done():
+		if !c.wait(ctx, c.policy.Controller.Interval.D()) {
 			return
-		case <-time.After(c.policy.Controller.Interval.D()):
 		}
 	}
+}
+
+// wait waits for the next evaluation, interval from now or sooner if the
+// silence check finds an endpoint gone silent; false when ctx ends.
+func (c *Controller) wait(ctx context.Context, interval time.Duration) bool {
+	timer := time.NewTimer(interval)
+	defer timer.Stop()
+	var check <-chan time.Time
+	if every := c.policy.Controller.SilenceCheck.D(); c.hosts != nil && every < interval {
+		t := time.NewTicker(every)
+		defer t.Stop()
+		check = t.C
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-timer.C:
+			return true
+		case <-check:
+			if c.silenceSeen(ctx) {
+				c.cfg.Metrics.SilenceWakeups.Inc()
+				return true
+			}
+		}
+	}
+}
+
+// silenceSeen reads every Envoy's endpoints once and reports whether one
+// in service has gone silent since the last evaluation.
+func (c *Controller) silenceSeen(ctx context.Context) bool {
+	now := c.now()
+	hctx, cancel := context.WithTimeout(ctx, c.policy.Controller.SilenceCheck.D())
+	win, _ := c.hosts.Collect(hctx, now)
+	cancel()
+	b, ep, due := c.endpoints.silenceDue(win, now)
+	if due {
+		c.log.Debug("endpoint silent: evaluating now", "backend", b, "endpoint", ep)
+	}
+	return due
 }
 
 // Step is one evaluation: read, decide, push, publish.

@@ -788,3 +788,61 @@ func TestEndpointSilentExcludedAtOnce(t *testing.T) {
 		t.Errorf("fast is %s (%s), want HEALTHY: only its silent endpoint's timeouts failed", st.State, st.Reason)
 	}
 }
+
+// Between evaluations the silence check reads the endpoints; one in
+// service that has gone silent by its backend's bound brings the next
+// evaluation forward. Endpoints already out, too few attempts, or a
+// silence shorter than the bound wait for the interval.
+func TestSilenceCheck(t *testing.T) {
+	const east, west = "127.0.0.1:8101", "127.0.0.1:8111"
+	answering := signals.HostWindow{Requests: 100, TotalRequests: 100, Active: 2}
+	silent := signals.HostWindow{Requests: 100, TotalRequests: 100, Active: 8, Started: 8, Unanswered: 600 * time.Millisecond}
+	tests := []struct {
+		name string
+		east signals.HostWindow
+		out  bool // east already out of service
+		due  bool
+	}{
+		{"all answering", answering, false, false},
+		{"silent past the bound", silent, false, true},
+		{"silent, but too few attempts", signals.HostWindow{Active: 3, Started: 3, Unanswered: time.Second}, false, false},
+		{"quiet for less than the bound", signals.HostWindow{Active: 8, Started: 8, Unanswered: 300 * time.Millisecond}, false, false},
+		{"already out of service", silent, true, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h, hosts := fastTwoEndpoints(t, west, "west", map[string]map[string]signals.HostWindow{
+				"fast": {east: answering, west: answering},
+			})
+			var tf traffic
+			st := tf.window("fast", 100, 0)
+			st.P95, st.LatencySamples = 80*time.Millisecond, 500 // bound: the 500ms floor
+			h.src.stats["fast"] = st
+			h.step(time.Second)
+			if tt.out {
+				h.c.endpoints.outs["fast"][east] = &endpointOut{until: h.now.Add(time.Minute)}
+			}
+			hosts.w = map[string]map[string]signals.HostWindow{"fast": {east: tt.east, west: answering}}
+			h.c.policy.Controller.SilenceCheck = policy.Duration(20 * time.Millisecond)
+			start := time.Now()
+			if !h.c.wait(context.Background(), time.Second) {
+				t.Fatal("wait ended without its context ending")
+			}
+			early := time.Since(start) < 700*time.Millisecond
+			if early != tt.due {
+				t.Errorf("evaluation brought forward: %v after %v, want %v", early, time.Since(start).Round(time.Millisecond), tt.due)
+			}
+			if n := testutil.ToFloat64(h.m.SilenceWakeups); (n == 1) != tt.due {
+				t.Errorf("silence_wakeups_total = %v", n)
+			}
+		})
+	}
+	// A check as long as the interval is off: no reads between evaluations.
+	h, _ := fastTwoEndpoints(t, west, "west", nil)
+	h.c.policy.Controller.SilenceCheck = policy.Duration(time.Second)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if h.c.wait(ctx, time.Second) {
+		t.Error("wait went on after its context ended")
+	}
+}

@@ -68,6 +68,9 @@ type endpointJudge struct {
 	// Envoy's own, before anything was taken off, whose going down is a
 	// restart.
 	given, raw map[string]signals.HostCounters
+	// after is each backend's silence bound at the last judgement, for
+	// the silence watch between evaluations (silenceDue).
+	after map[string]time.Duration
 }
 
 // endpointOut is one endpoint taken out of service.
@@ -94,7 +97,7 @@ func newEndpointJudge(log *slog.Logger, outc *prometheus.CounterVec) *endpointJu
 	return &endpointJudge{log: log, outc: outc, outs: map[string]map[string]*endpointOut{},
 		excluded: map[string]signals.HostCounters{}, last: map[string]map[string]signals.HostWindow{},
 		given: map[string]signals.HostCounters{}, raw: map[string]signals.HostCounters{},
-		addrs: map[string][]string{}, checks: map[string]error{}}
+		addrs: map[string][]string{}, checks: map[string]error{}, after: map[string]time.Duration{}}
 }
 
 // setPolicy learns the policy's endpoint addresses.
@@ -114,6 +117,7 @@ func (j *endpointJudge) forget(backend string) {
 	delete(j.last, backend)
 	delete(j.given, backend)
 	delete(j.raw, backend)
+	delete(j.after, backend)
 }
 
 // unansweredAfter is how long an endpoint of a backend observed as o may
@@ -148,6 +152,7 @@ func (j *endpointJudge) judge(ctx context.Context, p *policy.Policy, h *health.C
 		j.outs[x.name] = outs
 	}
 	after := unansweredAfter(p, o, h.MinLatencySamples)
+	j.after[x.name] = after
 	// inService: endpoints neither out nor ejected; serving: those of
 	// them with answers in the window to show for it.
 	inService, serving := 0, 0
@@ -248,6 +253,29 @@ func (j *endpointJudge) judge(ctx context.Context, p *policy.Policy, h *health.C
 	}
 	j.give(x.name, o)
 	return pushed
+}
+
+// silenceDue reports whether an endpoint in service has become silent by
+// the bound of its backend's last judgement: the silence watch then
+// brings the next evaluation forward, so a lost region is taken out of
+// service within a fraction of controller.interval of the bound.
+func (j *endpointJudge) silenceDue(hosts map[string]map[string]signals.HostWindow, now time.Time) (backend, endpoint string, due bool) {
+	for b, eps := range hosts {
+		after, known := j.after[b]
+		if !known {
+			continue
+		}
+		for ep, hw := range eps {
+			if hw.Active == 0 || hw.Started < minUnansweredAttempts || hw.Unanswered < after {
+				continue
+			}
+			if e := j.outs[b][ep]; e != nil && (now.Before(e.until) || e.checking) {
+				continue // already out
+			}
+			return b, ep, true
+		}
+	}
+	return "", "", false
 }
 
 // held keeps endpoint ep of backend, whose cool-down e has just ended,

@@ -17,6 +17,9 @@ type Metrics struct {
 	Probes       *prometheus.CounterVec
 	EndpointOuts *prometheus.CounterVec
 	EndpointsOut *prometheus.GaugeVec
+	// SilenceWakeups counts evaluations brought forward by the silence
+	// check.
+	SilenceWakeups prometheus.Counter
 
 	// detour's view of each backend, as the controller judged it.
 	Requests  *prometheus.GaugeVec
@@ -66,6 +69,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "detour_controller_endpoint_outs_total",
 			Help: "Endpoints taken out of service on their own (answering nothing, or a backend's endpoint erring), by backend and cause (unanswering, erring); each is also one log line.",
 		}, []string{"backend", "cause"}),
+		SilenceWakeups: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "detour_controller_silence_wakeups_total",
+			Help: "Evaluations brought forward because an endpoint in service went silent (controller.silence_check).",
+		}),
 		EndpointsOut: gauge("detour_controller_endpoints_out", "Endpoints of each backend currently out of service (pushed UNHEALTHY while the backend's others serve).", "backend"),
 		Requests:     gauge("detour_backend_window_requests", "Requests to each backend over the controller's window (Envoy's counts, retried attempts included).", "backend"),
 		ErrorRate:    gauge("detour_backend_error_ratio", "Each backend's error rate over the controller's window.", "backend"),
@@ -75,6 +82,6 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Total:        gauge("detour_backend_total_time_p95_seconds", "Each backend's total response time p95 over the window (detour's measurements; probes when idle).", "backend"),
 	}
 	reg.MustRegister(m.State, m.Transitions, m.Evaluations, m.EvalTime, m.SignalErrors, m.SignalAge, m.Pushes,
-		m.Setting, m.Shed, m.Probes, m.EndpointOuts, m.EndpointsOut, m.Requests, m.ErrorRate, m.P95, m.TTFT, m.Rate, m.Total)
+		m.Setting, m.Shed, m.Probes, m.EndpointOuts, m.EndpointsOut, m.SilenceWakeups, m.Requests, m.ErrorRate, m.P95, m.TTFT, m.Rate, m.Total)
 	return m
 }

@@ -253,6 +253,55 @@ func TestRetryAfterRewriteSendsWholeBody(t *testing.T) {
 	}
 }
 
+// A backend whose attempts all fail is demoted by the processor on its own
+// evidence: after a few requests retried away from it, the next go
+// straight to the next backend (one attempt), with no controller at all,
+// but for one in three, a trial that still tries it first. Once it answers
+// again, two trials that are not retried end the demotion.
+func TestLocalDemotion(t *testing.T) {
+	s := startStack(t, stackOptions{}) // controller disabled: no view
+	s.Sim("fast").SetFault(sim.Fault{Refuse: true})
+	body := chat("auto", nil, user("hello"))
+	var retried, direct, trials int
+	for i := range 30 {
+		r := post(t, s.URL("/v1/chat/completions"), body)
+		if r.Status != 200 || r.Header.Get("x-sim-name") != "fast-b" {
+			t.Fatalf("request %d: status %d from %q, want 200 from fast-b: %s", i, r.Status, r.Header.Get("x-sim-name"), r.Body)
+		}
+		n, reason := r.Header.Get("x-envoy-attempt-count"), r.Header.Get("x-detour-reason")
+		switch {
+		case n == "1" && reason == "health":
+			direct++
+		case n == "2" && reason == "trial" && direct > 0:
+			trials++
+		case n == "2" && direct == 0 && trials == 0:
+			retried++
+		default:
+			t.Errorf("request %d: %s attempts, reason %s after %d retried, %d direct, %d trials", i, n, reason, retried, direct, trials)
+		}
+	}
+	if retried != 5 || trials < 7 || trials > 9 || direct != 30-retried-trials {
+		t.Errorf("%d requests retried away from fast, then %d went to fast-b directly and %d were trials of fast; want 5, then one trial in three", retried, direct, trials)
+	}
+	if got := metricValue(s.Metrics(), `detour_extproc_local_demotions_total{backend="fast"}`); got != 1 {
+		t.Errorf("local_demotions_total{fast} = %v, want 1", got)
+	}
+	if !strings.Contains(s.extLogText(), "backend demoted locally") {
+		t.Error("no log line for the demotion")
+	}
+
+	// Fixed: trials succeed, the demotion ends, fast has its traffic back.
+	s.Sim("fast").ClearFault()
+	for i := range 20 {
+		r := post(t, s.URL("/v1/chat/completions"), body)
+		if r.Status == 200 && r.Header.Get("x-sim-name") == "fast" && r.Header.Get("x-detour-reason") == "cheapest" {
+			t.Logf("fast back after %d requests", i+1)
+			return
+		}
+	}
+	t.Fatalf("fast got no traffic back within 20 requests of being fixed:\n%s", s.extLogText())
+}
+
 // firstTokenStack is a stack whose deadlines are short enough to test:
 // retry.first_token_timeout and retry.per_try_timeout of 1s, applied as a
 // policy edit once the stack runs.

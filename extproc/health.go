@@ -26,34 +26,60 @@ type healthRanks struct {
 	healthview.Ranks
 }
 
-// healthState holds the ranks cache and the trial counter.
+// healthState holds the ranks cache, the trial counter and this
+// processor's own demotions.
 type healthState struct {
 	src    HealthSource
 	cache  atomic.Pointer[healthRanks]
 	trials atomic.Uint64
+	local  *demotions
 }
 
 // forRequest returns the health to route this request with (nil: all
-// healthy) and the view it came from.
-func (h *healthState) forRequest(r *route.Router, out *route.Health) (*route.Health, *healthview.Snapshot) {
-	if h == nil || h.src == nil {
+// healthy) and the view it came from. buf holds the ranks when local
+// demotions change the view's.
+func (h *healthState) forRequest(r *route.Router, out *route.Health, buf *[]uint8) (*route.Health, *healthview.Snapshot) {
+	if h == nil {
 		return nil, nil
 	}
-	v := h.src.View()
-	if v == nil {
-		return nil, nil
+	var v *healthview.Snapshot
+	if h.src != nil {
+		v = h.src.View()
 	}
-	c := h.cache.Load()
-	if c == nil || c.version != v.Version || c.router != r {
-		c = buildRanks(v, r)
-		h.cache.Store(c)
+	var c *healthRanks
+	if v != nil {
+		c = h.cache.Load()
+		if c == nil || c.version != v.Version || c.router != r {
+			c = buildRanks(v, r)
+			h.cache.Store(c)
+		}
 	}
-	if !c.Any {
+	var rank []uint8
+	if c != nil && c.Any {
+		rank = c.Rank
+	}
+	if local, trial := h.local.overlay(r, rank, *buf); local != nil {
+		*buf = local
+		out.Rank, out.Trial = local, trial || c != nil && c.Trial && h.trials.Add(1)%c.TrialEvery == 0
+		return out, v
+	}
+	if rank == nil {
 		return nil, v
 	}
-	out.Rank = c.Rank
+	out.Rank = rank
 	out.Trial = c.Trial && h.trials.Add(1)%c.TrialEvery == 0
 	return out, v
+}
+
+// viewRanksLow reports whether the latest view used for routing ranks
+// backend below HEALTHY.
+func (h *healthState) viewRanksLow(backend string) bool {
+	c := h.cache.Load()
+	if c == nil {
+		return false
+	}
+	i, ok := c.router.BackendIndex(backend)
+	return ok && i < len(c.Rank) && c.Rank[i] > 0
 }
 
 func buildRanks(v *healthview.Snapshot, r *route.Router) *healthRanks {

@@ -17,6 +17,9 @@ type Metrics struct {
 	Panics        prometheus.Counter
 	// Shed counts requests refused by priority while capacity is short.
 	Shed *prometheus.CounterVec
+	// LocalDemotions counts backends this processor ranked OPEN on its
+	// own evidence (demote.go).
+	LocalDemotions *prometheus.CounterVec
 	// HealthView and HealthViewErrors follow the controller's view.
 	HealthView       prometheus.Gauge
 	HealthViewErrors prometheus.Counter
@@ -89,6 +92,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Name: "detour_extproc_shed_total",
 		Help: "Requests refused with 429 because their route's healthy capacity is short, by route and priority.",
 	}, []string{"route", "priority"})
+	m.LocalDemotions = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "detour_extproc_local_demotions_total",
+		Help: "Times this processor stopped routing to a backend on its own evidence (at least 5 attempts, and half of those routed to it, retried elsewhere within a second) until the controller's view ranks it below HEALTHY or 5 s pass.",
+	}, []string{"backend"})
 	m.HealthView = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "detour_extproc_health_view_version",
 		Help: "Version of the controller's health view in use (0: none received; every backend taken as healthy).",
@@ -137,7 +144,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Buckets: []float64{0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 30},
 	})
 	reg.MustRegister(m.QueueDepth, m.QueueOutcomes, m.QueueWait, m.CacheServed, m.Resumes, m.ResumeGap)
-	reg.MustRegister(m.Shed, m.HealthView, m.HealthViewErrors, m.FirstTokenHolds, m.FirstTokenWait, m.Attempts, m.Panics, m.Decisions, m.DecisionTime, m.Errors, m.Rejections, m.TokenCounts,
+	reg.MustRegister(m.Shed, m.LocalDemotions, m.HealthView, m.HealthViewErrors, m.FirstTokenHolds, m.FirstTokenWait, m.Attempts, m.Panics, m.Decisions, m.DecisionTime, m.Errors, m.Rejections, m.TokenCounts,
 		m.StreamsActive, m.PolicyVersion, m.PolicyReloads, m.BodyBytes)
 	return m
 }

@@ -111,6 +111,7 @@ type work struct {
 	kind     route.Kind
 	priority string // from the request's header; "" for the route's default
 	health   route.Health
+	rankBuf  []uint8 // health's ranks when this processor's demotions apply
 	path     string
 	method   string
 	gotBody  bool
@@ -142,6 +143,8 @@ func New(cfg Config) (*Server, error) {
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
+	s.health.local = newDemotions(s.log, func(b string) { s.metrics.LocalDemotions.WithLabelValues(b).Inc() })
+	s.health.local.viewed = s.health.viewRanksLow
 	s.queue = newQueue(cfg.Metrics)
 	s.client = &http.Client{Transport: &http.Transport{
 		Proxy:               nil,
@@ -414,7 +417,7 @@ func (s *Server) route(ctx context.Context, st *state, w *work) *extprocv3.Proce
 		}
 	}
 	s.metrics.TokenCounts.WithLabelValues(method).Inc()
-	h, view := s.health.forRequest(r, &w.health)
+	h, view := s.health.forRequest(r, &w.health, &w.rankBuf)
 	if w.resumeFrom != "" {
 		h = st.resume.skipFor(r, w.resumeFrom, w.continues, h)
 	}
@@ -439,7 +442,7 @@ func (s *Server) route(ctx context.Context, st *state, w *work) *extprocv3.Proce
 			// A backend recovered: decide again on the new view. The
 			// request waited its turn in priority order: it is not shed.
 			released = true
-			h, view = s.health.forRequest(r, &w.health)
+			h, view = s.health.forRequest(r, &w.health, &w.rankBuf)
 			if w.resumeFrom != "" {
 				h = st.resume.skipFor(r, w.resumeFrom, w.continues, h)
 			}

@@ -112,13 +112,17 @@ func upstreamCluster(msg *extprocv3.ProcessingRequest) (string, bool) {
 // for — by overriding the filter's body mode — only when this attempt's
 // backend serves another model id.
 func (s *Server) upstreamHeaders(st *state, w *work, h *extprocv3.HttpHeaders) *extprocv3.ProcessingResponse {
-	bodyModel := ""
+	bodyModel, routed, id := "", "", ""
 	for _, hv := range h.GetHeaders().GetHeaders() {
 		switch hv.Key {
 		case ":path":
 			w.path = headerValue(hv)
 		case HeaderModel:
 			bodyModel = headerValue(hv)
+		case HeaderBackend:
+			routed = headerValue(hv)
+		case "x-request-id":
+			id = headerValue(hv)
 		case HeaderResumeFrom:
 			w.resumeFrom = headerValue(hv)
 		}
@@ -126,6 +130,11 @@ func (s *Server) upstreamHeaders(st *state, w *work, h *extprocv3.HttpHeaders) *
 	w.kind = route.KindFromPath(w.path)
 	mut, be := s.upstreamHeaderMutation(st, w)
 	w.backend = be
+	if be != nil {
+		// An attempt for another backend than the request's last one: that
+		// backend failed it (demote.go).
+		s.health.local.observe(id, routed, be.Name)
+	}
 	if be != nil && w.resumeFrom != "" {
 		// A continuation: its body is marked for this attempt's backend.
 		w.continuation = st.resume.styles[be.Name]

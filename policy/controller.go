@@ -17,6 +17,12 @@ type Controller struct {
 	// Interval between two evaluations (read signals, decide, push).
 	// Default 1s.
 	Interval Duration `yaml:"interval,omitempty"`
+	// SilenceCheck: between evaluations, endpoints are checked this often
+	// for silence (attempts in flight, none answered: a lost region, a
+	// black hole), one read of each Envoy's admin /clusters; a silent one
+	// brings the next evaluation forward. Default 250ms; not shorter than
+	// interval turns the check off.
+	SilenceCheck Duration `yaml:"silence_check,omitempty"`
 	// Source of the signals: "envoy" scrapes each Envoy's admin
 	// /stats/prometheus; "prometheus" queries a Prometheus server that
 	// scrapes them, so many Envoys and several xds replicas share one
@@ -153,6 +159,7 @@ const (
 // Controller defaults.
 const (
 	DefaultControllerInterval = time.Second
+	DefaultSilenceCheck       = 250 * time.Millisecond
 	DefaultStaleAfter         = 10 * time.Second
 	DefaultDwell              = 10 * time.Second
 	DefaultCoolDown           = 10 * time.Second
@@ -165,6 +172,7 @@ const (
 func (p *Policy) applyControllerDefaults() {
 	c := &p.Controller
 	setDur(&c.Interval, DefaultControllerInterval)
+	setDur(&c.SilenceCheck, DefaultSilenceCheck)
 	setStr(&c.Source, SourceEnvoy)
 	setDur(&c.Prometheus.Timeout, DefaultPrometheusTimeout)
 	setDur(&c.StaleAfter, DefaultStaleAfter)
@@ -197,6 +205,9 @@ func (p *Policy) validateController(v *validator) {
 	c := &p.Controller
 	if c.Interval.D() < 100*time.Millisecond || c.Interval.D() > time.Minute {
 		v.add("controller.interval", fmt.Sprintf("%s is out of range", c.Interval.D()), "between 100ms and 1m; 1s moves traffic within about a second")
+	}
+	if c.SilenceCheck.D() < 50*time.Millisecond {
+		v.add("controller.silence_check", fmt.Sprintf("%s is too short", c.SilenceCheck.D()), "at least 50ms; each check reads every Envoy's /clusters")
 	}
 	switch c.Source {
 	case SourceEnvoy:

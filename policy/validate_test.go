@@ -36,6 +36,8 @@ func TestValidateDirect(t *testing.T) {
 		{"access log to stdout", func(p *Policy) { p.Envoy.AccessLog = "/dev/stdout" }, nil},
 		{"relative access log", func(p *Policy) { p.Envoy.AccessLog = "access.log" },
 			[]string{`envoy.access_log: "access.log" is not an absolute path`}},
+		{"silence check too short", func(p *Policy) { p.Controller.SilenceCheck = Duration(time.Millisecond) },
+			[]string{"controller.silence_check: 1ms is too short"}},
 		{"NaN health error rate", func(p *Policy) { p.Health.ErrorRate = math.NaN() },
 			[]string{"health.error_rate: NaN is not a share between 0 and 1"}},
 		{"NaN breaker error rate", func(p *Policy) { p.CircuitBreaker.ErrorRate = math.NaN() },
