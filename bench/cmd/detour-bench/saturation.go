@@ -151,6 +151,16 @@ func runSaturation(ctx context.Context, c e2eConfig, module string) (*saturation
 			return nil, fmt.Errorf("during %s: %w", ph.Name, err)
 		}
 		c.log.Info("saturation", "phase", ph.Name, "sent", len(outcomes))
+		if page, err := fetchPage(ctx, "http://"+st.a.admin+"/clusters"); err == nil {
+			os.WriteFile(filepath.Join(dir, fmt.Sprintf("clusters-%d.txt", i)), page, 0o644)
+		}
+		for name, a := range prov.admin {
+			for _, what := range []string{"requests", "stats"} {
+				if page, err := fetchPage(ctx, "http://"+a+"/_sim/"+what); err == nil {
+					os.WriteFile(filepath.Join(dir, fmt.Sprintf("sim-%s-%s-%d.json", name, what, i)), page, 0o644)
+				}
+			}
+		}
 	}
 	res.Memory = append(res.Memory, peak, readMemory(ctx, st, "after"))
 	return res, nil
