@@ -26,9 +26,11 @@ import (
 // anything but HEALTHY (the controller has taken over), when
 // demoteTrialsToEnd trials in a row start with none retried away between
 // them (a backend whose failures end quickly, as these do, has answered
-// the earlier one: a lost region whose endpoint Envoy has since ejected,
-// the backend's other region serving), or after demoteHold (the
-// controller disagrees).
+// the earlier one) and under a quarter of its trials were (a lost region
+// whose endpoint Envoy has since ejected, the backend's other region
+// serving; not a backend throttling 60 % of its requests, whose lucky
+// trials would otherwise end and restart the demotion every second), or
+// after demoteHold (the controller disagrees).
 const (
 	demoteWindow      = time.Second
 	demoteMinMoves    = 5
@@ -70,8 +72,9 @@ type demotion struct {
 	routed, moved [2]int
 	until         time.Time
 	// clean counts the attempts routed to the backend while demoted
-	// (trials) since the last one retried away from it.
-	clean int
+	// (trials) since the last one retried away from it; trials and failed
+	// count them, and those retried away, since the demotion began.
+	clean, trials, failed int
 }
 
 func newDemotions(log *slog.Logger, count func(backend string)) *demotions {
@@ -140,7 +143,8 @@ func (d *demotions) observe(id, routed, cluster string) {
 		e := d.entry(from, now)
 		e.routed[0]++
 		if !e.until.IsZero() {
-			if e.clean++; e.clean >= demoteTrialsToEnd {
+			e.trials++
+			if e.clean++; e.clean >= demoteTrialsToEnd && 4*e.failed < e.trials {
 				d.end(e)
 				d.log.Info("locally demoted backend answers again", "backend", from, "trials", demoteTrialsToEnd)
 			}
@@ -151,13 +155,14 @@ func (d *demotions) observe(id, routed, cluster string) {
 	e.moved[0]++
 	e.clean = 0
 	if !e.until.IsZero() {
+		e.failed++
 		return
 	}
 	moved, tried := e.moved[0]+e.moved[1], e.routed[0]+e.routed[1]
 	if moved < demoteMinMoves || 2*moved < tried || d.viewed != nil && d.viewed(from) {
 		return
 	}
-	e.until, e.clean = now.Add(demoteHold), 0
+	e.until, e.clean, e.trials, e.failed = now.Add(demoteHold), 0, 0, 0
 	d.active.Add(1)
 	if d.count != nil {
 		d.count(from)

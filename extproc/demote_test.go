@@ -97,6 +97,13 @@ func TestLocalDemotion(t *testing.T) {
 			attempts(c, d, seq, "fast", "fast-b", 1, 1, 20*time.Millisecond) // a trial, retried away
 			attempts(c, d, seq, "fast", "", demoteTrialsToEnd-1, 0, 20*time.Millisecond)
 		}, nil, true, 1},
+		{"a throttling backend's clean trials in a row do not end it", func(c *clock, d *demotions, seq *int) {
+			attempts(c, d, seq, "fast", "fast-b", 5, 5, 20*time.Millisecond)
+			for range 5 { // a third of the trials retried away
+				attempts(c, d, seq, "fast", "fast-b", 1, 1, 20*time.Millisecond)
+				attempts(c, d, seq, "fast", "", demoteTrialsToEnd, 0, 20*time.Millisecond)
+			}
+		}, nil, true, 1},
 		{"one demotion per hold", func(c *clock, d *demotions, seq *int) {
 			attempts(c, d, seq, "fast", "fast-b", 30, 30, 20*time.Millisecond)
 		}, nil, true, 1},
