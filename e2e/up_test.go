@@ -15,7 +15,7 @@ import (
 // `detour up` (what `make run` starts) serves the quickstart routes and
 // stops cleanly on SIGTERM, started without a terminal.
 func TestUpQuickstart(t *testing.T) {
-	s := &stack{t: t}
+	s := &stack{t: t, dir: t.TempDir()}
 	backends := quickstartBackends()
 	for i := range backends {
 		backends[i].Addr = freeAddr(t)
