@@ -110,6 +110,7 @@ type Controller struct {
 	healthCfg health.Config
 	tuner     *tuner
 	endpoints *endpointJudge
+	reachable *reachWatch
 
 	started     time.Time
 	lastGood    time.Time
@@ -130,6 +131,7 @@ func New(cfg Config) (*Controller, error) {
 		cfg: cfg, log: cfg.Log, now: cfg.Clock,
 		tuner:       newTuner(),
 		endpoints:   newEndpointJudge(cfg.Log, cfg.Metrics.EndpointOuts),
+		reachable:   newReachWatch(cfg.Metrics.ReachChecks),
 		transitions: map[string][]healthview.Transition{},
 		probes:      map[string]*probeBook{},
 		probing:     map[string]bool{},
@@ -143,6 +145,7 @@ func New(cfg Config) (*Controller, error) {
 		c.now = time.Now
 	}
 	c.endpoints.reach = cfg.Reacher
+	c.reachable.reach = cfg.Reacher
 	if err := c.apply(cfg.Policy); err != nil {
 		return nil, err
 	}
@@ -215,6 +218,7 @@ func (c *Controller) apply(p *policy.Policy) error {
 			if !slices.ContainsFunc(p.Backends, func(n policy.Backend) bool { return n.Name == b.Name }) {
 				c.machine.Forget(b.Name)
 				c.endpoints.forget(b.Name)
+				c.reachable.forget(b.Name)
 				delete(c.probes, b.Name)
 				delete(c.transitions, b.Name)
 			}
@@ -343,6 +347,7 @@ func (c *Controller) Step(ctx context.Context) error {
 		o := c.observation(b.Name, s, now)
 		x := backendInput{name: b.Name, stats: s, hosts: hostWin[b.Name], endpoints: len(b.Endpoints)}
 		x.out = c.endpoints.judge(ctx, p, &c.healthCfg, &x, &o, now)
+		o.Reach = c.reachable.take(b.Name)
 		c.cfg.Metrics.EndpointsOut.WithLabelValues(b.Name).Set(float64(len(x.out)))
 		obs = append(obs, o)
 		inputs = append(inputs, x)
@@ -356,6 +361,9 @@ func (c *Controller) Step(ctx context.Context) error {
 	for i := range inputs {
 		st, _ := c.machine.Status(inputs[i].name)
 		inputs[i].status = st
+		if st.State == health.Open {
+			c.reachable.start(ctx, inputs[i].name, c.endpoints.addrs[inputs[i].name])
+		}
 		states[inputs[i].name] = st
 		throttled[inputs[i].name], throttledWhy[inputs[i].name] = c.tuner.throttledNow(inputs[i].name, inputs[i].stats)
 	}

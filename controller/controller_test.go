@@ -645,8 +645,9 @@ func (h *harness) waitCheck() {
 }
 
 // An endpoint out of service takes traffic again only once it answers:
-// after its cool-down a check runs; while it fails the endpoint stays
-// out, with a longer cool-down; once it passes the endpoint is back.
+// after its cool-down a check runs; while checks fail the endpoint stays
+// out and is checked again after 1s, 2s, 4s, 5s...; once one passes the
+// endpoint is back.
 func TestEndpointBackOnlyWhenReached(t *testing.T) {
 	const east, west = "127.0.0.1:8101", "127.0.0.1:8111"
 	h, hosts := fastTwoEndpoints(t, west, "local", map[string]map[string]signals.HostWindow{
@@ -668,19 +669,28 @@ func TestEndpointBackOnlyWhenReached(t *testing.T) {
 	if !h.push.last.Backends["fast"].EndpointsOut[east] {
 		t.Fatal("back in service before any check")
 	}
+	for _, next := range []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 5 * time.Second, 5 * time.Second} {
+		h.waitCheck()
+		h.step(time.Second) // the check failed: checked again soon
+		eo := h.pub.Current().Backends["fast"].EndpointsOut
+		if len(eo) != 1 || !strings.Contains(eo[0].Reason, "unreachable after its cool-down (context deadline exceeded); taken out for: no answer") {
+			t.Fatalf("after a failed check: %+v", eo)
+		}
+		if got := eo[0].Until.Sub(h.clock()); got != next {
+			t.Errorf("next check in %v, want %v", got, next)
+		}
+		h.step(next) // the next check starts
+		if !h.push.last.Backends["fast"].EndpointsOut[east] {
+			t.Fatal("back in service while its checks fail")
+		}
+	}
+	// It answers again: the next check, started after this, passes.
 	h.waitCheck()
-	h.step(time.Second) // the check failed: out for 20 s more
-	eo := h.pub.Current().Backends["fast"].EndpointsOut
-	if len(eo) != 1 || !strings.Contains(eo[0].Reason, "unreachable after its cool-down (context deadline exceeded); taken out for: no answer") {
-		t.Fatalf("after a failed check: %+v", eo)
-	}
-	if got := eo[0].Until.Sub(h.clock()); got != 20*time.Second {
-		t.Errorf("next check in %v, want the doubled cool-down 20s", got)
-	}
+	h.step(time.Second)
 	reacher.mu.Lock()
 	reacher.err = nil
 	reacher.mu.Unlock()
-	h.step(20 * time.Second)
+	h.step(5 * time.Second)
 	h.waitCheck()
 	h.step(time.Second)
 	if got := h.push.last.Backends["fast"].EndpointsOut; got != nil {
@@ -695,8 +705,8 @@ func TestEndpointBackOnlyWhenReached(t *testing.T) {
 	}
 	reacher.mu.Lock()
 	defer reacher.mu.Unlock()
-	if len(reacher.calls) != 2 || reacher.calls[0] != "fast "+east {
-		t.Errorf("checks %v, want two of fast %s", reacher.calls, east)
+	if len(reacher.calls) != 7 || reacher.calls[0] != "fast "+east {
+		t.Errorf("checks %v, want seven of fast %s", reacher.calls, east)
 	}
 }
 
@@ -844,5 +854,84 @@ func TestSilenceCheck(t *testing.T) {
 	cancel()
 	if h.c.wait(ctx, time.Second) {
 		t.Error("wait went on after its context ended")
+	}
+}
+
+// waitReach waits for the running reachability check of an OPEN backend
+// to report.
+func (h *harness) waitReach(backend string) {
+	h.t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		h.c.reachable.mu.Lock()
+		_, done := h.c.reachable.done[backend]
+		h.c.reachable.mu.Unlock()
+		if done {
+			return
+		}
+		if time.Now().After(deadline) {
+			h.t.Fatal("no reachability check of " + backend + " finished")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// An OPEN backend is checked for reachability each evaluation; when it
+// answers again after an outage longer than the base cool-down, it is
+// tried at once instead of waiting out its doubled cool-down.
+func TestOpenBackendTriedWhenReachableAgain(t *testing.T) {
+	h := newHarness(t, quickstart(t), nil)
+	reacher := &fakeReacher{err: errors.New("connection refused")}
+	h.c.reachable.reach = reacher
+	var fast traffic
+	h.src.stats["fast"] = fast.window("fast", 300, 0)
+	h.step(time.Second)
+	h.src.stats["fast"] = fast.window("fast", 300, 90)
+	h.step(time.Second)
+	if h.state("fast") != healthview.Open {
+		t.Fatalf("fast = %s, want OPEN", h.state("fast"))
+	}
+	h.src.stats["fast"] = signals.Stats{Backend: "fast", Span: 30 * time.Second, TotalRequests: fast.totalReq, TotalErrors: fast.totalErr}
+	for range 10 { // the first cool-down, 10 s, checked unreachable throughout
+		h.waitReach("fast")
+		h.step(time.Second)
+	}
+	if h.state("fast") != healthview.HalfOpen {
+		t.Fatalf("after the cool-down fast = %s, want HALF_OPEN", h.state("fast"))
+	}
+	fast.totalReq++
+	fast.totalErr++ // its trial fails: OPEN for 20 s
+	h.src.stats["fast"] = signals.Stats{Backend: "fast", Span: 30 * time.Second, Requests: 1, Errors: 1, TotalRequests: fast.totalReq, TotalErrors: fast.totalErr}
+	h.step(time.Second)
+	if b := h.pub.Current().Backends["fast"]; b.State != healthview.Open || !strings.Contains(b.Reason, "cool-down 20s") {
+		t.Fatalf("fast = %s (%s), want OPEN for 20s", b.State, b.Reason)
+	}
+	h.waitReach("fast")
+	h.step(time.Second)
+	// A check starts with each evaluation: the provider comes back
+	// between one's verdict and the next's start.
+	h.waitReach("fast")
+	reacher.mu.Lock()
+	reacher.err = nil
+	reacher.mu.Unlock()
+	h.step(time.Second)
+	h.waitReach("fast")
+	h.step(time.Second)
+	b := h.pub.Current().Backends["fast"]
+	if b.State != healthview.HalfOpen || !strings.Contains(b.Reason, "reachable again after 13s unreachable: the rest of the cool-down (17s) waived") {
+		t.Fatalf("fast = %s (%s), want HALF_OPEN at once", b.State, b.Reason)
+	}
+	if n := testutil.ToFloat64(h.m.ReachChecks.WithLabelValues("fast", "reachable")); n != 1 {
+		t.Errorf("reachable checks = %v, want 1", n)
+	}
+	if n := testutil.ToFloat64(h.m.ReachChecks.WithLabelValues("fast", "unreachable")); n != 12 {
+		t.Errorf("unreachable checks = %v, want 12", n)
+	}
+	// HALF_OPEN is not checked: its trials are the evidence.
+	h.step(time.Second)
+	reacher.mu.Lock()
+	defer reacher.mu.Unlock()
+	if len(reacher.calls) != 13 {
+		t.Errorf("%d checks, want 13", len(reacher.calls))
 	}
 }

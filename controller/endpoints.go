@@ -31,6 +31,13 @@ const (
 	// reachTimeout bounds the check an endpoint must pass, once its
 	// cool-down is over, before it takes traffic again.
 	reachTimeout = 2 * time.Second
+	// After a failed check the next one comes recheckAfter later,
+	// doubling with each failure up to maxRecheckAfter: a check costs one
+	// GET and no tokens, and the endpoint takes no traffic meanwhile, so
+	// there is no reason to wait out a longer cool-down for the outage's
+	// end (the cool-down doubles with each outing instead).
+	recheckAfter    = time.Second
+	maxRecheckAfter = 5 * time.Second
 )
 
 // Reacher checks that an endpoint answers HTTP at all (*probe.Prober):
@@ -86,8 +93,9 @@ type endpointOut struct {
 	cause   string // why it was taken out (why may say more since)
 	// checking: the cool-down is over and a reachability check runs;
 	// the endpoint stays out until it passes; reached: one has passed
-	// since it was last taken out.
+	// since it was last taken out; failed: checks failed since.
 	checking, reached bool
+	failed            int
 	// back is when it last came back, with its counters then.
 	back       time.Time
 	backCounts signals.HostCounters
@@ -162,7 +170,7 @@ func (j *endpointJudge) judge(ctx context.Context, p *policy.Policy, h *health.C
 		if e != nil && now.Before(e.until) && !e.checking {
 			continue // out: judged again once back in service
 		}
-		if e != nil && j.held(ctx, x.name, ep, e, h, now) {
+		if e != nil && j.held(ctx, x.name, ep, e, now) {
 			continue // its cool-down is over, but it has not been reached yet
 		}
 		if e != nil && e.back.Before(e.until) {
@@ -202,7 +210,7 @@ func (j *endpointJudge) judge(ctx context.Context, p *policy.Policy, h *health.C
 		}
 		e.times++
 		cd := min(h.BaseCoolDown<<min(e.times-1, 16), h.MaxCoolDown)
-		e.since, e.until, e.why, e.cause, e.silent, e.reached = now, now.Add(cd), why, why, silent, false
+		e.since, e.until, e.why, e.cause, e.silent, e.reached, e.failed = now, now.Add(cd), why, why, silent, false, 0
 		e.exclude = e.until.Add(p.CircuitBreaker.Window.D())
 		j.log.Info("endpoint out of service", "backend", x.name, "endpoint", ep, "reason", why, "for", cd)
 		cause := "erring"
@@ -280,8 +288,8 @@ func (j *endpointJudge) silenceDue(hosts map[string]map[string]signals.HostWindo
 
 // held keeps endpoint ep of backend, whose cool-down e has just ended,
 // out of service until a reachability check passes: it starts one, or
-// reads the one that finished. A failed check starts a longer cool-down.
-func (j *endpointJudge) held(ctx context.Context, backend, ep string, e *endpointOut, h *health.Config, now time.Time) bool {
+// reads the one that finished. After a failed one the next comes soon.
+func (j *endpointJudge) held(ctx context.Context, backend, ep string, e *endpointOut, now time.Time) bool {
 	if j.reach == nil || e.reached {
 		return false
 	}
@@ -319,11 +327,15 @@ func (j *endpointJudge) held(ctx context.Context, backend, ep string, e *endpoin
 		j.log.Info("endpoint back in service", "backend", backend, "endpoint", ep, "after", now.Sub(e.since).Round(time.Second))
 		return false
 	}
-	e.times++
-	cd := min(h.BaseCoolDown<<min(e.times-1, 16), h.MaxCoolDown)
-	e.until = now.Add(cd)
+	e.failed++
+	next := min(recheckAfter<<min(e.failed-1, 16), maxRecheckAfter)
+	e.until = now.Add(next)
 	e.why = fmt.Sprintf("unreachable after its cool-down (%v); taken out for: %s", err, e.cause)
-	j.log.Info("endpoint still out of service", "backend", backend, "endpoint", ep, "reason", err, "for", cd)
+	if e.failed == 1 {
+		j.log.Info("endpoint still out of service", "backend", backend, "endpoint", ep, "reason", err, "next_check_in", next)
+	} else {
+		j.log.Debug("endpoint still out of service", "backend", backend, "endpoint", ep, "reason", err, "checks_failed", e.failed, "next_check_in", next)
+	}
 	return true
 }
 

@@ -20,6 +20,8 @@ type Metrics struct {
 	// SilenceWakeups counts evaluations brought forward by the silence
 	// check.
 	SilenceWakeups prometheus.Counter
+	// ReachChecks counts reachability checks of OPEN backends by result.
+	ReachChecks *prometheus.CounterVec
 
 	// detour's view of each backend, as the controller judged it.
 	Requests  *prometheus.GaugeVec
@@ -73,6 +75,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "detour_controller_silence_wakeups_total",
 			Help: "Evaluations brought forward because an endpoint in service went silent (controller.silence_check).",
 		}),
+		ReachChecks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "detour_controller_reach_checks_total",
+			Help: "Reachability checks (GET /v1/models, no tokens) of backends whose circuit is OPEN, by backend and result (reachable, unreachable); one turning reachable after a long outage ends the cool-down.",
+		}, []string{"backend", "result"}),
 		EndpointsOut: gauge("detour_controller_endpoints_out", "Endpoints of each backend currently out of service (pushed UNHEALTHY while the backend's others serve).", "backend"),
 		Requests:     gauge("detour_backend_window_requests", "Requests to each backend over the controller's window (Envoy's counts, retried attempts included).", "backend"),
 		ErrorRate:    gauge("detour_backend_error_ratio", "Each backend's error rate over the controller's window.", "backend"),
@@ -82,6 +88,6 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Total:        gauge("detour_backend_total_time_p95_seconds", "Each backend's total response time p95 over the window (detour's measurements; probes when idle).", "backend"),
 	}
 	reg.MustRegister(m.State, m.Transitions, m.Evaluations, m.EvalTime, m.SignalErrors, m.SignalAge, m.Pushes,
-		m.Setting, m.Shed, m.Probes, m.EndpointOuts, m.EndpointsOut, m.SilenceWakeups, m.Requests, m.ErrorRate, m.P95, m.TTFT, m.Rate, m.Total)
+		m.Setting, m.Shed, m.Probes, m.EndpointOuts, m.EndpointsOut, m.SilenceWakeups, m.ReachChecks, m.Requests, m.ErrorRate, m.P95, m.TTFT, m.Rate, m.Total)
 	return m
 }

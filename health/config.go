@@ -57,6 +57,11 @@ type Config struct {
 	// HalfOpenSuccesses: successful requests or probes in HALF_OPEN, with
 	// none failed, before it is HEALTHY again. Default 5.
 	HalfOpenSuccesses uint64
+	// HalfOpenDwell is the least time in HALF_OPEN before it is HEALTHY
+	// again (in place of MinDwell, when shorter): the trial outcomes are
+	// the evidence, and the cool-down that doubles with each re-opening
+	// already bounds how often a flapping backend cycles. Default 2s.
+	HalfOpenDwell time.Duration
 
 	// MinDwell is the least time in a state before any transition other
 	// than into OPEN (which is never delayed, and whose exit is governed by
@@ -82,6 +87,7 @@ func DefaultConfig() Config {
 		MaxCoolDown:        5 * time.Minute,
 		ForgiveAfter:       2 * time.Minute,
 		HalfOpenSuccesses:  5,
+		HalfOpenDwell:      2 * time.Second,
 		MinDwell:           10 * time.Second,
 	}
 }
@@ -96,7 +102,7 @@ func (c Config) Validate() error {
 	for _, d := range []struct {
 		name string
 		v    time.Duration
-	}{{"SlowP95", c.SlowP95}, {"SlowTTFT", c.SlowTTFT}, {"SlowTotalTime", c.SlowTotalTime}, {"MinDwell", c.MinDwell}} {
+	}{{"SlowP95", c.SlowP95}, {"SlowTTFT", c.SlowTTFT}, {"SlowTotalTime", c.SlowTotalTime}, {"MinDwell", c.MinDwell}, {"HalfOpenDwell", c.HalfOpenDwell}} {
 		if d.v < 0 {
 			bad(d.name, d.v, "must not be negative (0 disables)")
 		}

@@ -18,6 +18,9 @@ type sim struct {
 	total  second
 	trans  []Transition
 	states map[State]time.Duration
+	// checks: while OPEN, each observation carries a reachability check
+	// (unreachable while down), as the controller's are.
+	checks bool
 }
 
 type second struct {
@@ -63,6 +66,12 @@ func (s *sim) tick(down bool, latency time.Duration) {
 	s.clk.t = s.clk.t.Add(time.Second)
 
 	o := Observation{Backend: "b", TotalRequests: s.total.req, TotalErrors: s.total.err}
+	if s.checks && state == Open {
+		o.Reach = Reachable
+		if down {
+			o.Reach = Unreachable
+		}
+	}
 	var slow uint64
 	for i, x := range slices.Backward(s.secs) {
 		age := len(s.secs) - 1 - i
@@ -114,39 +123,76 @@ func maxOpens(cfg Config, d time.Duration) int {
 // backend would be allowed 4 × 30.
 func TestFlappingErrorsAreBounded(t *testing.T) {
 	const dur = 5 * time.Minute
-	run := func(cfg Config) *sim {
+	run := func(cfg Config, checks bool) *sim {
 		s := newSim(t, cfg)
+		s.checks = checks
 		for i := range int(dur / time.Second) {
 			s.tick(i/5%2 == 1, 300*time.Millisecond)
 		}
 		return s
 	}
 	cfg := DefaultConfig()
-	s := run(cfg)
-	opens := 0
-	for _, tr := range s.trans {
-		if tr.To == Open {
-			opens++
-		}
-	}
 	bound := 4 * maxOpens(cfg, dur)
-	t.Logf("growing cool-down: %d transitions (%d openings; bound %d); time per state %v", len(s.trans), opens, bound, s.states)
-	for _, tr := range s.trans {
-		t.Logf("  %6v %v", tr.At.Sub(t0), tr)
+	if maxOpens(cfg, dur) != 5 || bound != 20 {
+		t.Fatalf("bound %d from %d openings, want 20 from 5", bound, maxOpens(cfg, dur))
 	}
-	if maxOpens(cfg, dur) != 5 || opens > 5 || len(s.trans) > bound || bound != 20 {
-		t.Errorf("%d transitions, %d openings: over the bound of %d", len(s.trans), opens, bound)
-	}
-	if s.states[Open] < 4*time.Minute {
-		t.Errorf("OPEN for only %v of a flapping backend's 5 minutes", s.states[Open])
+	var s *sim
+	// Reachability checks change nothing here: a 5 s outage is shorter
+	// than the base cool-down, so none waives the rest of one.
+	for _, checks := range []bool{false, true} {
+		s = run(cfg, checks)
+		opens := 0
+		for _, tr := range s.trans {
+			if tr.To == Open {
+				opens++
+			}
+		}
+		t.Logf("growing cool-down, reachability checks %v: %d transitions (%d openings; bound %d); time per state %v", checks, len(s.trans), opens, bound, s.states)
+		for _, tr := range s.trans {
+			t.Logf("  %6v %v", tr.At.Sub(t0), tr)
+		}
+		if opens > 5 || len(s.trans) > bound {
+			t.Errorf("checks %v: %d transitions, %d openings: over the bound of %d", checks, len(s.trans), opens, bound)
+		}
+		if s.states[Open] < 4*time.Minute {
+			t.Errorf("checks %v: OPEN for only %v of a flapping backend's 5 minutes", checks, s.states[Open])
+		}
 	}
 
 	fixed := cfg
 	fixed.MaxCoolDown = fixed.BaseCoolDown
-	f := run(fixed)
+	f := run(fixed, false)
 	t.Logf("fixed 10s cool-down: %d transitions", len(f.trans))
 	if len(f.trans) <= 2*len(s.trans) {
 		t.Errorf("the growing cool-down should at least halve the transitions: %d vs %d fixed", len(s.trans), len(f.trans))
+	}
+}
+
+// A backend down for two minutes comes back: with reachability checks
+// it is HEALTHY again within seconds; without, it waits out a cool-down
+// that doubled while the outage lasted.
+func TestRecoveryAfterALongOutage(t *testing.T) {
+	const outage = 2 * time.Minute
+	recovery := func(checks bool) time.Duration {
+		s := newSim(t, DefaultConfig())
+		s.checks = checks
+		for i := 0; i < 600; i++ {
+			down := i >= 10 && time.Duration(i-10)*time.Second < outage
+			s.tick(down, 300*time.Millisecond)
+			if st, _ := s.m.Status("b"); !down && i > 10 && st.State == Healthy {
+				return time.Duration(i-10)*time.Second - outage
+			}
+		}
+		t.Fatalf("checks %v: not HEALTHY 8 minutes after a 2-minute outage", checks)
+		return 0
+	}
+	with, without := recovery(true), recovery(false)
+	t.Logf("HEALTHY again %v after the outage with reachability checks, %v without", with, without)
+	if with > 10*time.Second {
+		t.Errorf("with reachability checks: HEALTHY %v after the outage, want within 10s", with)
+	}
+	if without <= with {
+		t.Errorf("without checks (%v) should take longer than with (%v)", without, with)
 	}
 }
 

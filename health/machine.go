@@ -24,6 +24,9 @@ type backend struct {
 	opens     int       // consecutive openings not yet forgiven
 	openUntil time.Time // OPEN: when it goes HALF_OPEN
 	recovered time.Time // last HALF_OPEN → HEALTHY; zero if never
+	// unreachable: since when reachability checks have found it
+	// unreachable, without one passing since; zero if not known so.
+	unreachable time.Time
 
 	seen             bool
 	lastReq, lastErr uint64 // totals at the previous observation
@@ -98,8 +101,29 @@ func (m *Machine) observe(now time.Time, o *Observation) (Transition, bool) {
 	b.degReq += dReq
 	b.degErr += dErr
 
+	downFor := time.Duration(0) // how long it was unreachable, when a check just found it back
+	switch o.Reach {
+	case Unreachable:
+		if b.unreachable.IsZero() {
+			b.unreachable = now
+		}
+	case Reachable:
+		if !b.unreachable.IsZero() {
+			downFor = now.Sub(b.unreachable)
+		}
+		b.unreachable = time.Time{}
+	}
+
 	switch b.state {
 	case Open:
+		// Back from an outage at least a base cool-down long: the rest of
+		// a cool-down doubled while it lasted is waived, so recovery is
+		// not held up by what the outage's length alone made long.
+		if downFor >= m.cfg.BaseCoolDown && now.Before(b.openUntil) && o.Unresponsive == "" {
+			b.req, b.err = 0, 0
+			return m.move(b, o.Backend, HalfOpen, now,
+				fmt.Sprintf("reachable again after %v unreachable: the rest of the cool-down (%v) waived", round(downFor), round(b.openUntil.Sub(now))))
+		}
 		// A backend still answering nothing stays OPEN past its cool-down
 		// rather than take trial traffic into a black hole.
 		if !now.Before(b.openUntil) && o.Unresponsive == "" {
@@ -114,7 +138,7 @@ func (m *Machine) observe(now time.Time, o *Observation) (Transition, bool) {
 		if b.err > 0 {
 			return m.open(b, o.Backend, now, fmt.Sprintf("%d of %d trial requests failed in HALF_OPEN", b.err, b.req))
 		}
-		if ok := b.req; ok >= m.cfg.HalfOpenSuccesses && !o.Stale && m.dwelt(b, now) {
+		if ok := b.req; ok >= m.cfg.HalfOpenSuccesses && !o.Stale && (b.initial || now.Sub(b.since) >= min(m.cfg.HalfOpenDwell, m.cfg.MinDwell)) {
 			b.recovered = now
 			b.req, b.err = 0, 0
 			return m.move(b, o.Backend, Healthy, now, fmt.Sprintf("%d trial requests succeeded in HALF_OPEN", ok))
@@ -259,6 +283,10 @@ func (m *Machine) move(b *backend, name string, to State, now time.Time, why str
 	t := Transition{Backend: name, From: b.state, To: to, Reason: why, At: now}
 	if to == Degraded {
 		b.degReq, b.degErr = 0, 0
+	}
+	if to == Healthy || to == Degraded {
+		// It served: an outage seen before is over, whatever follows.
+		b.unreachable = time.Time{}
 	}
 	b.state, b.since, b.reason, b.initial = to, now, why, false
 	return t, true

@@ -25,6 +25,18 @@ func (o Observation) with(totalReq, totalErr uint64) Observation {
 	return o
 }
 
+// reach sets the verdict of a reachability check.
+func reach(o Observation, r Reach) Observation {
+	o.Reach = r
+	return o
+}
+
+// unresponsive marks every endpoint silent.
+func unresponsive(o Observation) Observation {
+	o.Unresponsive = "no answer"
+	return o
+}
+
 type step struct {
 	after  time.Duration // advance the clock by this first
 	obs    Observation
@@ -175,11 +187,36 @@ func TestTransitions(t *testing.T) {
 			step{after: 19 * time.Second, obs: obs(2, 1).with(102, 61)},
 			step{after: time.Second, obs: obs(2, 1).with(102, 61), want: "OPEN→HALF_OPEN", reason: "cool-down 20s elapsed (opening 2 in a row)"},
 		)},
-		{name: "half-open succeeds after enough trial requests and the dwell", steps: append(openBackend(),
+		{name: "half-open succeeds after enough trial requests and its dwell", steps: append(openBackend(),
 			step{after: 10 * time.Second, obs: obs(0, 0).with(130, 60), want: "OPEN→HALF_OPEN"}, // the 30 while OPEN do not count
-			step{after: 3 * time.Second, obs: obs(4, 0).with(134, 60)},
-			step{after: 3 * time.Second, obs: obs(9, 0).with(139, 60)},
-			step{after: 4 * time.Second, obs: obs(9, 0).with(139, 60), want: "HALF_OPEN→HEALTHY", reason: "9 trial requests succeeded"},
+			step{after: time.Second, obs: obs(4, 0).with(134, 60)},
+			step{after: 500 * time.Millisecond, obs: obs(9, 0).with(139, 60)}, // enough successes, 1.5s in HALF_OPEN
+			step{after: 500 * time.Millisecond, obs: obs(9, 0).with(139, 60), want: "HALF_OPEN→HEALTHY", reason: "9 trial requests succeeded"},
+		)},
+		{name: "half-open dwells no longer than the dwell", cfg: func(c *Config) { c.MinDwell = time.Second }, steps: append(openBackend(),
+			step{after: 10 * time.Second, obs: obs(0, 0).with(100, 60), want: "OPEN→HALF_OPEN"},
+			step{after: time.Second, obs: obs(5, 0).with(105, 60), want: "HALF_OPEN→HEALTHY"},
+		)},
+		{name: "reachable again after a long outage: the rest of the doubled cool-down is waived", steps: append(openBackend(),
+			step{after: time.Second, obs: reach(obs(0, 0).with(100, 60), Unreachable)},
+			step{after: 9 * time.Second, obs: obs(0, 0).with(100, 60), want: "OPEN→HALF_OPEN"},
+			step{after: time.Second, obs: obs(1, 1).with(101, 61), want: "HALF_OPEN→OPEN", reason: "cool-down 20s"},
+			step{after: time.Second, obs: reach(obs(1, 1).with(101, 61), Unreachable)},
+			step{after: 2 * time.Second, obs: reach(obs(1, 1).with(101, 61), Reachable), want: "OPEN→HALF_OPEN",
+				reason: "reachable again after 13s unreachable: the rest of the cool-down (17s) waived"},
+			step{after: 2 * time.Second, obs: obs(5, 0).with(106, 61), want: "HALF_OPEN→HEALTHY"},
+		)},
+		{name: "reachable again after a short outage: the cool-down runs its course", steps: append(openBackend(),
+			step{after: time.Second, obs: reach(obs(0, 0).with(100, 60), Unreachable)},
+			step{after: 3 * time.Second, obs: reach(obs(0, 0).with(100, 60), Reachable)},
+			step{after: 5 * time.Second, obs: reach(obs(0, 0).with(100, 60), Unreachable)},
+			step{after: 500 * time.Millisecond, obs: reach(obs(0, 0).with(100, 60), Reachable)}, // the outage started again
+			step{after: 500 * time.Millisecond, obs: obs(0, 0).with(100, 60), want: "OPEN→HALF_OPEN", reason: "cool-down 10s elapsed"},
+		)},
+		{name: "reachable but answering nothing: no waiver", steps: append(openBackend(),
+			step{after: time.Second, obs: reach(obs(0, 0).with(100, 60), Unreachable)},
+			step{after: 11 * time.Second, obs: reach(unresponsive(obs(0, 0).with(100, 60)), Reachable)},
+			step{after: time.Second, obs: obs(0, 0).with(100, 60), want: "OPEN→HALF_OPEN", reason: "cool-down 10s elapsed"},
 		)},
 		{name: "a recovered backend is judged on its traffic since recovery", steps: append(openBackend(),
 			step{after: 10 * time.Second, obs: obs(0, 0).with(100, 60), want: "OPEN→HALF_OPEN"},

@@ -68,6 +68,14 @@ type Observation struct {
 	// circuit on its own, and keeps it OPEN past its cool-down.
 	Unresponsive string
 
+	// Reach is the verdict of a reachability check of the backend (does
+	// any of its endpoints answer HTTP at all) that finished since the
+	// previous observation, if any. An OPEN backend that turns reachable
+	// after having been unreachable for at least BaseCoolDown is tried at
+	// once (HALF_OPEN), the rest of its cool-down waived: the outage it
+	// was waiting out has visibly ended.
+	Reach Reach
+
 	// TotalRequests and TotalErrors are monotonic counts of outcomes
 	// (Envoy's, restart-corrected, plus probe results). The machine takes
 	// their increase between two observations as the new outcomes, which
@@ -75,6 +83,15 @@ type Observation struct {
 	// since recovery only. A decrease is taken as a restart of the count.
 	TotalRequests, TotalErrors uint64
 }
+
+// Reach is the outcome of a reachability check.
+type Reach int8
+
+const (
+	ReachUnknown Reach = iota // no check finished since the last observation
+	Unreachable               // no endpoint answered HTTP
+	Reachable                 // an endpoint answered HTTP (any status)
+)
 
 // Transition is one change of state, for one structured log line and one
 // metric increment.
