@@ -83,10 +83,6 @@ type endpointJudge struct {
 // endpointOut is one endpoint taken out of service.
 type endpointOut struct {
 	since, until time.Time // pushed UNHEALTHY over [since, until)
-	// exclude: its outcomes stay out of the backend's figures until then
-	// (until + the window, so the failures that took it out do not
-	// count against the backend once it is back).
-	exclude time.Time
 	times   int // outings in a row, each cool-down twice the last
 	why     string
 	silent  bool   // taken out for answering nothing
@@ -211,7 +207,6 @@ func (j *endpointJudge) judge(ctx context.Context, p *policy.Policy, h *health.C
 		e.times++
 		cd := min(h.BaseCoolDown<<min(e.times-1, 16), h.MaxCoolDown)
 		e.since, e.until, e.why, e.cause, e.silent, e.reached, e.failed = now, now.Add(cd), why, why, silent, false, 0
-		e.exclude = e.until.Add(p.CircuitBreaker.Window.D())
 		j.log.Info("endpoint out of service", "backend", x.name, "endpoint", ep, "reason", why, "for", cd)
 		cause := "erring"
 		if silent {
@@ -229,9 +224,9 @@ func (j *endpointJudge) judge(ctx context.Context, p *policy.Policy, h *health.C
 			}
 		}
 	}
-	// left: the endpoints whose outcomes are left out of the backend's
-	// figures; nil: none are.
-	var left func(ep string) bool
+	// out: the endpoints whose new outcomes are left out of the backend's
+	// figures (out of service, or ejected by Envoy); nil: none are.
+	var out func(ep string) bool
 	switch {
 	case inService == 0:
 		// Nothing of this backend serves: it is judged whole, by its own
@@ -250,15 +245,16 @@ func (j *endpointJudge) judge(ctx context.Context, p *policy.Policy, h *health.C
 		// in timeouts only, and judging the backend on them would send
 		// its traffic to other backends in that same region.
 	default:
-		left = func(ep string) bool {
+		out = func(ep string) bool {
 			e := outs[ep]
-			return x.hosts[ep].Ejected || (e != nil && now.Before(e.exclude))
+			return x.hosts[ep].Ejected || (e != nil && (now.Before(e.until) || e.checking))
 		}
 	}
-	j.track(x, left)
-	if left != nil {
-		j.exclude(x, o, left)
+	j.track(x, out)
+	if out != nil {
+		j.excludeWindow(x, o, outs, out, p.CircuitBreaker.Window.D(), now)
 	}
+	j.excludeTotals(x.name, o)
 	j.give(x.name, o)
 	return pushed
 }
@@ -375,14 +371,14 @@ func unresponsive(name string, silent []string, outs map[string]*endpointOut) st
 	return fmt.Sprintf("no endpoint of %s serves: %s answer nothing", name, strings.Join(silent, ", "))
 }
 
-// track adds to the backend's excluded totals the outcomes its left-out
-// endpoints (left) had since the previous evaluation, and remembers the
-// totals.
-func (j *endpointJudge) track(x *backendInput, left func(string) bool) {
+// track adds to the backend's excluded totals the outcomes its endpoints
+// out of service (out) had since the previous evaluation, and remembers
+// the totals.
+func (j *endpointJudge) track(x *backendInput, out func(string) bool) {
 	prev := j.last[x.name]
 	ex := j.excluded[x.name]
 	for ep, hw := range x.hosts {
-		if left == nil || !left(ep) {
+		if out == nil || !out(ep) {
 			continue
 		}
 		old, ok := prev[ep]
@@ -396,17 +392,26 @@ func (j *endpointJudge) track(x *backendInput, left func(string) bool) {
 	j.last[x.name] = x.hosts
 }
 
-// exclude takes the left-out endpoints' outcomes off o: their window
-// counts from the window figures, everything excluded so far from the
-// monotonic totals (which the state machine reads as increases).
-func (j *endpointJudge) exclude(x *backendInput, o *health.Observation, left func(string) bool) {
+// excludeWindow takes off o's window counts those of the endpoints out of
+// service and, for an endpoint back within the window, what it did before
+// it came back: the failures that took it out must not count against the
+// backend once it serves again, and what it does since must.
+func (j *endpointJudge) excludeWindow(x *backendInput, o *health.Observation, outs map[string]*endpointOut, out func(string) bool,
+	window time.Duration, now time.Time) {
 	var req, errs uint64
 	for ep, hw := range x.hosts {
-		if !left(ep) {
+		if out(ep) {
+			req += hw.Requests
+			errs += hw.Errors
 			continue
 		}
-		req += hw.Requests
-		errs += hw.Errors
+		e := outs[ep]
+		if e == nil || e.back.IsZero() || now.Sub(e.back) >= window ||
+			hw.TotalRequests < e.backCounts.Total || hw.TotalErrors < e.backCounts.Errors {
+			continue
+		}
+		req += hw.Requests - min(hw.TotalRequests-e.backCounts.Total, hw.Requests)
+		errs += hw.Errors - min(hw.TotalErrors-e.backCounts.Errors, hw.Errors)
 	}
 	o.Requests -= min(req, o.Requests)
 	o.Errors -= min(errs, o.Errors)
@@ -414,7 +419,13 @@ func (j *endpointJudge) exclude(x *backendInput, o *health.Observation, left fun
 	// Failures are per minute, the endpoints' counts per window.
 	perMinute := uint64(math.Ceil(float64(time.Minute) / float64(max(o.Window, time.Second))))
 	o.Failures -= min(errs*perMinute, o.Failures)
-	ex := j.excluded[x.name]
+}
+
+// excludeTotals takes off o's monotonic totals everything excluded so far
+// (which the state machine reads as increases): always, or the end of an
+// outing would hand it every outcome excluded during it as new.
+func (j *endpointJudge) excludeTotals(backend string, o *health.Observation) {
+	ex := j.excluded[backend]
 	o.TotalRequests -= min(ex.Total, o.TotalRequests)
 	o.TotalErrors -= min(ex.Errors, o.TotalErrors)
 }

@@ -37,11 +37,16 @@ type Controller struct {
 	// as health. Default 10s.
 	StaleAfter Duration `yaml:"stale_after,omitempty"`
 	// Dwell is the least time a backend stays in a state before any change
-	// other than opening its circuit (which is immediate). Default 10s.
+	// other than opening its circuit (which is immediate) or closing it
+	// from HALF_OPEN (after half_open_successes and 2s, or the dwell if
+	// shorter). Default 10s.
 	Dwell Duration `yaml:"dwell,omitempty"`
 	// CoolDown is how long a backend stays OPEN before it is tried again
 	// (HALF_OPEN); it doubles each time the backend fails again, up to
-	// MaxCoolDown. Defaults 10s and 5m.
+	// MaxCoolDown. Defaults 10s and 5m. An OPEN backend is also checked
+	// every evaluation for reachability (GET /v1/models, no tokens): one
+	// that answers again after an outage of at least CoolDown is tried at
+	// once, the rest of its cool-down waived.
 	CoolDown    Duration `yaml:"cool_down,omitempty"`
 	MaxCoolDown Duration `yaml:"max_cool_down,omitempty"`
 	// HalfOpenSuccesses closes the circuit again: trial requests or probes
