@@ -188,6 +188,10 @@ func (j *endpointJudge) judge(ctx context.Context, p *policy.Policy, h *health.C
 		case x.endpoints >= 2 && req >= minHostRequests && float64(errs) > h.OpenErrorRate*float64(req):
 			why = fmt.Sprintf("error rate %.1f%% > %.0f%% (n=%d)", 100*float64(errs)/float64(req), 100*h.OpenErrorRate, req)
 		}
+		if why == "" && hw.Active > 0 && hw.Unanswered >= after && o.Hanging == "" {
+			o.Hanging = fmt.Sprintf("%s: %d attempts in flight, none finished for %v (bound %v)",
+				ep, hw.Active, hw.Unanswered.Round(100*time.Millisecond), after.Round(10*time.Millisecond))
+		}
 		if why == "" {
 			if !hw.Ejected {
 				inService++

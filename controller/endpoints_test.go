@@ -80,3 +80,37 @@ func TestEndpointOutingEndsCleanly(t *testing.T) {
 		given = o
 	}
 }
+
+// Attempts in flight, none finished for longer than the bound, but too
+// few to take the endpoint out: the backend is marked hanging (HALF_OPEN
+// does not close on successes that may be stalled streams).
+func TestEndpointHanging(t *testing.T) {
+	p := quickstart(t)
+	hc := healthConfig(p)
+	j := newEndpointJudge(slog.New(slog.DiscardHandler), prometheus.NewCounterVec(prometheus.CounterOpts{Name: "x"}, []string{"backend", "cause"}))
+	j.setPolicy(p)
+	now := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
+	ep := p.Backends[0].Endpoints[0].Address
+	for _, tc := range []struct {
+		name string
+		hw   signals.HostWindow
+		want string
+	}{
+		{"answering", signals.HostWindow{Requests: 5, TotalRequests: 5, Active: 3, Started: 3, Unanswered: 100 * time.Millisecond}, ""},
+		{"stalled", signals.HostWindow{Requests: 5, TotalRequests: 5, Active: 3, Started: 3, Unanswered: 2 * time.Second},
+			ep + ": 3 attempts in flight, none finished for 2s (bound 500ms)"},
+		{"idle", signals.HostWindow{Requests: 5, TotalRequests: 5, Unanswered: 0}, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			o := health.Observation{Backend: "fast", Window: 30 * time.Second, P95: 80 * time.Millisecond, LatencySamples: 500,
+				Requests: 5, TotalRequests: 5}
+			x := backendInput{name: p.Backends[0].Name, endpoints: 1, hosts: map[string]signals.HostWindow{ep: tc.hw}}
+			if out := j.judge(context.Background(), p, &hc, &x, &o, now); len(out) != 0 {
+				t.Errorf("taken out: %v", out)
+			}
+			if o.Hanging != tc.want {
+				t.Errorf("hanging %q, want %q", o.Hanging, tc.want)
+			}
+		})
+	}
+}

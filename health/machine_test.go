@@ -193,6 +193,11 @@ func TestTransitions(t *testing.T) {
 			step{after: 500 * time.Millisecond, obs: obs(9, 0).with(139, 60)}, // enough successes, 1.5s in HALF_OPEN
 			step{after: 500 * time.Millisecond, obs: obs(9, 0).with(139, 60), want: "HALF_OPEN→HEALTHY", reason: "9 trial requests succeeded"},
 		)},
+		{name: "half-open does not close while attempts hang", steps: append(openBackend(),
+			step{after: 10 * time.Second, obs: obs(0, 0).with(100, 60), want: "OPEN→HALF_OPEN"},
+			step{after: 3 * time.Second, obs: func() Observation { o := obs(5, 0).with(105, 60); o.Hanging = "3 in flight"; return o }()},
+			step{after: time.Second, obs: obs(5, 0).with(105, 60), want: "HALF_OPEN→HEALTHY"},
+		)},
 		{name: "half-open dwells no longer than the dwell", cfg: func(c *Config) { c.MinDwell = time.Second }, steps: append(openBackend(),
 			step{after: 10 * time.Second, obs: obs(0, 0).with(100, 60), want: "OPEN→HALF_OPEN"},
 			step{after: time.Second, obs: obs(5, 0).with(105, 60), want: "HALF_OPEN→HEALTHY"},

@@ -67,6 +67,12 @@ type Observation struct {
 	// or a stalled server produces no errors to count, so this opens the
 	// circuit on its own, and keeps it OPEN past its cool-down.
 	Unresponsive string
+	// Hanging, when set, says which endpoint has attempts in flight none
+	// of which finished for longer than normal, too few yet to call it
+	// unresponsive: a stalled stream counts as a success when its headers
+	// arrive, so until those attempts end, the successes counted may not
+	// be the whole story, and HALF_OPEN does not close.
+	Hanging string
 
 	// Reach is the verdict of a reachability check of the backend (does
 	// any of its endpoints answer HTTP at all) that finished since the
