@@ -83,10 +83,10 @@ type endpointJudge struct {
 // endpointOut is one endpoint taken out of service.
 type endpointOut struct {
 	since, until time.Time // pushed UNHEALTHY over [since, until)
-	times   int // outings in a row, each cool-down twice the last
-	why     string
-	silent  bool   // taken out for answering nothing
-	cause   string // why it was taken out (why may say more since)
+	times        int       // outings in a row, each cool-down twice the last
+	why          string
+	silent       bool   // taken out for answering nothing
+	cause        string // why it was taken out (why may say more since)
 	// checking: the cool-down is over and a reachability check runs;
 	// the endpoint stays out until it passes; reached: one has passed
 	// since it was last taken out; failed: checks failed since.
