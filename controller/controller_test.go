@@ -302,7 +302,7 @@ func TestFlappingBoundsPushes(t *testing.T) {
 
 func TestThrottledBackendRanksLower(t *testing.T) {
 	h := newHarness(t, quickstart(t), nil)
-	s := signals.Stats{Backend: "fast", Span: 30 * time.Second, Requests: 200, TooManyRequests: 120, TotalRequests: 200}
+	s := signals.Stats{Backend: "fast", Span: 30 * time.Second, Requests: 200, TooManyRequests: 120, TotalRequests: 200, TotalTooManyRequests: 120}
 	h.src.stats["fast"] = s
 	v := h.step(time.Second)
 	b := v.Backends["fast"]
@@ -310,13 +310,38 @@ func TestThrottledBackendRanksLower(t *testing.T) {
 		t.Fatalf("fast: throttled %v state %s, want throttled and still HEALTHY", b.Throttled, b.State)
 	}
 	// Stops throttling: back to normal once under the lower threshold.
-	h.src.stats["fast"] = signals.Stats{Backend: "fast", Span: 30 * time.Second, Requests: 200, TooManyRequests: 10, TotalRequests: 400}
+	h.src.stats["fast"] = signals.Stats{Backend: "fast", Span: 30 * time.Second, Requests: 200, TooManyRequests: 10, TotalRequests: 400, TotalTooManyRequests: 130}
 	if v := h.step(time.Second); !v.Backends["fast"].Throttled {
 		t.Error("left throttled at 5 %: the hysteresis should keep it until under 2 %")
 	}
-	h.src.stats["fast"] = signals.Stats{Backend: "fast", Span: 30 * time.Second, Requests: 200, TooManyRequests: 1, TotalRequests: 600}
+	h.src.stats["fast"] = signals.Stats{Backend: "fast", Span: 30 * time.Second, Requests: 200, TooManyRequests: 1, TotalRequests: 600, TotalTooManyRequests: 131}
 	if v := h.step(time.Second); v.Backends["fast"].Throttled {
 		t.Error("still throttled at 0.5 %")
+	}
+}
+
+// Throttling ends on a run of requests without a 429, though the window
+// still holds the earlier ones, and does not start again until a new 429
+// comes.
+func TestThrottlingEndsOnACleanRun(t *testing.T) {
+	h := newHarness(t, quickstart(t), nil)
+	steps := []struct {
+		total, total429 uint64
+		want            bool
+	}{
+		{200, 120, true},  // 60 % of the window: throttled
+		{205, 121, true},  // a new 429
+		{214, 121, true},  // 9 clean since
+		{215, 121, false}, // 10 clean: done, the window's 60 % notwithstanding
+		{230, 121, false}, // still no new 429
+		{231, 122, true},  // a new one, the window over 10 %: throttled again
+	}
+	for i, st := range steps {
+		h.src.stats["fast"] = signals.Stats{Backend: "fast", Span: 30 * time.Second, Requests: 200, TooManyRequests: 120,
+			TotalRequests: st.total, TotalTooManyRequests: st.total429}
+		if got := h.step(time.Second).Backends["fast"].Throttled; got != st.want {
+			t.Errorf("step %d (%d requests, %d 429s in all): throttled %v, want %v", i, st.total, st.total429, got, st.want)
+		}
 	}
 }
 

@@ -41,10 +41,14 @@ const (
 	// backends with traffic is not HEALTHY; back to normal below half of it.
 	widespreadEnter, widespreadLeave = 0.5, 0.25
 	// Throttled: a backend answering this share of its requests with 429
-	// (over at least minThrottleRequests) ranks as degraded until the
-	// share falls under throttleLeave.
+	// (over at least minThrottleRequests, some of them since the last
+	// evaluation) ranks as degraded until the share falls under
+	// throttleLeave or cleanRunToLeave requests in a row were not 429s:
+	// ranked low it gets little traffic, and its window would take about
+	// its whole length to clear.
 	throttleEnter, throttleLeave = 0.10, 0.02
 	minThrottleRequests          = 20
+	cleanRunToLeave              = 10
 	// minHostRequests before an endpoint's error rate moves its weight;
 	// weightStep: a weight is pushed again only when it moves this much.
 	minHostRequests = 20
@@ -59,11 +63,21 @@ type tuner struct {
 	maxRequests map[string]uint32
 	firstToken  time.Duration
 	response    time.Duration
-	throttled   map[string]bool
+	throttled   map[string]*throttle
+}
+
+// throttle is what the tuner knows of one backend's 429s.
+type throttle struct {
+	on bool
+	// seen: the totals below are from an earlier evaluation; clean:
+	// requests since the last 429 (as far as the totals tell).
+	seen              bool
+	requests, tooMany uint64
+	clean             uint64
 }
 
 func newTuner() *tuner {
-	return &tuner{maxRequests: map[string]uint32{}, throttled: map[string]bool{}, weights: map[string]map[string]uint32{}}
+	return &tuner{maxRequests: map[string]uint32{}, throttled: map[string]*throttle{}, weights: map[string]map[string]uint32{}}
 }
 
 // backendInput is what is known of one backend at an evaluation.
@@ -235,14 +249,31 @@ func (t *tuner) throttledNow(name string, s signals.Stats) (bool, string) {
 	if s.Requests > 0 {
 		share = float64(s.TooManyRequests) / float64(s.Requests)
 	}
-	was := t.throttled[name]
-	switch {
-	case !was && s.Requests >= minThrottleRequests && share > throttleEnter:
-		t.throttled[name] = true
-	case was && share < throttleLeave:
-		t.throttled[name] = false
+	th := t.throttled[name]
+	if th == nil {
+		th = &throttle{}
+		t.throttled[name] = th
 	}
-	if t.throttled[name] {
+	// New 429s since the last evaluation; unknown at first sight or
+	// when the totals restarted.
+	known := th.seen && s.TotalRequests >= th.requests && s.TotalTooManyRequests >= th.tooMany
+	var newReq, new429 uint64
+	if known {
+		newReq, new429 = s.TotalRequests-th.requests, s.TotalTooManyRequests-th.tooMany
+	}
+	th.seen, th.requests, th.tooMany = true, s.TotalRequests, s.TotalTooManyRequests
+	if new429 > 0 {
+		th.clean = 0
+	} else {
+		th.clean += newReq
+	}
+	switch {
+	case !th.on && s.Requests >= minThrottleRequests && share > throttleEnter && (!known || new429 > 0):
+		th.on, th.clean = true, 0
+	case th.on && (share < throttleLeave || th.clean >= cleanRunToLeave):
+		th.on = false
+	}
+	if th.on {
 		return true, fmt.Sprintf("throttling: %d of %d requests answered 429 (%.0f%%) over %v", s.TooManyRequests, s.Requests, 100*share, s.Span.Round(time.Second))
 	}
 	return false, ""

@@ -143,7 +143,7 @@ func (s *EnvoySource) Collect(ctx context.Context, now time.Time) (map[string]St
 // TokensPerSecond the lowest: the merge errs towards bad news.
 // MeanLatency is exact: the sample-weighted mean. EjectionsActive adds,
 // breaker flags and Restarted are or-ed, Span and FailuresSpan are the
-// longest. TotalRequests and TotalErrors add over every Envoy, stale or
+// longest. The totals (requests, errors, 429s) add over every Envoy, stale or
 // not, so that they keep only growing. At and Age are the freshest Envoy's.
 func MergeStats(per ...Stats) Stats {
 	var m Stats
@@ -158,6 +158,7 @@ func MergeStats(per ...Stats) Stats {
 	for _, s := range per {
 		m.TotalRequests += s.TotalRequests
 		m.TotalErrors += s.TotalErrors
+		m.TotalTooManyRequests += s.TotalTooManyRequests
 		if !s.At.IsZero() && (m.At.IsZero() || s.At.After(m.At)) {
 			m.At, m.Age = s.At, s.Age
 		}

@@ -240,7 +240,7 @@ func TestPrometheusSourceAgreesWithEnvoySource(t *testing.T) {
 				t.Fatal(err)
 			}
 			for b, w := range want {
-				if g := got[b]; g.TotalRequests != w.TotalRequests || g.TotalErrors != w.TotalErrors {
+				if g := got[b]; g.TotalRequests != w.TotalRequests || g.TotalErrors != w.TotalErrors || g.TotalTooManyRequests != w.TotalTooManyRequests {
 					return false
 				}
 			}

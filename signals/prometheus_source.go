@@ -61,15 +61,14 @@ type PrometheusSource struct {
 	hists    [4]promHist
 
 	mu     sync.Mutex
-	totals map[string]*monotonic // per backend: requests, errors
+	totals map[string]*monotonic // per backend: requests, errors, 429s
 }
 
 // monotonic turns the sum of current counter values, which drops when an
 // Envoy restarts (or vanishes), into totals that only grow, as the Stats
 // contract says: a drop is added to an offset.
 type monotonic struct {
-	lastReq, lastErr uint64
-	offReq, offErr   uint64
+	last, off [3]uint64 // requests, errors, 429s
 }
 
 // NewPrometheusSource checks the config, fills in defaults and builds the
@@ -343,21 +342,22 @@ func (p *PrometheusSource) Collect(ctx context.Context, now time.Time) (map[stri
 			m = &monotonic{}
 			p.totals[name] = m
 		}
-		st.TotalRequests, st.TotalErrors = m.update(b.total.Requests(), b.total.Errors())
+		t := m.update([3]uint64{b.total.Requests(), b.total.Errors(), b.total.TooManyRequests()})
+		st.TotalRequests, st.TotalErrors, st.TotalTooManyRequests = t[0], t[1], t[2]
 		out[name] = st
 	}
 	return out, nil
 }
 
-func (m *monotonic) update(req, errs uint64) (uint64, uint64) {
-	if req < m.lastReq {
-		m.offReq += m.lastReq - req
+func (m *monotonic) update(v [3]uint64) [3]uint64 {
+	for i := range v {
+		if v[i] < m.last[i] {
+			m.off[i] += m.last[i] - v[i]
+		}
+		m.last[i] = v[i]
+		v[i] += m.off[i]
 	}
-	if errs < m.lastErr {
-		m.offErr += m.lastErr - errs
-	}
-	m.lastReq, m.lastErr = req, errs
-	return req + m.offReq, errs + m.offErr
+	return v
 }
 
 // count rounds an extrapolated increase to a whole count.

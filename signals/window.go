@@ -92,10 +92,10 @@ type Stats struct {
 	// Counts are still right: after a restart a counter's increase is its
 	// new value.
 	Restarted bool
-	// TotalRequests and TotalErrors count from the first scrape that saw
-	// the backend, corrected for restarts, so they only grow: a consumer
-	// can take differences between two calls.
-	TotalRequests, TotalErrors uint64
+	// TotalRequests, TotalErrors and TotalTooManyRequests count from the
+	// first scrape that saw the backend, corrected for restarts, so they
+	// only grow: a consumer can take differences between two calls.
+	TotalRequests, TotalErrors, TotalTooManyRequests uint64
 }
 
 // Window turns successive scrapes of one Envoy into windowed Stats. It is
@@ -272,7 +272,7 @@ func (w *Window) Stats(backend string, now time.Time) Stats {
 	}
 	newest := &sr.points[len(sr.points)-1]
 	cur := &newest.c
-	st.TotalRequests, st.TotalErrors = cur.Requests(), cur.Errors()
+	st.TotalRequests, st.TotalErrors, st.TotalTooManyRequests = cur.Requests(), cur.Errors(), cur.TooManyRequests()
 	st.EjectionsActive = cur.EjectionsActive
 	st.RqOpen, st.RetryOpen, st.PendingOpen = cur.RqOpen, cur.RetryOpen, cur.PendingOpen
 

@@ -297,7 +297,7 @@ func TestWindow(t *testing.T) {
 			}}},
 			now: 5,
 			want: func(t *testing.T, st Stats) {
-				if st.TooManyRequests != 9 || st.Requests != 7+5+4+1+1 || st.Errors != 2+4+1+1 ||
+				if st.TooManyRequests != 9 || st.TotalTooManyRequests != 9 || st.Requests != 7+5+4+1+1 || st.Errors != 2+4+1+1 ||
 					st.Retries != 9 || st.RetrySuccesses != 5 || st.RetryOverflows != 2 {
 					t.Errorf("%+v", st)
 				}
