@@ -193,6 +193,7 @@ func (j *endpointJudge) judge(ctx context.Context, p *policy.Policy, h *health.C
 				ep, hw.Active, hw.Unanswered.Round(100*time.Millisecond), after.Round(10*time.Millisecond))
 		}
 		if why == "" {
+			o.InFlight += hw.Active
 			if !hw.Ejected {
 				inService++
 				if hw.Requests > hw.Errors {

@@ -138,7 +138,7 @@ func (m *Machine) observe(now time.Time, o *Observation) (Transition, bool) {
 		if b.err > 0 {
 			return m.open(b, o.Backend, now, fmt.Sprintf("%d of %d trial requests failed in HALF_OPEN", b.err, b.req))
 		}
-		if ok := b.req; ok >= m.cfg.HalfOpenSuccesses && !o.Stale && o.Hanging == "" && (b.initial || now.Sub(b.since) >= min(m.cfg.HalfOpenDwell, m.cfg.MinDwell)) {
+		if ok := b.req - min(o.InFlight, b.req); ok >= m.cfg.HalfOpenSuccesses && !o.Stale && o.Hanging == "" && (b.initial || now.Sub(b.since) >= min(m.cfg.HalfOpenDwell, m.cfg.MinDwell)) {
 			b.recovered = now
 			b.req, b.err = 0, 0
 			return m.move(b, o.Backend, Healthy, now, fmt.Sprintf("%d trial requests succeeded in HALF_OPEN", ok))

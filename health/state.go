@@ -73,6 +73,11 @@ type Observation struct {
 	// arrive, so until those attempts end, the successes counted may not
 	// be the whole story, and HALF_OPEN does not close.
 	Hanging string
+	// InFlight is how many of the backend's attempts are in flight now
+	// (Envoy's rq_active of its endpoints in service). A stream that
+	// stalls after its headers counts as a success, so HALF_OPEN counts
+	// as successes only the new outcomes beyond those still in flight.
+	InFlight uint64
 
 	// Reach is the verdict of a reachability check of the backend (does
 	// any of its endpoints answer HTTP at all) that finished since the
