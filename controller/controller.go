@@ -358,6 +358,7 @@ func (c *Controller) Step(ctx context.Context) error {
 	states := map[string]health.Status{}
 	throttled := map[string]bool{}
 	throttledWhy := map[string]string{}
+	taken := map[string]float64{}
 	for i := range inputs {
 		st, _ := c.machine.Status(inputs[i].name)
 		inputs[i].status = st
@@ -366,12 +367,13 @@ func (c *Controller) Step(ctx context.Context) error {
 		}
 		states[inputs[i].name] = st
 		throttled[inputs[i].name], throttledWhy[inputs[i].name] = c.tuner.throttledNow(inputs[i].name, inputs[i].stats)
+		taken[inputs[i].name] = c.tuner.spare(inputs[i].name)
 	}
 	control, why, firstWhy := c.tuner.tune(p, inputs)
 	if err := c.push(ctx, control); err != nil {
 		return err
 	}
-	routes := shed(p, now, states, throttled)
+	routes := shed(p, now, states, taken)
 	c.publish(p, now, serr, inputs, obs, why, firstWhy, throttled, throttledWhy, routes)
 	c.probe(ctx, p, inputs, now)
 	return nil

@@ -960,3 +960,37 @@ func TestOpenBackendTriedWhenReachableAgain(t *testing.T) {
 		t.Errorf("%d checks, want 13", len(reacher.calls))
 	}
 }
+
+// A throttling backend counts for the share of its recent requests it
+// takes: a route sheds sheddable requests only while its backends turn
+// most requests away, and stops within seconds of that ending, though
+// the window still holds the 429s.
+func TestShedFollowsRecent429s(t *testing.T) {
+	h := newHarness(t, quickstart(t), nil)
+	steps := []struct {
+		req, tooMany uint64 // since the last step (the first: the window)
+		want         string
+	}{
+		{200, 60, ""},                   // 30 % turned away: both take 70 %
+		{100, 80, healthview.Sheddable}, // 55 % lately
+		{100, 80, healthview.Sheddable}, // 68 %
+		{100, 5, ""},                    // 36 %: demand fell
+		{100, 80, healthview.Sheddable}, // 58 %
+		{100, 0, ""},                    // 29 %
+	}
+	var total, total429 uint64
+	for i, st := range steps {
+		total, total429 = total+st.req, total429+st.tooMany
+		for _, b := range []string{"fast", "fast-b"} {
+			h.src.stats[b] = signals.Stats{Backend: b, Span: 30 * time.Second, Requests: 200, TooManyRequests: 60,
+				TotalRequests: total, TotalTooManyRequests: total429}
+		}
+		v := h.step(time.Second)
+		if throttled := v.Backends["fast"].Throttled; throttled != (i < len(steps)-1) {
+			t.Errorf("step %d: fast throttled %v", i, throttled)
+		}
+		if r := v.Routes["fast-8k"]; r.Shed != st.want {
+			t.Errorf("step %d: fast-8k sheds %q (share %.2f), want %q", i, r.Shed, r.HealthyShare, st.want)
+		}
+	}
+}

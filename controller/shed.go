@@ -15,8 +15,12 @@ import (
 // likely to be overrun by the whole demand.
 const shedBelow = 0.5
 
-// shareOf is a state's contribution to a route's healthy capacity.
-func shareOf(s health.State, throttled bool) float64 {
+// shareOf is a backend's contribution to a route's healthy capacity:
+// by its state, and at most the share of its recent requests it did not
+// answer with 429 (taken, 1 when it is not throttling). A full backend
+// that turns away a few of its requests still serves most of them; one
+// that turns away most is no capacity, whatever its state.
+func shareOf(s health.State, taken float64) float64 {
 	w := 0.0
 	switch s {
 	case health.Healthy:
@@ -26,11 +30,7 @@ func shareOf(s health.State, throttled bool) float64 {
 	case health.HalfOpen:
 		w = 0.25
 	}
-	if throttled {
-		// A throttling backend is full: it has no spare capacity.
-		w = min(w, 0.25)
-	}
-	return w
+	return min(w, max(taken, 0))
 }
 
 // targets are the names clients send and the backends behind each.
@@ -56,14 +56,21 @@ func targets(p *policy.Policy) map[string][]string {
 //     sheddable; critical requests still go, to the OPEN backends as a
 //     last resort. Retry-After: until the first cool-down ends.
 //   - Healthy share under shedBelow: refuse sheddable.
-func shed(p *policy.Policy, now time.Time, st map[string]health.Status, throttled map[string]bool) map[string]healthview.Route {
+//
+// taken is per backend the share of its recent requests not answered 429
+// (missing: 1).
+func shed(p *policy.Policy, now time.Time, st map[string]health.Status, taken map[string]float64) map[string]healthview.Route {
 	out := map[string]healthview.Route{}
 	for name, backends := range targets(p) {
 		total, open := 0.0, 0
 		var retryAt time.Time
 		for _, b := range backends {
 			s := st[b]
-			total += shareOf(s.State, throttled[b])
+			t, ok := taken[b]
+			if !ok {
+				t = 1
+			}
+			total += shareOf(s.State, t)
 			if s.State == health.Open {
 				open++
 				if retryAt.IsZero() || s.RetryAt.Before(retryAt) {

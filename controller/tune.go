@@ -49,6 +49,11 @@ const (
 	throttleEnter, throttleLeave = 0.10, 0.02
 	minThrottleRequests          = 20
 	cleanRunToLeave              = 10
+	// recentDecay: how much of the recent 429 counts each evaluation
+	// keeps (0.5: half-life of one evaluation). Shedding reads the recent
+	// share, not the window's, so it follows demand within seconds both
+	// ways.
+	recentDecay = 0.5
 	// minHostRequests before an endpoint's error rate moves its weight;
 	// weightStep: a weight is pushed again only when it moves this much.
 	minHostRequests = 20
@@ -74,6 +79,18 @@ type throttle struct {
 	seen              bool
 	requests, tooMany uint64
 	clean             uint64
+	// recentReq, recent429: the requests and 429s of the last few
+	// evaluations, older ones decayed by recentDecay.
+	recentReq, recent429 float64
+}
+
+// taken is the share of its recent requests a backend did not answer
+// with 429 (1 with none yet).
+func (th *throttle) taken() float64 {
+	if th == nil || th.recentReq < 1 {
+		return 1
+	}
+	return 1 - th.recent429/th.recentReq
 }
 
 func newTuner() *tuner {
@@ -262,6 +279,13 @@ func (t *tuner) throttledNow(name string, s signals.Stats) (bool, string) {
 		newReq, new429 = s.TotalRequests-th.requests, s.TotalTooManyRequests-th.tooMany
 	}
 	th.seen, th.requests, th.tooMany = true, s.TotalRequests, s.TotalTooManyRequests
+	if known {
+		th.recentReq = th.recentReq*recentDecay + float64(newReq)
+		th.recent429 = th.recent429*recentDecay + float64(new429)
+	} else {
+		// Nothing recent to go on: the window stands in.
+		th.recentReq, th.recent429 = float64(s.Requests), float64(s.TooManyRequests)
+	}
 	if new429 > 0 {
 		th.clean = 0
 	} else {
@@ -274,9 +298,20 @@ func (t *tuner) throttledNow(name string, s signals.Stats) (bool, string) {
 		th.on = false
 	}
 	if th.on {
-		return true, fmt.Sprintf("throttling: %d of %d requests answered 429 (%.0f%%) over %v", s.TooManyRequests, s.Requests, 100*share, s.Span.Round(time.Second))
+		return true, fmt.Sprintf("throttling: %d of %d requests answered 429 (%.0f%%) over %v, %.0f%% lately", s.TooManyRequests, s.Requests, 100*share, s.Span.Round(time.Second), 100*(1-th.taken()))
 	}
 	return false, ""
+}
+
+// spare is what a backend counts for in a route's capacity when shedding
+// (see shareOf): 1 unless throttled, then the share of its recent
+// requests it took.
+func (t *tuner) spare(name string) float64 {
+	th := t.throttled[name]
+	if th == nil || !th.on {
+		return 1
+	}
+	return th.taken()
 }
 
 func edsHealth(s health.State) corev3.HealthStatus {
