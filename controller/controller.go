@@ -109,6 +109,7 @@ type Controller struct {
 	machine   *health.Machine
 	healthCfg health.Config
 	tuner     *tuner
+	shedder   *shedder
 	endpoints *endpointJudge
 	reachable *reachWatch
 
@@ -130,6 +131,7 @@ func New(cfg Config) (*Controller, error) {
 	c := &Controller{
 		cfg: cfg, log: cfg.Log, now: cfg.Clock,
 		tuner:       newTuner(),
+		shedder:     newShedder(),
 		endpoints:   newEndpointJudge(cfg.Log, cfg.Metrics.EndpointOuts),
 		reachable:   newReachWatch(cfg.Metrics.ReachChecks),
 		transitions: map[string][]healthview.Transition{},
@@ -367,13 +369,15 @@ func (c *Controller) Step(ctx context.Context) error {
 		}
 		states[inputs[i].name] = st
 		throttled[inputs[i].name], throttledWhy[inputs[i].name] = c.tuner.throttledNow(inputs[i].name, inputs[i].stats)
-		taken[inputs[i].name] = c.tuner.spare(inputs[i].name)
+		if throttled[inputs[i].name] {
+			taken[inputs[i].name] = c.tuner.taken(inputs[i].name)
+		}
 	}
 	control, why, firstWhy := c.tuner.tune(p, inputs)
 	if err := c.push(ctx, control); err != nil {
 		return err
 	}
-	routes := shed(p, now, states, taken)
+	routes := c.shedder.shed(p, now, states, taken)
 	c.publish(p, now, serr, inputs, obs, why, firstWhy, throttled, throttledWhy, routes)
 	c.probe(ctx, p, inputs, now)
 	return nil
@@ -513,12 +517,12 @@ func (c *Controller) publish(p *policy.Policy, now time.Time, serr error, in []b
 		level := 0.0
 		switch r.Shed {
 		case healthview.Sheddable:
-			level = 1
+			level = levelSheddable - r.Admit
 		case healthview.Standard:
-			level = 2
+			level = levelStandard - r.Admit
 		}
 		m.Shed.WithLabelValues(n).Set(level)
-		sig = append(sig, n+":"+r.Shed)
+		sig = append(sig, fmt.Sprintf("%s:%s:%.2f", n, r.Shed, r.Admit))
 	}
 	if c.pushed != nil {
 		sig = append(sig, c.pushed.FirstTokenTimeout.String())

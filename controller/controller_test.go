@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"math"
 	"strings"
 	"sync"
 	"testing"
@@ -203,7 +204,7 @@ func TestAllOpenShedsAllButCritical(t *testing.T) {
 	if r.Shed != healthview.Standard || r.RetryAfter != 10 {
 		t.Errorf("fast-8k = %+v, want shed standard, retry after 10", r)
 	}
-	if !r.Refuses(healthview.Standard) || r.Refuses(healthview.Critical) {
+	if !r.Refuses(healthview.Standard, 0) || r.Refuses(healthview.Critical, 0) {
 		t.Errorf("refusals wrong: %+v", r)
 	}
 	// "auto" still has long and vision.
@@ -961,26 +962,38 @@ func TestOpenBackendTriedWhenReachableAgain(t *testing.T) {
 	}
 }
 
-// A throttling backend counts for the share of its recent requests it
-// takes: a route sheds sheddable requests only while its backends turn
-// most requests away, and stops within seconds of that ending, though
-// the window still holds the 429s.
-func TestShedFollowsRecent429s(t *testing.T) {
+// While a route's backends throttle, its shed level moves a step each
+// evaluation: up while they take under half of their recent requests
+// (sheddable first, then standard, a quarter at a time), holding while
+// the share is between 0.5 and 0.6 (the shedding is what keeps it
+// there), down a quarter as it rises past that, all of it past 0.9;
+// nothing is shed once the throttling ends. The window (30 % 429s throughout)
+// does not decide: the last seconds do.
+func TestShedLevelFollowsRecent429s(t *testing.T) {
 	h := newHarness(t, quickstart(t), nil)
+	sd, st := healthview.Sheddable, healthview.Standard
 	steps := []struct {
 		req, tooMany uint64 // since the last step (the first: the window)
-		want         string
+		shed         string
+		admit        float64
 	}{
-		{200, 60, ""},                   // 30 % turned away: both take 70 %
-		{100, 80, healthview.Sheddable}, // 55 % lately
-		{100, 80, healthview.Sheddable}, // 68 %
-		{100, 5, ""},                    // 36 %: demand fell
-		{100, 80, healthview.Sheddable}, // 58 %
-		{100, 0, ""},                    // 29 %
+		{200, 60, "", 0},    // 30 % turned away: share 0.70, holds at 0
+		{100, 90, sd, 0.75}, // 60 % lately: share 0.40, up
+		{100, 90, sd, 0.5},
+		{100, 90, sd, 0.25},
+		{100, 90, sd, 0},    // every sheddable request refused
+		{100, 90, st, 0.75}, // then standard ones
+		{100, 30, st, 0.5},  // share 0.41
+		{100, 30, st, 0.5},  // 0.56: holds
+		{100, 10, st, 0.75}, // 0.73: down a step
+		{100, 5, sd, 0},     // 0.84
+		{100, 1, "", 0},     // 0.91: the overload has passed
+		{100, 1, "", 0},
+		{100, 0, "", 0}, // a clean run: no longer throttling
 	}
 	var total, total429 uint64
-	for i, st := range steps {
-		total, total429 = total+st.req, total429+st.tooMany
+	for i, step := range steps {
+		total, total429 = total+step.req, total429+step.tooMany
 		for _, b := range []string{"fast", "fast-b"} {
 			h.src.stats[b] = signals.Stats{Backend: b, Span: 30 * time.Second, Requests: 200, TooManyRequests: 60,
 				TotalRequests: total, TotalTooManyRequests: total429}
@@ -989,8 +1002,16 @@ func TestShedFollowsRecent429s(t *testing.T) {
 		if throttled := v.Backends["fast"].Throttled; throttled != (i < len(steps)-1) {
 			t.Errorf("step %d: fast throttled %v", i, throttled)
 		}
-		if r := v.Routes["fast-8k"]; r.Shed != st.want {
-			t.Errorf("step %d: fast-8k sheds %q (share %.2f), want %q", i, r.Shed, r.HealthyShare, st.want)
+		r := v.Routes["fast-8k"]
+		if r.Shed != step.shed || math.Abs(r.Admit-step.admit) > 1e-9 {
+			t.Errorf("step %d: fast-8k sheds %q admitting %.2f (share %.2f), want %q admitting %.2f", i, r.Shed, r.Admit, r.HealthyShare, step.shed, step.admit)
+		}
+		if r.Shed != "" && (r.RetryAfter != 2 || !strings.Contains(r.Reason, "turning requests away")) {
+			t.Errorf("step %d: %+v", i, r)
+		}
+		// auto has long and vision besides: never short.
+		if r := v.Routes["auto"]; r.Shed != "" {
+			t.Errorf("step %d: auto sheds %+v", i, r)
 		}
 	}
 }

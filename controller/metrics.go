@@ -62,7 +62,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Changes of computed settings pushed to Envoy, by resource type (endpoint, cluster, route).",
 		}, []string{"type"}),
 		Setting: gauge("detour_controller_setting", "Settings the controller pushes per backend (consecutive_errors, retry_budget_percent, min_retry_concurrency, max_requests).", "backend", "setting"),
-		Shed:    gauge("detour_controller_shed_level", "Priorities a route sheds: 0 none, 1 sheddable, 2 standard and sheddable.", "route"),
+		Shed:    gauge("detour_controller_shed_level", "Priorities a route sheds: 0 none, 1 every sheddable request, 2 every standard and sheddable one; fractions between (1.5: every sheddable request and half the standard ones).", "route"),
 		Probes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "detour_probe_results_total",
 			Help: "Health probe results by backend, probe and result (ok, failed, slow).",

@@ -10,10 +10,25 @@ import (
 	"github.com/detourhq/detour/policy"
 )
 
-// shedBelow: a route whose healthy share falls under it sheds sheddable
-// requests. Half: losing half of a route's capacity is when the rest is
-// likely to be overrun by the whole demand.
-const shedBelow = 0.5
+const (
+	// shedBelow: a route whose healthy share falls under it sheds
+	// sheddable requests. Half: losing half of a route's capacity is when
+	// the rest is likely to be overrun by the whole demand.
+	shedBelow = 0.5
+	// While a route's backends throttle, its shed level moves each
+	// evaluation: up by shedStep while the share is under shedBelow, down
+	// by shedStep while it is over shedEase, by shedClearStep over
+	// shedClear (the overload has passed: give capacity back at once).
+	// Between shedBelow and shedEase it holds: shedding is what brought
+	// the share up, so the share alone cannot say it is no longer needed.
+	shedStep      = 0.25
+	shedEase      = 0.6
+	shedClear     = 0.9
+	shedClearStep = 1.0
+	// Levels: 0 nothing shed, 1 every sheddable request, 2 every standard
+	// one too; fractions between.
+	levelSheddable, levelStandard = 1.0, 2.0
+)
 
 // shareOf is a backend's contribution to a route's healthy capacity:
 // by its state, and at most the share of its recent requests it did not
@@ -51,43 +66,91 @@ func targets(p *policy.Policy) map[string][]string {
 	return out
 }
 
+// shedder decides what each route refuses, remembering each route's
+// shed level between evaluations.
+type shedder struct {
+	level map[string]float64
+}
+
+func newShedder() *shedder { return &shedder{level: map[string]float64{}} }
+
 // shed decides what each route refuses.
 //   - Every backend OPEN (nothing else can serve): refuse standard and
 //     sheddable; critical requests still go, to the OPEN backends as a
 //     last resort. Retry-After: until the first cool-down ends.
-//   - Healthy share under shedBelow: refuse sheddable.
+//   - Some backend throttling (demand past what the providers take): the
+//     level moves a step at a time, sheddable requests first, then
+//     standard ones, never critical ones; a fraction of the priority at
+//     the edge is admitted (Route.Admit).
+//   - Otherwise (capacity lost to failures, no sign of demand past it):
+//     healthy share under shedBelow refuses sheddable requests.
 //
-// taken is per backend the share of its recent requests not answered 429
-// (missing: 1).
-func shed(p *policy.Policy, now time.Time, st map[string]health.Status, taken map[string]float64) map[string]healthview.Route {
+// taken holds, for each throttling backend, the share of its recent
+// requests it did not answer with 429; backends not in it are not
+// throttling.
+func (s *shedder) shed(p *policy.Policy, now time.Time, st map[string]health.Status, taken map[string]float64) map[string]healthview.Route {
 	out := map[string]healthview.Route{}
-	for name, backends := range targets(p) {
-		total, open := 0.0, 0
+	all := targets(p)
+	for name := range s.level {
+		if _, ok := all[name]; !ok {
+			delete(s.level, name) // the policy dropped the route
+		}
+	}
+	for name, backends := range all {
+		total, open, throttling := 0.0, 0, false
 		var retryAt time.Time
 		for _, b := range backends {
-			s := st[b]
 			t, ok := taken[b]
-			if !ok {
+			if ok {
+				throttling = true
+			} else {
 				t = 1
 			}
-			total += shareOf(s.State, t)
-			if s.State == health.Open {
+			bs := st[b]
+			total += shareOf(bs.State, t)
+			if bs.State == health.Open {
 				open++
-				if retryAt.IsZero() || s.RetryAt.Before(retryAt) {
-					retryAt = s.RetryAt
+				if retryAt.IsZero() || bs.RetryAt.Before(retryAt) {
+					retryAt = bs.RetryAt
 				}
 			}
 		}
 		r := healthview.Route{HealthyShare: total / float64(len(backends))}
+		level := s.level[name]
+		switch {
+		case throttling && r.HealthyShare < shedBelow:
+			level = min(levelStandard, level+shedStep)
+		case throttling && r.HealthyShare > shedClear:
+			level = max(0, level-shedClearStep)
+		case throttling && r.HealthyShare > shedEase:
+			level = max(0, level-shedStep)
+		case throttling:
+			// Holds.
+		case r.HealthyShare < shedBelow:
+			level = levelSheddable
+		default:
+			level = 0
+		}
+		s.level[name] = level
 		switch {
 		case open == len(backends):
 			r.Shed = healthview.Standard
 			r.Reason = fmt.Sprintf("all %d backends are OPEN", open)
 			r.RetryAfter = max(1, int(math.Ceil(retryAt.Sub(now).Seconds())))
-		case r.HealthyShare < shedBelow:
-			r.Shed = healthview.Sheddable
-			r.Reason = fmt.Sprintf("healthy capacity share %.2f < %.2f", r.HealthyShare, shedBelow)
+		case level > levelSheddable:
+			r.Shed, r.Admit = healthview.Standard, levelStandard-level
+		case level > 0:
+			r.Shed, r.Admit = healthview.Sheddable, levelSheddable-level
+		}
+		if r.Shed != "" && open < len(backends) {
 			r.RetryAfter = 2
+			r.Reason = fmt.Sprintf("healthy capacity share %.2f < %.2f", r.HealthyShare, shedBelow)
+			if throttling {
+				r.Reason = fmt.Sprintf("backends turning requests away (healthy capacity share %.2f)", r.HealthyShare)
+			}
+			if r.Admit > 0 {
+				r.Reason += fmt.Sprintf("; admitting %.0f%% of %s requests", 100*r.Admit, r.Shed)
+			}
 		}
 		out[name] = r
 	}

@@ -303,16 +303,9 @@ func (t *tuner) throttledNow(name string, s signals.Stats) (bool, string) {
 	return false, ""
 }
 
-// spare is what a backend counts for in a route's capacity when shedding
-// (see shareOf): 1 unless throttled, then the share of its recent
-// requests it took.
-func (t *tuner) spare(name string) float64 {
-	th := t.throttled[name]
-	if th == nil || !th.on {
-		return 1
-	}
-	return th.taken()
-}
+// taken is the share of a backend's recent requests it did not answer
+// with 429 (1 with none yet).
+func (t *tuner) taken(name string) float64 { return t.throttled[name].taken() }
 
 func edsHealth(s health.State) corev3.HealthStatus {
 	switch s {

@@ -32,6 +32,7 @@ type healthState struct {
 	src    HealthSource
 	cache  atomic.Pointer[healthRanks]
 	trials atomic.Uint64
+	draws  atomic.Uint64 // shedding's draws (healthview.Draw)
 	local  *demotions
 }
 
@@ -89,3 +90,6 @@ func buildRanks(v *healthview.Snapshot, r *route.Router) *healthRanks {
 
 // priorityOf validates a priority header value; "" is none.
 func priorityOf(v string) (string, bool) { return v, healthview.ValidPriority(v) }
+
+// draw is the next shedding draw.
+func (h *healthState) draw() float64 { return healthview.Draw(h.draws.Add(1)) }

@@ -120,3 +120,39 @@ func TestShedByPriority(t *testing.T) {
 		})
 	}
 }
+
+// A route admitting a fraction of its edge priority: that share of the
+// requests goes, spread evenly; the others are shed with the route's
+// Retry-After, and critical ones all go.
+func TestShedAFraction(t *testing.T) {
+	src := &fixedView{v: viewOf(1, map[string]string{"fast": healthview.Healthy}, map[string]healthview.Route{
+		"fast-8k": {Shed: healthview.Standard, Admit: 0.25, Reason: "backends turning requests away", RetryAfter: 2},
+	})}
+	h := newHarnessConfig(t, Config{Policy: quickstart(t, ""), Health: src})
+	body := chat("fast-8k", "hello", nil)
+	for _, tc := range []struct {
+		priority string
+		routed   int // of 40
+	}{
+		{"standard", 10},
+		{"sheddable", 0},
+		{"critical", 40},
+	} {
+		routed := 0
+		for range 40 {
+			c := post("/v1/chat/completions", body)
+			c.headers = map[string]string{HeaderPriority: tc.priority}
+			r := h.do(t, c)
+			if r.routed != nil {
+				routed++
+				continue
+			}
+			if hdr := checkImmediate(t, r, 429, "shed"); hdr["retry-after"] != "2" {
+				t.Fatalf("retry-after %q", hdr["retry-after"])
+			}
+		}
+		if d := routed - tc.routed; d < -1 || d > 1 {
+			t.Errorf("%s: %d of 40 routed, want %d ± 1", tc.priority, routed, tc.routed)
+		}
+	}
+}

@@ -460,7 +460,7 @@ func (s *Server) route(ctx context.Context, st *state, w *work) *extprocv3.Proce
 			if prio == "" {
 				prio = policy.PriorityStandard
 			}
-			if rt.Refuses(prio) {
+			if rt.Refuses(prio, s.health.draw()) {
 				s.metrics.Shed.WithLabelValues(w.dec.Target, prio).Inc()
 				return s.shed(w, route.ErrShed(w.dec.Target, prio, rt.Reason), rt.RetryAfter)
 			}

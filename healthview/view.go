@@ -7,7 +7,10 @@
 // proxy-wasm plugin compiles it.
 package healthview
 
-import "time"
+import (
+	"math"
+	"time"
+)
 
 // States, as the health package names them.
 const (
@@ -133,25 +136,44 @@ type Probe struct {
 type Route struct {
 	// Shed is the highest priority refused ("", sheddable or standard):
 	// "standard" refuses standard and sheddable requests.
-	Shed   string `json:"shed,omitempty"`
-	Reason string `json:"reason,omitempty"`
+	Shed string `json:"shed,omitempty"`
+	// Admit is the share of Shed's requests still admitted (0: none):
+	// shedding under overload moves a fraction at a time.
+	Admit  float64 `json:"admit,omitempty"`
+	Reason string  `json:"reason,omitempty"`
 	// RetryAfter is what refused clients are told to wait, in seconds.
 	RetryAfter int `json:"retry_after,omitempty"`
 	// HealthyShare is the route's healthy capacity share (HEALTHY 1,
-	// DEGRADED ½, HALF_OPEN ¼, OPEN 0, averaged over its backends).
+	// DEGRADED ½, HALF_OPEN ¼, OPEN 0, a throttling backend at most the
+	// share of its requests it takes; averaged over its backends).
 	HealthyShare float64 `json:"healthy_share"`
 }
 
-// Refuses reports whether a request of priority prio is shed. Unknown
+// Refuses reports whether a request of priority prio is shed; draw, in
+// [0, 1), decides for the priority Admit applies to (see Draw). Unknown
 // priorities count as standard.
-func (r Route) Refuses(prio string) bool {
-	switch r.Shed {
-	case Sheddable:
-		return prio == Sheddable
-	case Standard:
-		return prio != Critical
+func (r Route) Refuses(prio string, draw float64) bool {
+	if prio != Critical && prio != Sheddable {
+		prio = Standard
 	}
-	return false
+	switch {
+	case r.Shed == "" || prio == Critical:
+		return false
+	case prio == r.Shed:
+		return draw >= r.Admit
+	}
+	// Sheddable under a standard shed: refused; standard under a
+	// sheddable shed: admitted.
+	return r.Shed == Standard
+}
+
+// Draw is the n-th of a sequence spread evenly over [0, 1) (multiples of
+// the golden ratio's fraction): a counter turned into Refuses's draw
+// admits Admit of the requests in any run of them, not only on average.
+func Draw(n uint64) float64 {
+	const phi = 0.6180339887498949
+	_, f := math.Modf(float64(n%(1<<32)) * phi)
+	return f
 }
 
 // Rank orders states for routing: lower is preferred. HALF_OPEN ranks

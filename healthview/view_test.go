@@ -26,8 +26,46 @@ func TestRouteRefuses(t *testing.T) {
 		for _, prio := range prios {
 			r := Route{Shed: tc.shed}
 			want := slices.Contains(tc.refused, prio)
-			if got := r.Refuses(prio); got != want {
+			if got := r.Refuses(prio, 0.5); got != want {
 				t.Errorf("Route{Shed: %q}.Refuses(%q) = %v, want %v", tc.shed, prio, got, want)
+			}
+		}
+	}
+}
+
+// A fraction admitted: of the edge priority, Admit of any run of
+// requests goes (Draw spreads evenly); the priorities either side are
+// not affected.
+func TestRouteAdmitsAFraction(t *testing.T) {
+	for _, tc := range []struct {
+		shed, edge, above, below string
+	}{
+		{Sheddable, Sheddable, Standard, ""},
+		{Standard, Standard, Critical, Sheddable},
+	} {
+		for _, admit := range []float64{0, 0.1, 0.25, 0.5, 0.9} {
+			r := Route{Shed: tc.shed, Admit: admit}
+			for start := uint64(0); start < 1000; start += 97 {
+				const run = 100
+				admitted := 0
+				for n := start; n < start+run; n++ {
+					d := Draw(n)
+					if d < 0 || d >= 1 {
+						t.Fatalf("Draw(%d) = %v, out of [0, 1)", n, d)
+					}
+					if !r.Refuses(tc.edge, d) {
+						admitted++
+					}
+					if r.Refuses(tc.above, d) {
+						t.Fatalf("%+v refused %s", r, tc.above)
+					}
+					if tc.below != "" && !r.Refuses(tc.below, d) {
+						t.Fatalf("%+v admitted %s", r, tc.below)
+					}
+				}
+				if want := admit * run; float64(admitted) < want-2 || float64(admitted) > want+2 {
+					t.Errorf("%+v: admitted %d of %d %s requests from draw %d, want %.0f ± 2", r, admitted, run, tc.edge, start, want)
+				}
 			}
 		}
 	}

@@ -93,7 +93,8 @@ type health struct {
 	view    *healthView // nil: none received yet (every backend healthy)
 	pending bool        // a call is outstanding
 	trials  uint64
-	failing bool // the last call failed (logged once per streak)
+	draws   uint64 // shedding's draws (healthview.Draw)
+	failing bool   // the last call failed (logged once per streak)
 	// scratch is handed to each decision: the VM runs one callback at a
 	// time and DecideHealth keeps no reference, so streams need no copy.
 	scratch route.Health
@@ -265,4 +266,10 @@ func headerValue(h [][2]string, k string) (string, bool) {
 		}
 	}
 	return "", false
+}
+
+// draw is the next shedding draw.
+func (h *health) draw() float64 {
+	h.draws++
+	return healthview.Draw(h.draws)
 }

@@ -239,6 +239,34 @@ func TestHealthSheds(t *testing.T) {
 	}
 }
 
+// A fraction of the edge priority admitted: spread evenly, as in ext_proc.
+func TestHealthShedsAFraction(t *testing.T) {
+	host, _ := start(t, healthConfig(nil), nil)
+	v := states(9, map[string]string{"fast": "HEALTHY"})
+	v.Routes["auto"] = healthview.Route{Shed: healthview.Sheddable, Admit: 0.5, Reason: "backends turning requests away", RetryAfter: 2}
+	serve(t, host, v)
+	for _, tc := range []struct {
+		priority string
+		admitted int // of 40
+	}{
+		{"sheddable", 20},
+		{"standard", 40},
+	} {
+		admitted := 0
+		for range 40 {
+			order, r := decide(t, host, "auto", [2]string{HeaderPriority, tc.priority})
+			if r == nil && len(order) > 0 {
+				admitted++
+			} else if r == nil || r.StatusCode != 429 {
+				t.Fatalf("reply %+v, order %v; want routed or 429", r, order)
+			}
+		}
+		if d := admitted - tc.admitted; d < -1 || d > 1 {
+			t.Errorf("%s: %d of 40 admitted, want %d ± 1", tc.priority, admitted, tc.admitted)
+		}
+	}
+}
+
 // A failed call, an error status or garbage keeps the last view; the tick
 // re-arms the poll.
 func TestHealthBadAnswersKeepView(t *testing.T) {

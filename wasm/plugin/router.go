@@ -98,7 +98,7 @@ func (s *routerStream) OnHttpRequestBody(size int, endOfStream bool) (a types.Ac
 		if prio == "" {
 			prio = healthview.Standard
 		}
-		if rt.Refuses(prio) {
+		if rt.Refuses(prio, s.p.health.draw()) {
 			return s.shed(route.ErrShed(s.dec.Target, prio, rt.Reason), rt.RetryAfter)
 		}
 	}
