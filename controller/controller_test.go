@@ -1015,3 +1015,36 @@ func TestShedLevelFollowsRecent429s(t *testing.T) {
 		}
 	}
 }
+
+// Capacity lost to failures is not overload: with fast OPEN and fast-b
+// turning away 30 % of its requests, fast-8k sheds nothing (its healthy
+// share by state is ½); with fast-b turning away 60 %, the level climbs.
+func TestShedLevelLeavesOutLostCapacity(t *testing.T) {
+	h := newHarness(t, quickstart(t), nil)
+	var a traffic
+	var total, total429 uint64
+	for i := range 10 {
+		h.src.stats["fast"] = a.window("fast", 100, 60)
+		share := uint64(30)
+		if i >= 5 {
+			share = 60
+		}
+		total, total429 = total+100, total429+share
+		h.src.stats["fast-b"] = signals.Stats{Backend: "fast-b", Span: 30 * time.Second, Requests: 200, TooManyRequests: 60,
+			TotalRequests: total, TotalTooManyRequests: total429}
+		v := h.step(time.Second)
+		if st := v.Backends["fast"].State; st != healthview.Open {
+			t.Fatalf("step %d: fast %s, want OPEN", i, st)
+		}
+		r := v.Routes["fast-8k"]
+		switch {
+		case i < 5 && r.Shed != "":
+			t.Errorf("step %d: fast-8k sheds %+v with fast-b taking 70 %%", i, r)
+		case i >= 6 && r.Shed == "":
+			t.Errorf("step %d: fast-8k sheds nothing with fast-b taking 40 %%: %+v", i, r)
+		}
+	}
+	if r := h.pub.Current().Routes["fast-8k"]; r.Shed == "" || r.Shed == healthview.Sheddable && r.Admit > 0 {
+		t.Errorf("after 5 evaluations at 40 %%: %+v, want every sheddable request shed", r)
+	}
+}

@@ -16,9 +16,10 @@ const (
 	// the rest is likely to be overrun by the whole demand.
 	shedBelow = 0.5
 	// While a route's backends throttle, its shed level moves each
-	// evaluation: up by shedStep while the share is under shedBelow, down
-	// by shedStep while it is over shedEase, by shedClearStep over
-	// shedClear (the overload has passed: give capacity back at once).
+	// evaluation on the share of requests its live backends take: up by
+	// shedStep while it is under shedBelow, down by shedStep while it is
+	// over shedEase, by shedClearStep over shedClear (the overload has
+	// passed: give capacity back at once).
 	// Between shedBelow and shedEase it holds: shedding is what brought
 	// the share up, so the share alone cannot say it is no longer needed.
 	shedStep      = 0.25
@@ -30,11 +31,11 @@ const (
 	levelSheddable, levelStandard = 1.0, 2.0
 )
 
-// shareOf is a backend's contribution to a route's healthy capacity:
-// by its state, and at most the share of its recent requests it did not
-// answer with 429 (taken, 1 when it is not throttling). A full backend
-// that turns away a few of its requests still serves most of them; one
-// that turns away most is no capacity, whatever its state.
+// shareOf is a backend's contribution to a route's healthy capacity: its
+// state's weight times taken, the share of its recent requests it did
+// not answer with 429 (1 when it is not throttling). A full backend that
+// turns away a few of its requests still serves most of them; one that
+// turns away most is little capacity, whatever its state.
 func shareOf(s health.State, taken float64) float64 {
 	w := 0.0
 	switch s {
@@ -45,7 +46,7 @@ func shareOf(s health.State, taken float64) float64 {
 	case health.HalfOpen:
 		w = 0.25
 	}
-	return min(w, max(taken, 0))
+	return w * min(max(taken, 0), 1)
 }
 
 // targets are the names clients send and the backends behind each.
@@ -78,12 +79,15 @@ func newShedder() *shedder { return &shedder{level: map[string]float64{}} }
 //   - Every backend OPEN (nothing else can serve): refuse standard and
 //     sheddable; critical requests still go, to the OPEN backends as a
 //     last resort. Retry-After: until the first cool-down ends.
+//   - Healthy share by state alone under shedBelow (capacity lost to
+//     failures): refuse sheddable requests.
 //   - Some backend throttling (demand past what the providers take): the
-//     level moves a step at a time, sheddable requests first, then
-//     standard ones, never critical ones; a fraction of the priority at
-//     the edge is admitted (Route.Admit).
-//   - Otherwise (capacity lost to failures, no sign of demand past it):
-//     healthy share under shedBelow refuses sheddable requests.
+//     level moves a step at a time on the share of the requests the
+//     route's live backends take (state weighted), sheddable requests
+//     first, then standard ones, never critical ones; a fraction of the
+//     priority at the edge is admitted (Route.Admit). Capacity lost to
+//     failures is left out of that share: a route with one backend OPEN
+//     and the other turning away a few requests is not overloaded.
 //
 // taken holds, for each throttling backend, the share of its recent
 // requests it did not answer with 429; backends not in it are not
@@ -97,7 +101,7 @@ func (s *shedder) shed(p *policy.Policy, now time.Time, st map[string]health.Sta
 		}
 	}
 	for name, backends := range all {
-		total, open, throttling := 0.0, 0, false
+		total, byState, open, throttling := 0.0, 0.0, 0, false
 		var retryAt time.Time
 		for _, b := range backends {
 			t, ok := taken[b]
@@ -108,6 +112,7 @@ func (s *shedder) shed(p *policy.Policy, now time.Time, st map[string]health.Sta
 			}
 			bs := st[b]
 			total += shareOf(bs.State, t)
+			byState += shareOf(bs.State, 1)
 			if bs.State == health.Open {
 				open++
 				if retryAt.IsZero() || bs.RetryAt.Before(retryAt) {
@@ -116,21 +121,24 @@ func (s *shedder) shed(p *policy.Policy, now time.Time, st map[string]health.Sta
 			}
 		}
 		r := healthview.Route{HealthyShare: total / float64(len(backends))}
-		level := s.level[name]
-		switch {
-		case throttling && r.HealthyShare < shedBelow:
-			level = min(levelStandard, level+shedStep)
-		case throttling && r.HealthyShare > shedClear:
-			level = max(0, level-shedClearStep)
-		case throttling && r.HealthyShare > shedEase:
-			level = max(0, level-shedStep)
-		case throttling:
-			// Holds.
-		case r.HealthyShare < shedBelow:
-			level = levelSheddable
-		default:
-			level = 0
+		floor := 0.0
+		if byState/float64(len(backends)) < shedBelow {
+			floor = levelSheddable
 		}
+		level := s.level[name]
+		if throttling && byState > 0 {
+			switch load := total / byState; {
+			case load < shedBelow:
+				level += shedStep
+			case load > shedClear:
+				level -= shedClearStep
+			case load > shedEase:
+				level -= shedStep
+			}
+		} else {
+			level = floor
+		}
+		level = min(max(level, floor), levelStandard)
 		s.level[name] = level
 		switch {
 		case open == len(backends):
@@ -144,9 +152,10 @@ func (s *shedder) shed(p *policy.Policy, now time.Time, st map[string]health.Sta
 		}
 		if r.Shed != "" && open < len(backends) {
 			r.RetryAfter = 2
-			r.Reason = fmt.Sprintf("healthy capacity share %.2f < %.2f", r.HealthyShare, shedBelow)
-			if throttling {
-				r.Reason = fmt.Sprintf("backends turning requests away (healthy capacity share %.2f)", r.HealthyShare)
+			if level > floor {
+				r.Reason = fmt.Sprintf("backends turning requests away: they take %.0f%% of them", 100*total/byState)
+			} else {
+				r.Reason = fmt.Sprintf("healthy capacity share %.2f < %.2f", byState/float64(len(backends)), shedBelow)
 			}
 			if r.Admit > 0 {
 				r.Reason += fmt.Sprintf("; admitting %.0f%% of %s requests", 100*r.Admit, r.Shed)
