@@ -223,6 +223,7 @@ func (c *Controller) apply(p *policy.Policy) error {
 				c.reachable.forget(b.Name)
 				delete(c.probes, b.Name)
 				delete(c.transitions, b.Name)
+				c.tuner.forget(b.Name)
 			}
 		}
 	}
@@ -360,7 +361,7 @@ func (c *Controller) Step(ctx context.Context) error {
 	states := map[string]health.Status{}
 	throttled := map[string]bool{}
 	throttledWhy := map[string]string{}
-	taken := map[string]float64{}
+	loads := map[string]load{}
 	for i := range inputs {
 		st, _ := c.machine.Status(inputs[i].name)
 		inputs[i].status = st
@@ -368,16 +369,16 @@ func (c *Controller) Step(ctx context.Context) error {
 			c.reachable.start(ctx, inputs[i].name, c.endpoints.addrs[inputs[i].name])
 		}
 		states[inputs[i].name] = st
-		throttled[inputs[i].name], throttledWhy[inputs[i].name] = c.tuner.throttledNow(inputs[i].name, inputs[i].stats)
+		throttled[inputs[i].name], throttledWhy[inputs[i].name] = c.tuner.throttledNow(inputs[i].name, inputs[i].stats, now)
 		if throttled[inputs[i].name] {
-			taken[inputs[i].name] = c.tuner.taken(inputs[i].name)
+			loads[inputs[i].name] = c.tuner.load(inputs[i].name)
 		}
 	}
 	control, why, firstWhy := c.tuner.tune(p, inputs)
 	if err := c.push(ctx, control); err != nil {
 		return err
 	}
-	routes := c.shedder.shed(p, now, states, taken)
+	routes := c.shedder.shed(p, now, states, loads)
 	c.publish(p, now, serr, inputs, obs, why, firstWhy, throttled, throttledWhy, routes)
 	c.probe(ctx, p, inputs, now)
 	return nil

@@ -1048,3 +1048,166 @@ func TestShedLevelLeavesOutLostCapacity(t *testing.T) {
 		t.Errorf("after 5 evaluations at 40 %%: %+v, want every sheddable request shed", r)
 	}
 }
+
+// throttling429s feeds a backend's 429s: req requests since the last
+// step, tooMany of them 429, over a window at 30 %.
+type throttling429s struct{ total, total429 uint64 }
+
+func (c *throttling429s) stats(name string, req, tooMany uint64) signals.Stats {
+	c.total, c.total429 = c.total+req, c.total429+tooMany
+	return signals.Stats{Backend: name, Span: 30 * time.Second, Requests: 200, TooManyRequests: 60,
+		TotalRequests: c.total, TotalTooManyRequests: c.total429}
+}
+
+// A failed signal read in the middle of an overload changes nothing: the
+// throttling and the shed level stand, and the next read counts only
+// what happened since the last good one.
+func TestShedLevelSurvivesAFailedRead(t *testing.T) {
+	h := newHarness(t, quickstart(t), nil)
+	var a, b throttling429s
+	feed := func(req, tooMany uint64) *healthview.Snapshot {
+		h.src.stats["fast"] = a.stats("fast", req, tooMany)
+		h.src.stats["fast-b"] = b.stats("fast-b", req, tooMany)
+		return h.step(time.Second)
+	}
+	feed(200, 60)
+	for range 3 {
+		feed(100, 90)
+	}
+	before := h.pub.Current().Routes["fast-8k"]
+	if before.Shed != healthview.Sheddable || before.Admit != 0.25 {
+		t.Fatalf("before the failed read: %+v", before)
+	}
+	h.src.err = errors.New("envoy admin unreachable")
+	h.src.stats = map[string]signals.Stats{}
+	v := h.step(time.Second)
+	if r := v.Routes["fast-8k"]; r.Shed != before.Shed || r.Admit != before.Admit {
+		t.Errorf("a failed read moved the level: %+v, was %+v", r, before)
+	}
+	if !v.Backends["fast"].Throttled {
+		t.Error("a failed read ended the throttling")
+	}
+	h.src.err = nil
+	h.src.stats = map[string]signals.Stats{}
+	if r := feed(100, 90).Routes["fast-8k"]; r.Shed != healthview.Sheddable || r.Admit != 0 {
+		t.Errorf("after the failed read: %+v, want the level a step up (every sheddable request refused)", r)
+	}
+}
+
+// The state rule is a floor: auto with three of its four backends OPEN
+// refuses every sheddable request; vision, the last, throttling hard
+// takes standard requests too, and once it stops throttling the level is
+// the state rule's again.
+func TestShedLevelAboveTheStateFloor(t *testing.T) {
+	h := newHarness(t, quickstart(t), nil)
+	var f, fb, l traffic
+	var vision throttling429s
+	step := func(req, tooMany uint64) healthview.Route {
+		h.src.stats["fast"] = f.window("fast", 100, 60)
+		h.src.stats["fast-b"] = fb.window("fast-b", 100, 60)
+		h.src.stats["long"] = l.window("long", 100, 60)
+		h.src.stats["vision"] = vision.stats("vision", req, tooMany)
+		return h.step(time.Second).Routes["auto"]
+	}
+	if r := step(200, 60); r.Shed != healthview.Sheddable || r.Admit != 0 || !strings.Contains(r.Reason, "healthy capacity share 0.25") {
+		t.Fatalf("three of four OPEN: %+v", r)
+	}
+	var r healthview.Route
+	for range 4 {
+		r = step(100, 70)
+	}
+	if r.Shed != healthview.Standard || r.Admit >= 1 || !strings.Contains(r.Reason, "turning requests away") {
+		t.Errorf("vision throttling hard: %+v, want standard refused in part", r)
+	}
+	if r = step(100, 0); r.Shed != healthview.Sheddable || r.Admit != 0 || !strings.Contains(r.Reason, "healthy capacity share") {
+		t.Errorf("vision no longer throttling: %+v, want the state rule's level", r)
+	}
+}
+
+// A handful of 429s is no evidence: with the throttling backends' recent
+// requests under minThrottleRequests, the level does not rise.
+func TestShedLevelHoldsOnFewRequests(t *testing.T) {
+	h := newHarness(t, quickstart(t), nil)
+	var a, b throttling429s
+	for i := range 6 {
+		h.src.stats["fast"] = a.stats("fast", 4, 3)
+		h.src.stats["fast-b"] = b.stats("fast-b", 4, 3)
+		v := h.step(time.Second)
+		if !v.Backends["fast"].Throttled {
+			t.Fatalf("step %d: fast not throttled", i)
+		}
+		if r := v.Routes["fast-8k"]; r.Shed != "" {
+			t.Errorf("step %d: %+v on 8 requests a second", i, r)
+		}
+	}
+}
+
+// Steps are per second, whatever the interval: ten evaluations 100 ms
+// apart move the level as one a second apart.
+func TestShedLevelStepsPerSecond(t *testing.T) {
+	h := newHarness(t, quickstart(t), nil)
+	var a, b throttling429s
+	h.src.stats["fast"] = a.stats("fast", 200, 60)
+	h.src.stats["fast-b"] = b.stats("fast-b", 200, 60)
+	h.step(time.Second)
+	var r healthview.Route
+	for range 10 {
+		h.src.stats["fast"] = a.stats("fast", 40, 36)
+		h.src.stats["fast-b"] = b.stats("fast-b", 40, 36)
+		r = h.step(100 * time.Millisecond).Routes["fast-8k"]
+	}
+	if r.Shed != healthview.Sheddable || math.Abs(r.Admit-0.75) > 0.03 {
+		t.Errorf("after a second of 100 ms evaluations: %+v, want sheddable admitting about 75 %%", r)
+	}
+}
+
+// A backend the policy drops is forgotten: added back, it starts afresh.
+func TestTunerForgetsADroppedBackend(t *testing.T) {
+	tu := newTuner()
+	now := time.Now()
+	s := signals.Stats{Backend: "fast", Span: 30 * time.Second, Requests: 200, TooManyRequests: 120, TotalRequests: 200, TotalTooManyRequests: 120}
+	if on, _ := tu.throttledNow("fast", s, now); !on {
+		t.Fatal("not throttled at 60 %")
+	}
+	tu.forget("fast")
+	if l := tu.load("fast"); l.taken != 1 || l.requests != 0 {
+		t.Errorf("load after forget = %+v", l)
+	}
+	if _, ok := tu.throttled["fast"]; ok {
+		t.Error("throttle record kept")
+	}
+}
+
+// After an overload the route may be quiet because it sheds: throttling
+// backends that get nothing keep their throttling (no clean run), and
+// their want of requests must not keep the level up.
+func TestShedLevelFallsWhenTheRouteGoesQuiet(t *testing.T) {
+	h := newHarness(t, quickstart(t), nil)
+	var a, b throttling429s
+	feed := func(req, tooMany uint64) healthview.Route {
+		h.src.stats["fast"] = a.stats("fast", req, tooMany)
+		h.src.stats["fast-b"] = b.stats("fast-b", req, tooMany)
+		return h.step(time.Second).Routes["fast-8k"]
+	}
+	feed(200, 60)
+	var r healthview.Route
+	for range 8 {
+		r = feed(100, 90)
+	}
+	if r.Shed != healthview.Standard || r.Admit != 0 {
+		t.Fatalf("overload: %+v, want every standard request refused", r)
+	}
+	steps := 0
+	for r.Shed != "" && steps < 20 {
+		r = feed(0, 0)
+		steps++
+		if !h.pub.Current().Backends["fast"].Throttled {
+			t.Fatal("throttling ended without a clean run")
+		}
+	}
+	// Four seconds for the recent requests to fade under the minimum,
+	// then eight quarter steps.
+	if r.Shed != "" || steps > 12 {
+		t.Errorf("quiet route: %+v after %d evaluations, want nothing shed within 12", r, steps)
+	}
+}

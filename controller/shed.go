@@ -15,13 +15,16 @@ const (
 	// sheddable requests. Half: losing half of a route's capacity is when
 	// the rest is likely to be overrun by the whole demand.
 	shedBelow = 0.5
-	// While a route's backends throttle, its shed level moves each
-	// evaluation on the share of requests its live backends take: up by
-	// shedStep while it is under shedBelow, down by shedStep while it is
-	// over shedEase, by shedClearStep over shedClear (the overload has
-	// passed: give capacity back at once).
-	// Between shedBelow and shedEase it holds: shedding is what brought
-	// the share up, so the share alone cannot say it is no longer needed.
+	// While a route's backends throttle, its shed level moves on the
+	// share of requests its live backends take: up by shedStep a second
+	// while it is under shedBelow, down by shedStep a second while it is
+	// over shedEase, by shedClearStep a second over shedClear (the
+	// overload has passed: a whole level a second). Between shedBelow and
+	// shedEase it holds: shedding is what brought the share up, so the
+	// share alone cannot say it is no longer needed. With the throttling
+	// backends' recent requests fewer than minThrottleRequests (a 429 or
+	// two is no evidence) it only goes down, by shedStep a second; it
+	// holds when a read of the signals brought nothing new.
 	shedStep      = 0.25
 	shedEase      = 0.6
 	shedClear     = 0.9
@@ -71,6 +74,7 @@ func targets(p *policy.Policy) map[string][]string {
 // shed level between evaluations.
 type shedder struct {
 	level map[string]float64
+	last  time.Time // the previous evaluation
 }
 
 func newShedder() *shedder { return &shedder{level: map[string]float64{}} }
@@ -87,12 +91,19 @@ func newShedder() *shedder { return &shedder{level: map[string]float64{}} }
 //     first, then standard ones, never critical ones; a fraction of the
 //     priority at the edge is admitted (Route.Admit). Capacity lost to
 //     failures is left out of that share: a route with one backend OPEN
-//     and the other turning away a few requests is not overloaded.
+//     and the other turning away a few requests is not overloaded. The
+//     throttling over (tuner.throttledNow), the level is the state rule's.
 //
-// taken holds, for each throttling backend, the share of its recent
-// requests it did not answer with 429; backends not in it are not
-// throttling.
-func (s *shedder) shed(p *policy.Policy, now time.Time, st map[string]health.Status, taken map[string]float64) map[string]healthview.Route {
+// loads holds the recent traffic of each throttling backend; backends
+// not in it are not throttling.
+func (s *shedder) shed(p *policy.Policy, now time.Time, st map[string]health.Status, loads map[string]load) map[string]healthview.Route {
+	// Steps are per second, whatever the interval; the first evaluation
+	// counts as one second.
+	secs := 1.0
+	if !s.last.IsZero() {
+		secs = min(max(now.Sub(s.last).Seconds(), 0), 10)
+	}
+	s.last = now
 	out := map[string]healthview.Route{}
 	all := targets(p)
 	for name := range s.level {
@@ -101,17 +112,22 @@ func (s *shedder) shed(p *policy.Policy, now time.Time, st map[string]health.Sta
 		}
 	}
 	for name, backends := range all {
-		total, byState, open, throttling := 0.0, 0.0, 0, false
+		if len(backends) == 0 {
+			continue // policy validation forbids it; no share to divide
+		}
+		total, byState, requests, open, throttling, stale := 0.0, 0.0, 0.0, 0, false, false
 		var retryAt time.Time
 		for _, b := range backends {
-			t, ok := taken[b]
+			l, ok := loads[b]
 			if ok {
 				throttling = true
+				requests += l.requests
+				stale = stale || l.stale
 			} else {
-				t = 1
+				l.taken = 1
 			}
 			bs := st[b]
-			total += shareOf(bs.State, t)
+			total += shareOf(bs.State, l.taken)
 			byState += shareOf(bs.State, 1)
 			if bs.State == health.Open {
 				open++
@@ -120,23 +136,33 @@ func (s *shedder) shed(p *policy.Policy, now time.Time, st map[string]health.Sta
 				}
 			}
 		}
-		r := healthview.Route{HealthyShare: total / float64(len(backends))}
+		n := float64(len(backends))
+		r := healthview.Route{HealthyShare: total / n}
 		floor := 0.0
-		if byState/float64(len(backends)) < shedBelow {
+		if byState/n < shedBelow {
 			floor = levelSheddable
 		}
 		level := s.level[name]
-		if throttling && byState > 0 {
-			switch load := total / byState; {
-			case load < shedBelow:
-				level += shedStep
-			case load > shedClear:
-				level -= shedClearStep
-			case load > shedEase:
-				level -= shedStep
-			}
-		} else {
+		switch {
+		case !throttling || byState == 0:
 			level = floor
+		case stale:
+			// Nothing new: holds.
+		case requests < minThrottleRequests:
+			// Too few requests to tell: never up on a 429 or two, but
+			// down, as when they take most: the route may be quiet
+			// because it sheds (after an overload, throttling backends
+			// that get nothing stay throttled, having no clean run).
+			level -= shedStep * secs
+		default:
+			switch taken := total / byState; {
+			case taken < shedBelow:
+				level += shedStep * secs
+			case taken > shedClear:
+				level -= shedClearStep * secs
+			case taken > shedEase:
+				level -= shedStep * secs
+			}
 		}
 		level = min(max(level, floor), levelStandard)
 		s.level[name] = level
@@ -155,7 +181,7 @@ func (s *shedder) shed(p *policy.Policy, now time.Time, st map[string]health.Sta
 			if level > floor {
 				r.Reason = fmt.Sprintf("backends turning requests away: they take %.0f%% of them", 100*total/byState)
 			} else {
-				r.Reason = fmt.Sprintf("healthy capacity share %.2f < %.2f", byState/float64(len(backends)), shedBelow)
+				r.Reason = fmt.Sprintf("healthy capacity share %.2f < %.2f", byState/n, shedBelow)
 			}
 			if r.Admit > 0 {
 				r.Reason += fmt.Sprintf("; admitting %.0f%% of %s requests", 100*r.Admit, r.Shed)

@@ -49,11 +49,10 @@ const (
 	throttleEnter, throttleLeave = 0.10, 0.02
 	minThrottleRequests          = 20
 	cleanRunToLeave              = 10
-	// recentDecay: how much of the recent 429 counts each evaluation
-	// keeps (0.5: half-life of one evaluation). Shedding reads the recent
-	// share, not the window's, so it follows demand within seconds both
-	// ways.
-	recentDecay = 0.5
+	// recentHalfLife: the recent request and 429 counts lose half their
+	// weight in this time. Shedding reads the recent share, not the
+	// window's, so it follows demand within seconds both ways.
+	recentHalfLife = time.Second
 	// minHostRequests before an endpoint's error rate moves its weight;
 	// weightStep: a weight is pushed again only when it moves this much.
 	minHostRequests = 20
@@ -80,17 +79,27 @@ type throttle struct {
 	requests, tooMany uint64
 	clean             uint64
 	// recentReq, recent429: the requests and 429s of the last few
-	// evaluations, older ones decayed by recentDecay.
+	// seconds, older ones decayed (recentHalfLife), as of at.
 	recentReq, recent429 float64
+	at                   time.Time
+	why                  string
+	fresh                bool // updated by the last evaluation's read
 }
 
-// taken is the share of its recent requests a backend did not answer
-// with 429 (1 with none yet).
-func (th *throttle) taken() float64 {
+// load is a throttling backend's recent traffic, for shedding.
+type load struct {
+	// taken is the share of its recent requests it did not answer with
+	// 429; requests is how many (decayed) that share is over; stale: the
+	// last read brought nothing new.
+	taken, requests float64
+	stale           bool
+}
+
+func (th *throttle) load() load {
 	if th == nil || th.recentReq < 1 {
-		return 1
+		return load{taken: 1, stale: th != nil && !th.fresh}
 	}
-	return 1 - th.recent429/th.recentReq
+	return load{taken: min(max(1-th.recent429/th.recentReq, 0), 1), requests: th.recentReq, stale: !th.fresh}
 }
 
 func newTuner() *tuner {
@@ -261,7 +270,7 @@ func (t *tuner) tuneFirstToken(p *policy.Policy, in []backendInput, c *xds.Contr
 }
 
 // throttledNow updates and reports whether a backend counts as throttled.
-func (t *tuner) throttledNow(name string, s signals.Stats) (bool, string) {
+func (t *tuner) throttledNow(name string, s signals.Stats, now time.Time) (bool, string) {
 	share := 0.0
 	if s.Requests > 0 {
 		share = float64(s.TooManyRequests) / float64(s.Requests)
@@ -271,6 +280,14 @@ func (t *tuner) throttledNow(name string, s signals.Stats) (bool, string) {
 		th = &throttle{}
 		t.throttled[name] = th
 	}
+	if s.Stale || th.seen && s.TotalRequests == 0 && s.Requests == 0 {
+		// No fresh read (the source failed, or the backend left the
+		// scrape): what was known stands. Read as news, empty stats would
+		// end the throttling and reset the recent counts.
+		th.fresh = false
+		return th.on, th.why
+	}
+	th.fresh = true
 	// New 429s since the last evaluation; unknown at first sight or
 	// when the totals restarted.
 	known := th.seen && s.TotalRequests >= th.requests && s.TotalTooManyRequests >= th.tooMany
@@ -280,12 +297,18 @@ func (t *tuner) throttledNow(name string, s signals.Stats) (bool, string) {
 	}
 	th.seen, th.requests, th.tooMany = true, s.TotalRequests, s.TotalTooManyRequests
 	if known {
-		th.recentReq = th.recentReq*recentDecay + float64(newReq)
-		th.recent429 = th.recent429*recentDecay + float64(new429)
+		keep := math.Exp2(-now.Sub(th.at).Seconds() / recentHalfLife.Seconds())
+		th.recentReq = th.recentReq*keep + float64(newReq)
+		th.recent429 = th.recent429*keep + float64(new429)
+	} else if s.Span > 0 {
+		// Nothing recent to go on: the window stands in, at the weight
+		// steady traffic at its rate would have in the recent counts.
+		scale := recentHalfLife.Seconds() / math.Ln2 / s.Span.Seconds()
+		th.recentReq, th.recent429 = float64(s.Requests)*scale, float64(s.TooManyRequests)*scale
 	} else {
-		// Nothing recent to go on: the window stands in.
-		th.recentReq, th.recent429 = float64(s.Requests), float64(s.TooManyRequests)
+		th.recentReq, th.recent429 = 0, 0
 	}
+	th.at = now
 	if new429 > 0 {
 		th.clean = 0
 	} else {
@@ -297,15 +320,22 @@ func (t *tuner) throttledNow(name string, s signals.Stats) (bool, string) {
 	case th.on && (share < throttleLeave || th.clean >= cleanRunToLeave):
 		th.on = false
 	}
+	th.why = ""
 	if th.on {
-		return true, fmt.Sprintf("throttling: %d of %d requests answered 429 (%.0f%%) over %v, %.0f%% lately", s.TooManyRequests, s.Requests, 100*share, s.Span.Round(time.Second), 100*(1-th.taken()))
+		th.why = fmt.Sprintf("throttling: %d of %d requests answered 429 (%.0f%%) over %v, %.0f%% lately", s.TooManyRequests, s.Requests, 100*share, s.Span.Round(time.Second), 100*(1-th.load().taken))
 	}
-	return false, ""
+	return th.on, th.why
 }
 
-// taken is the share of a backend's recent requests it did not answer
-// with 429 (1 with none yet).
-func (t *tuner) taken(name string) float64 { return t.throttled[name].taken() }
+// load is a backend's recent traffic (taken 1 with none yet).
+func (t *tuner) load(name string) load { return t.throttled[name].load() }
+
+// forget drops what the tuner knows of a backend the policy no longer has.
+func (t *tuner) forget(name string) {
+	delete(t.throttled, name)
+	delete(t.maxRequests, name)
+	delete(t.weights, name)
+}
 
 func edsHealth(s health.State) corev3.HealthStatus {
 	switch s {

@@ -1,6 +1,7 @@
 package extproc
 
 import (
+	"sync"
 	"sync/atomic"
 
 	"github.com/detourhq/detour/healthview"
@@ -32,7 +33,7 @@ type healthState struct {
 	src    HealthSource
 	cache  atomic.Pointer[healthRanks]
 	trials atomic.Uint64
-	draws  atomic.Uint64 // shedding's draws (healthview.Draw)
+	draws  sync.Map // route → *atomic.Uint64: shedding's draws (healthview.Draw)
 	local  *demotions
 }
 
@@ -91,5 +92,13 @@ func buildRanks(v *healthview.Snapshot, r *route.Router) *healthRanks {
 // priorityOf validates a priority header value; "" is none.
 func priorityOf(v string) (string, bool) { return v, healthview.ValidPriority(v) }
 
-// draw is the next shedding draw.
-func (h *healthState) draw() float64 { return healthview.Draw(h.draws.Add(1)) }
+// draw is the route's next shedding draw. Each route has its own
+// sequence, so that its requests get its admitted share however other
+// routes' requests interleave.
+func (h *healthState) draw(route string) float64 {
+	c, ok := h.draws.Load(route)
+	if !ok {
+		c, _ = h.draws.LoadOrStore(route, new(atomic.Uint64))
+	}
+	return healthview.Draw(c.(*atomic.Uint64).Add(1))
+}

@@ -156,3 +156,31 @@ func TestShedAFraction(t *testing.T) {
 		}
 	}
 }
+
+// Each route draws from its own sequence: interleaved with another
+// route's requests, a route still admits its share of any run.
+func TestShedAFractionPerRoute(t *testing.T) {
+	src := &fixedView{v: viewOf(1, map[string]string{"fast": healthview.Healthy}, map[string]healthview.Route{
+		"fast-8k": {Shed: healthview.Standard, Admit: 0.25, RetryAfter: 2},
+		"auto":    {Shed: healthview.Standard, Admit: 0.75, RetryAfter: 2},
+	})}
+	h := newHarnessConfig(t, Config{Policy: quickstart(t, ""), Health: src})
+	routed := map[string]int{}
+	for i := range 80 {
+		target := "fast-8k"
+		if i%5 != 0 { // four of every five requests go to auto
+			target = "auto"
+		}
+		c := post("/v1/chat/completions", chat(target, "hello", nil))
+		c.headers = map[string]string{HeaderPriority: "standard"}
+		if h.do(t, c).routed != nil {
+			routed[target]++
+		}
+	}
+	if d := routed["fast-8k"] - 4; d < -1 || d > 1 {
+		t.Errorf("fast-8k: %d of 16 routed, want 4 ± 1", routed["fast-8k"])
+	}
+	if d := routed["auto"] - 48; d < -1 || d > 1 {
+		t.Errorf("auto: %d of 64 routed, want 48 ± 1", routed["auto"])
+	}
+}

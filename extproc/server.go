@@ -460,7 +460,11 @@ func (s *Server) route(ctx context.Context, st *state, w *work) *extprocv3.Proce
 			if prio == "" {
 				prio = policy.PriorityStandard
 			}
-			if rt.Refuses(prio, s.health.draw()) {
+			draw := 0.0
+			if rt.AtEdge(prio) {
+				draw = s.health.draw(w.dec.Target)
+			}
+			if rt.Refuses(prio, draw) {
 				s.metrics.Shed.WithLabelValues(w.dec.Target, prio).Inc()
 				return s.shed(w, route.ErrShed(w.dec.Target, prio, rt.Reason), rt.RetryAfter)
 			}

@@ -153,9 +153,7 @@ type Route struct {
 // [0, 1), decides for the priority Admit applies to (see Draw). Unknown
 // priorities count as standard.
 func (r Route) Refuses(prio string, draw float64) bool {
-	if prio != Critical && prio != Sheddable {
-		prio = Standard
-	}
+	prio = known(prio)
 	switch {
 	case r.Shed == "" || prio == Critical:
 		return false
@@ -167,9 +165,24 @@ func (r Route) Refuses(prio string, draw float64) bool {
 	return r.Shed == Standard
 }
 
+// AtEdge reports whether requests of priority prio are admitted in part
+// (Admit): those need a draw, from a sequence of the route's own.
+func (r Route) AtEdge(prio string) bool {
+	return r.Admit > 0 && r.Shed != "" && known(prio) == r.Shed
+}
+
+// known maps unknown priorities to standard.
+func known(prio string) string {
+	if prio != Critical && prio != Sheddable {
+		return Standard
+	}
+	return prio
+}
+
 // Draw is the n-th of a sequence spread evenly over [0, 1) (multiples of
-// the golden ratio's fraction): a counter turned into Refuses's draw
-// admits Admit of the requests in any run of them, not only on average.
+// the golden ratio's fraction): a counter of a route's edge requests
+// turned into Refuses's draws admits Admit of any run of them, not only
+// on average.
 func Draw(n uint64) float64 {
 	const phi = 0.6180339887498949
 	_, f := math.Modf(float64(n%(1<<32)) * phi)

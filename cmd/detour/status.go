@@ -101,9 +101,6 @@ func printStatus(w io.Writer, v *healthview.Snapshot, verbose bool, now time.Tim
 		case healthview.Standard:
 			sheds = "standard, sheddable"
 		}
-		if r.Shed != "" && r.Admit > 0 {
-			sheds += fmt.Sprintf(" (%.0f%% of %s admitted)", 100*r.Admit, r.Shed)
-		}
 		fmt.Fprintf(tw, "%s\t%.2f\t%s\t%s\n", n, r.HealthyShare, sheds, r.Reason)
 	}
 	tw.Flush()

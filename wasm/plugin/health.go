@@ -93,8 +93,8 @@ type health struct {
 	view    *healthView // nil: none received yet (every backend healthy)
 	pending bool        // a call is outstanding
 	trials  uint64
-	draws   uint64 // shedding's draws (healthview.Draw)
-	failing bool   // the last call failed (logged once per streak)
+	draws   map[string]uint64 // by route: shedding's draws (healthview.Draw)
+	failing bool              // the last call failed (logged once per streak)
 	// scratch is handed to each decision: the VM runs one callback at a
 	// time and DecideHealth keeps no reference, so streams need no copy.
 	scratch route.Health
@@ -268,8 +268,12 @@ func headerValue(h [][2]string, k string) (string, bool) {
 	return "", false
 }
 
-// draw is the next shedding draw.
-func (h *health) draw() float64 {
-	h.draws++
-	return healthview.Draw(h.draws)
+// draw is the route's next shedding draw, from a sequence of its own
+// (as extproc's healthState.draw).
+func (h *health) draw(route string) float64 {
+	if h.draws == nil {
+		h.draws = map[string]uint64{}
+	}
+	h.draws[route]++
+	return healthview.Draw(h.draws[route])
 }

@@ -98,7 +98,11 @@ func (s *routerStream) OnHttpRequestBody(size int, endOfStream bool) (a types.Ac
 		if prio == "" {
 			prio = healthview.Standard
 		}
-		if rt.Refuses(prio, s.p.health.draw()) {
+		draw := 0.0
+		if rt.AtEdge(prio) {
+			draw = s.p.health.draw(s.dec.Target)
+		}
+		if rt.Refuses(prio, draw) {
 			return s.shed(route.ErrShed(s.dec.Target, prio, rt.Reason), rt.RetryAfter)
 		}
 	}
