@@ -144,8 +144,9 @@ type Route struct {
 	// RetryAfter is what refused clients are told to wait, in seconds.
 	RetryAfter int `json:"retry_after,omitempty"`
 	// HealthyShare is the route's healthy capacity share (HEALTHY 1,
-	// DEGRADED ½, HALF_OPEN ¼, OPEN 0, a throttling backend at most the
-	// share of its requests it takes; averaged over its backends).
+	// DEGRADED ½, HALF_OPEN ¼, OPEN 0, a throttling backend's weight times
+	// the share of its recent requests it takes; averaged over its
+	// backends).
 	HealthyShare float64 `json:"healthy_share"`
 }
 
