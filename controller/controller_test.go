@@ -991,13 +991,10 @@ func TestShedLevelFollowsRecent429s(t *testing.T) {
 		{100, 1, "", 0},
 		{100, 0, "", 0}, // a clean run: no longer throttling
 	}
-	var total, total429 uint64
+	var a, b throttling429s
 	for i, step := range steps {
-		total, total429 = total+step.req, total429+step.tooMany
-		for _, b := range []string{"fast", "fast-b"} {
-			h.src.stats[b] = signals.Stats{Backend: b, Span: 30 * time.Second, Requests: 200, TooManyRequests: 60,
-				TotalRequests: total, TotalTooManyRequests: total429}
-		}
+		h.src.stats["fast"] = a.stats("fast", step.req, step.tooMany)
+		h.src.stats["fast-b"] = b.stats("fast-b", step.req, step.tooMany)
 		v := h.step(time.Second)
 		if throttled := v.Backends["fast"].Throttled; throttled != (i < len(steps)-1) {
 			t.Errorf("step %d: fast throttled %v", i, throttled)
@@ -1022,16 +1019,14 @@ func TestShedLevelFollowsRecent429s(t *testing.T) {
 func TestShedLevelLeavesOutLostCapacity(t *testing.T) {
 	h := newHarness(t, quickstart(t), nil)
 	var a traffic
-	var total, total429 uint64
+	var fb throttling429s
 	for i := range 10 {
 		h.src.stats["fast"] = a.window("fast", 100, 60)
 		share := uint64(30)
 		if i >= 5 {
 			share = 60
 		}
-		total, total429 = total+100, total429+share
-		h.src.stats["fast-b"] = signals.Stats{Backend: "fast-b", Span: 30 * time.Second, Requests: 200, TooManyRequests: 60,
-			TotalRequests: total, TotalTooManyRequests: total429}
+		h.src.stats["fast-b"] = fb.stats("fast-b", 100, share)
 		v := h.step(time.Second)
 		if st := v.Backends["fast"].State; st != healthview.Open {
 			t.Fatalf("step %d: fast %s, want OPEN", i, st)
