@@ -53,7 +53,7 @@ func TestControllerBrownout(t *testing.T) {
 	// A degraded backend keeps a trickle of trial requests (trial_share,
 	// 5 % by default; each failed one is retried on the next backend), so
 	// the traffic has moved when fast's share is down to that.
-	shifted, ok := tl.shiftedAt("fast", faultAt, clearAt, trialShare)
+	shifted, ok := tl.shiftedAt("fast", faultAt, clearAt, trialShare, 1)
 	if !ok {
 		t.Errorf("fast's traffic never fell to the %v%% trial share during the fault", 100*trialShare)
 	}
@@ -107,7 +107,7 @@ func TestControllerSlowBackend(t *testing.T) {
 	if !ok {
 		t.Fatalf("fast stayed HEALTHY: %v", tl.transitions("fast"))
 	}
-	shifted, ok := tl.shiftedAt("fast", faultAt, clearAt, trialShare)
+	shifted, ok := tl.shiftedAt("fast", faultAt, clearAt, trialShare, 1)
 	if !ok {
 		t.Errorf("fast's traffic never fell to the %v%% trial share", 100*trialShare)
 	}
@@ -178,7 +178,7 @@ func TestControllerThrottleStorm(t *testing.T) {
 	if !ok {
 		t.Fatalf("fast never marked throttled: %v", tl.transitions("fast"))
 	}
-	shifted, ok := tl.shiftedAt("fast", faultAt, clearAt, trialShare)
+	shifted, ok := tl.shiftedAt("fast", faultAt, clearAt, trialShare, 1)
 	if !ok {
 		t.Errorf("fast's traffic never fell to the %v%% trial share", 100*trialShare)
 	}

@@ -30,3 +30,15 @@ func (tl *timeline) dump(backend string) string {
 	}
 	return b.String()
 }
+
+// offenders lists the requests started in [from, until) that count
+// against backend's share in shiftedAt: served by it, or retried.
+func (tl *timeline) offenders(backend string, from, until time.Duration) string {
+	var b strings.Builder
+	for _, o := range tl.outcomes {
+		if o.at >= from && o.at < until && (o.backend == backend || o.attempts > 1) {
+			fmt.Fprintf(&b, "%7.2fs served by %s after %d attempt(s)\n", o.at.Seconds(), o.backend, o.attempts)
+		}
+	}
+	return b.String()
+}

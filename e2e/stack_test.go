@@ -31,6 +31,10 @@ import (
 	"github.com/detourhq/detour/wasm/wasmtest"
 )
 
+// envoyWorkers is the stack's Envoy worker threads: in wasm mode each
+// runs its own VM, with its own counters.
+const envoyWorkers = 2
+
 // Binaries the suite runs, found once in TestMain.
 var (
 	detourBin  string
@@ -425,7 +429,7 @@ func (s *stack) startEnvoy() {
 	}
 	s.envLog = &bytes.Buffer{}
 	p, err := envoy.Start(context.Background(), envoy.Options{
-		Bin: envoyBin, ConfigPath: cfg, AdminAddr: s.AdminAddr, Concurrency: 2,
+		Bin: envoyBin, ConfigPath: cfg, AdminAddr: s.AdminAddr, Concurrency: envoyWorkers,
 		Stdout: syncWriter(s.envLog), Stderr: syncWriter(s.envLog),
 	})
 	if err != nil {

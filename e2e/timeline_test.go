@@ -204,13 +204,18 @@ func (tl *timeline) firstState(backend, state string, from time.Duration) (time.
 
 // shiftedAt is the start of the first 1 s window (sliding by 100 ms)
 // after from, from which on the share of client requests that went to
-// backend stays at or under maxShare (plus one request) in every window
-// until until. A
+// backend stays at or under maxShare in every window until until. A
 // request went to backend when backend answered it, or when it took more
 // than one attempt (the tests fault only that backend, so a retried
 // request tried it first). Client requests are timed when they start;
 // a provider's own counters are not, a slow one counts its requests late.
-func (tl *timeline) shiftedAt(backend string, from, until time.Duration, maxShare float64) (time.Duration, bool) {
+//
+// counters is how many trial counters pick the backend's requests: one
+// in ext_proc (shared), one per Envoy worker in the wasm plugin (a VM
+// each). Each counter picks one in 1/maxShare of the requests it sees,
+// so n requests hold at most floor(n*maxShare) + counters picks: a
+// window may catch each counter's next pick early.
+func (tl *timeline) shiftedAt(backend string, from, until time.Duration, maxShare float64, counters int) (time.Duration, bool) {
 	const step, width = 100 * time.Millisecond, time.Second
 	ok := func(at time.Duration) bool {
 		var mine, all int
@@ -222,8 +227,7 @@ func (tl *timeline) shiftedAt(backend string, from, until time.Duration, maxShar
 				}
 			}
 		}
-		// One request of slack: a window's edge can catch one more.
-		return mine <= int(maxShare*float64(all))+1
+		return mine <= int(maxShare*float64(all))+counters
 	}
 	for at := from; at+width <= until; at += step {
 		good := true

@@ -45,11 +45,11 @@ func TestWasmHealthBrownout(t *testing.T) {
 	// Before the plugin followed the view, wasm mode kept sending fast its
 	// full share (Envoy's EDS health does not choose between clusters):
 	// falling to the trial share is the plugin's doing.
-	shifted, ok := tl.shiftedAt("fast", faultAt, clearAt, trialShare)
+	shifted, ok := tl.shiftedAt("fast", faultAt, clearAt, trialShare, envoyWorkers)
 	if !ok {
 		t.Errorf("fast's traffic never fell to the %v%% trial share during the fault:\n%s", 100*trialShare, tl.dump("fast"))
 	} else if shifted-degraded > 2*time.Second {
-		t.Errorf("traffic moved %v after fast went DEGRADED, want within 2 s", shifted-degraded)
+		t.Errorf("traffic moved %v after fast went DEGRADED, want within 2 s; requests that counted against fast:\n%s", shifted-degraded, tl.offenders("fast", faultAt, clearAt))
 	}
 	t.Logf("DEGRADED %v after the fault; traffic off fast %v after the fault (%v after DEGRADED, states sampled every 100 ms); %.2f attempts per request during the fault",
 		(degraded - faultAt).Round(10*time.Millisecond), (shifted - faultAt).Round(10*time.Millisecond),
