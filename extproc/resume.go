@@ -165,9 +165,8 @@ type resumer struct {
 	backend string // the backend answering (response header)
 	mode    watchMode
 	t       answerTracker // follow: the answer so far
-	// hold: whether the headers are held, and the chunks Envoy keeps
-	// until detour answers them.
-	holding    bool
+	// hold: the chunks Envoy keeps until detour answers them (the
+	// headers are held from the moment mode is hold until release).
 	heldChunks int
 	heldBytes  int
 	// lastToken is when the last chunk arrived.
@@ -271,7 +270,7 @@ func (s *Server) serveResume(stream extprocv3.ExternalProcessor_ProcessServer, s
 			if err != nil || end {
 				return err
 			}
-			if redo != nil && !r.holding {
+			if redo != nil && r.mode != hold {
 				// Let go (too large to hold) while being asked again: its
 				// headers are gone, so it can no longer be replaced.
 				cancelMove()
@@ -279,7 +278,7 @@ func (s *Server) serveResume(stream extprocv3.ExternalProcessor_ProcessServer, s
 			}
 			switch {
 			case r.mode == follow && r.t.started() && !r.t.done,
-				r.holding && redo == nil:
+				r.mode == hold && redo == nil:
 				stall.Reset(st.resume.stall)
 			}
 		case <-stall.C:
@@ -348,7 +347,6 @@ func (r *resumer) handle(m *extprocv3.ProcessingRequest) (end bool, err error) {
 		r.readResponseHeaders(v.ResponseHeaders)
 		if r.mode == hold && !v.ResponseHeaders.EndOfStream {
 			// Held: answered when the body ends (release).
-			r.holding = true
 			return false, nil
 		}
 		return v.ResponseHeaders.EndOfStream, r.send(passiveHeaders())
@@ -357,13 +355,12 @@ func (r *resumer) handle(m *extprocv3.ProcessingRequest) (end bool, err error) {
 		if !r.stream {
 			// STREAMED: Envoy keeps each chunk until detour answers it, so
 			// detour only counts them.
-			if !r.holding {
+			if r.mode != hold {
 				return b.EndOfStream, r.send(passBody())
 			}
 			r.heldChunks++
 			r.heldBytes += len(b.Body)
 			if b.EndOfStream || r.heldBytes > r.st.resume.maxHeld {
-				r.mode = passThrough
 				return b.EndOfStream, r.release()
 			}
 			return false, nil
@@ -381,9 +378,9 @@ func (r *resumer) handle(m *extprocv3.ProcessingRequest) (end bool, err error) {
 }
 
 // release lets a held whole answer go: its headers, then each chunk
-// Envoy kept, all unchanged.
+// Envoy kept, all unchanged; the rest of the answer passes.
 func (r *resumer) release() error {
-	r.holding = false
+	r.mode = passThrough
 	if err := r.send(passiveHeaders()); err != nil {
 		return err
 	}
