@@ -27,13 +27,24 @@ const controllerYAML = `controller:
   cool_down: 3s
 probes: {disabled: true}`
 
+// brownoutControllerYAML is controllerYAML with cool-downs doubling to 6 s
+// at most: a brownout fails some trials of each HALF_OPEN, and a
+// cool-down doubled to 24 s just before the fault ends would outlast the
+// test's load.
+const brownoutControllerYAML = `controller:
+  interval: 500ms
+  dwell: 2s
+  cool_down: 3s
+  max_cool_down: 6s
+probes: {disabled: true}`
+
 // Brownout: a backend failing 30 % of its requests. Its first errors make
 // it DEGRADED, which moves its traffic at once; the trickle of trial
 // requests it keeps getting opens it within the breaker window; no client
 // request fails; once it recovers it returns to HEALTHY (through
 // HALF_OPEN when it was opened).
 func TestControllerBrownout(t *testing.T) {
-	s := startStack(t, stackOptions{Controller: controllerYAML})
+	s := startStack(t, stackOptions{Controller: brownoutControllerYAML})
 	var faultAt, clearAt time.Duration
 	tl := runTimeline(t, s, 45*time.Second, []load{{rate: 40, body: chat("auto", nil, user("hello"))}}, func(tl *timeline) {
 		faultAt, clearAt = tl.fault("fast", brownout, 3*time.Second, 25*time.Second)

@@ -113,14 +113,15 @@ func waitUntil(t *testing.T, what string, within time.Duration, cond func() bool
 	}
 }
 
-// sourceControllerYAML is controllerYAML with an explicit signal source
-// and stale_after (10 s: well above Prometheus's 1 s scrape interval plus
-// its lag, so a scrape in flight never reads as stale).
+// sourceControllerYAML is brownoutControllerYAML with an explicit signal
+// source and stale_after (10 s: well above Prometheus's 1 s scrape
+// interval plus its lag, so a scrape in flight never reads as stale).
 func sourceControllerYAML(source, promURL string) string {
 	y := `controller:
   interval: 500ms
   dwell: 2s
   cool_down: 3s
+  max_cool_down: 6s
   stale_after: 10s
   source: ` + source
 	if promURL != "" {
