@@ -90,9 +90,9 @@ func TestJoinExistingEnvoy(t *testing.T) {
 	if err := envoy.Validate(context.Background(), envoyBin, path); err != nil {
 		t.Fatalf("the assembled user config: %v", err)
 	}
-	var log strings.Builder
+	var log logBuffer
 	p, err := envoy.Start(context.Background(), envoy.Options{Bin: envoyBin, ConfigPath: path, AdminAddr: admin,
-		Concurrency: 1, Stdout: syncWriter(&log), Stderr: syncWriter(&log)})
+		Concurrency: 1, Stdout: &log, Stderr: &log})
 	if err != nil {
 		t.Fatal(err)
 	}

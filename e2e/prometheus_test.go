@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -62,10 +61,10 @@ func startPrometheus(t *testing.T, bin, listen, admin string) {
 	if err := os.WriteFile(cfg, fmt.Appendf(nil, e2ePromConfig, signals.StatsFilter, admin), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	var out bytes.Buffer
+	var out logBuffer
 	cmd := exec.Command(bin, "--config.file="+cfg, "--storage.tsdb.path="+filepath.Join(dir, "tsdb"),
 		"--web.listen-address="+listen, "--log.level=warn")
-	cmd.Stdout, cmd.Stderr = syncWriter(&out), syncWriter(&out)
+	cmd.Stdout, cmd.Stderr = &out, &out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", bin, err)

@@ -22,10 +22,10 @@ import (
 // on its own addresses, with the stack's policy.
 func (s *stack) StartReplica(i int) {
 	s.t.Helper()
-	var log bytes.Buffer
+	var log logBuffer
 	cmd := exec.Command(detourBin, "extproc", "--policy", s.policyPath, "--log-level", "debug",
 		"--listen", s.ReplicaAddrs[i], "--metrics", s.ReplicaMetrics[i])
-	cmd.Stdout, cmd.Stderr = syncWriter(&log), syncWriter(&log)
+	cmd.Stdout, cmd.Stderr = &log, &log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		s.t.Fatal(err)

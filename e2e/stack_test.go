@@ -173,11 +173,11 @@ type stack struct {
 
 	mu      sync.Mutex
 	extproc *exec.Cmd
-	extLog  *bytes.Buffer
+	extLog  *logBuffer
 	xds     *exec.Cmd
-	xdsLog  *bytes.Buffer
+	xdsLog  *logBuffer
 	envoy   *envoy.Process
-	envLog  *bytes.Buffer
+	envLog  *logBuffer
 }
 
 var policyTmpl = template.Must(template.New("p").Parse(`version: 1
@@ -351,9 +351,9 @@ func (s *stack) StartXDS() {
 	s.t.Helper()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.xdsLog = &bytes.Buffer{}
+	s.xdsLog = &logBuffer{}
 	cmd := exec.Command(detourBin, "xds", "--policy", s.policyPath, "--log-level", "debug")
-	cmd.Stdout, cmd.Stderr = syncWriter(s.xdsLog), syncWriter(s.xdsLog)
+	cmd.Stdout, cmd.Stderr = s.xdsLog, s.xdsLog
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		s.t.Fatal(err)
@@ -379,9 +379,9 @@ func (s *stack) StartExtProc() {
 	s.t.Helper()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.extLog = &bytes.Buffer{}
+	s.extLog = &logBuffer{}
 	cmd := exec.Command(detourBin, "extproc", "--policy", s.policyPath, "--log-level", "debug")
-	cmd.Stdout, cmd.Stderr = syncWriter(s.extLog), syncWriter(s.extLog)
+	cmd.Stdout, cmd.Stderr = s.extLog, s.extLog
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		s.t.Fatal(err)
@@ -427,10 +427,10 @@ func (s *stack) startEnvoy() {
 	if err := os.WriteFile(cfg, out, 0o644); err != nil {
 		s.t.Fatal(err)
 	}
-	s.envLog = &bytes.Buffer{}
+	s.envLog = &logBuffer{}
 	p, err := envoy.Start(context.Background(), envoy.Options{
 		Bin: envoyBin, ConfigPath: cfg, AdminAddr: s.AdminAddr, Concurrency: envoyWorkers,
-		Stdout: syncWriter(s.envLog), Stderr: syncWriter(s.envLog),
+		Stdout: s.envLog, Stderr: s.envLog,
 	})
 	if err != nil {
 		s.t.Fatal(err)
@@ -595,7 +595,7 @@ func (s *portSet) claim(port int) bool {
 
 var handedOut portSet
 
-func waitTCP(t testing.TB, addr string, timeout time.Duration, log *bytes.Buffer) {
+func waitTCP(t testing.TB, addr string, timeout time.Duration, log *logBuffer) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) {
@@ -609,20 +609,30 @@ func waitTCP(t testing.TB, addr string, timeout time.Duration, log *bytes.Buffer
 	t.Fatalf("nothing listening on %s after %s\n%s", addr, timeout, log)
 }
 
-type lockedWriter struct {
+// logBuffer is a process's output: written by the copying goroutines of
+// its stdout and stderr, read by the test, under one lock.
+type logBuffer struct {
 	mu sync.Mutex
-	w  io.Writer
+	b  bytes.Buffer
 }
 
-func (l *lockedWriter) Write(p []byte) (int, error) {
+func (l *logBuffer) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.w.Write(p)
+	return l.b.Write(p)
 }
 
-func syncWriter(w io.Writer) io.Writer { return &lockedWriter{w: w} }
+// String is the output so far ("" for nil).
+func (l *logBuffer) String() string {
+	if l == nil {
+		return ""
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
 
-func tail(b *bytes.Buffer, n int) string {
+func tail(b *logBuffer, n int) string {
 	if b == nil {
 		return ""
 	}

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"bufio"
-	"bytes"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -31,8 +30,8 @@ func TestUpQuickstart(t *testing.T) {
 	cmd := exec.Command(detourBin, "up", "--policy", path)
 	cmd.Env = append(os.Environ(), "ENVOY_BIN="+envoyBin)
 	cmd.Stdin = nil
-	var stderr bytes.Buffer
-	cmd.Stderr = syncWriter(&stderr)
+	var stderr logBuffer
+	cmd.Stderr = &stderr
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
