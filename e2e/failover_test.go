@@ -266,13 +266,17 @@ func TestRetryAfterRewriteSendsWholeBody(t *testing.T) {
 	}
 }
 
-// A backend whose attempts all fail is demoted by the processor on its own
-// evidence: after a few requests retried away from it, the next go
-// straight to the next backend (one attempt), with no controller at all,
-// but for one in three, a trial that still tries it first. Once it answers
-// again, its traffic comes back when the demotion's hold ends.
+// A backend whose attempts all fail is demoted by the router on its own
+// evidence (the processor, or the wasm plugin's worker VM): after a few
+// requests retried away from it, the next go straight to the next backend
+// (one attempt), with no controller at all, but for one in three, a trial
+// that still tries it first. Once it answers again, its traffic comes back
+// when the demotion's hold ends.
 func TestLocalDemotion(t *testing.T) {
-	s := startStack(t, stackOptions{}) // controller disabled: no view
+	inBothModes(t, stackOptions{}, testLocalDemotion) // controller disabled: no view
+}
+
+func testLocalDemotion(t *testing.T, s *stack) {
 	s.Sim("fast").SetFault(sim.Fault{Refuse: true})
 	body := chat("auto", nil, user("hello"))
 	var retried, direct, trials int
@@ -301,10 +305,16 @@ func TestLocalDemotion(t *testing.T) {
 		t.Errorf("%d requests retried away from fast, then %d went to fast-b directly and %d were trials of fast; want 5 to 8, then one trial in three", retried, direct, trials)
 	}
 	t.Logf("demoted after %d requests retried away; then %d direct, %d trials", retried, direct, trials)
-	if got := metricValue(s.Metrics(), `detour_extproc_local_demotions_total{backend="fast"}`); got != 1 {
-		t.Errorf("local_demotions_total{fast} = %v, want 1", got)
+	// The client's one connection is one Envoy worker: in wasm mode one VM
+	// saw every attempt.
+	counted, log := metricValue(s.Metrics(), `detour_extproc_local_demotions_total{backend="fast"}`), s.extLogText()
+	if s.opts.Wasm == "route" {
+		counted, log = sumSeries(grepLines(s.EnvoyPrometheus(), `backend="fast"`), "detour_wasm_local_demotions_total"), s.envLog.String()
 	}
-	if !strings.Contains(s.extLogText(), "backend demoted locally") {
+	if counted != 1 {
+		t.Errorf("local demotions of fast counted %v, want 1", counted)
+	}
+	if !strings.Contains(log, "demoted locally") {
 		t.Error("no log line for the demotion")
 	}
 

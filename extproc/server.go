@@ -144,7 +144,7 @@ func New(cfg Config) (*Server, error) {
 		s.log = slog.New(slog.DiscardHandler)
 	}
 	s.health.local = newDemotions(s.log, func(b string) { s.metrics.LocalDemotions.WithLabelValues(b).Inc() })
-	s.health.local.viewed = s.health.viewRanksLow
+	s.health.local.t.Viewed = s.health.viewRanksLow
 	s.queue = newQueue(cfg.Metrics)
 	s.client = &http.Client{Transport: &http.Transport{
 		Proxy:               nil,

@@ -260,7 +260,14 @@ func listenerHTTPFilters(p *policy.Policy, o Options, extProc, router *anypb.Any
 		if err != nil {
 			return nil, err
 		}
-		w, err := wasmFilter(p, o.Wasm, o, "detour_router", cfg)
+		// Read from disk, as the upstream role must be (routerUpstreamFilters):
+		// a remotely fetched module gets a VM of its own, and the two roles
+		// share each worker's VM only when their code comes the same way
+		// (local demotion: the upstream role observes attempts, the router
+		// role decides on them; docs/decisions/0016).
+		local := o
+		local.localWasm = true
+		w, err := wasmFilter(p, o.Wasm, local, "detour_router", cfg)
 		if err != nil {
 			return nil, err
 		}

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/encoding/protojson"
+
 	"github.com/detourhq/detour/envoy"
 	"github.com/detourhq/detour/examples"
 	"github.com/detourhq/detour/policy"
@@ -84,5 +86,49 @@ func TestLoadWasmModule(t *testing.T) {
 	m, err := LoadWasmModule(wasmtest.Module(t))
 	if err != nil || len(m.SHA256) != 64 || !strings.HasPrefix(m.WasmURLPath(), "/wasm/") {
 		t.Fatalf("%+v %v", m, err)
+	}
+}
+
+// Fed over xDS, the measure role fetches the module from the control
+// plane; in wasm routing both the router and the upstream role read it
+// from disk, so that they share each worker's VM (local demotion needs
+// the two in one VM: decision 0016).
+func TestWasmCodeSources(t *testing.T) {
+	m, err := LoadWasmModule(wasmtest.Module(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		name         string
+		routing      bool
+		remote, disk int // wasm filters whose code comes each way
+	}{
+		{"measure only", false, 1, 0},
+		{"wasm routing", true, 0, 2},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			p := parsePolicy(t, string(examples.QuickstartPolicy))
+			if tt.routing {
+				p.Routing.Mode = policy.ModeWasm
+			}
+			r, err := BuildFor(p, Options{Wasm: m, Dynamic: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var text strings.Builder
+			for _, l := range r.Listeners {
+				b, err := protojson.Marshal(l)
+				if err != nil {
+					t.Fatal(err)
+				}
+				text.Write(b)
+			}
+			s := text.String()
+			remote := strings.Count(s, m.WasmURLPath())
+			disk := strings.Count(s, `"filename":"`+m.Path+`"`)
+			if remote != tt.remote || disk != tt.disk {
+				t.Errorf("%d filters fetch the module and %d read it from disk, want %d and %d", remote, disk, tt.remote, tt.disk)
+			}
+		})
 	}
 }

@@ -79,6 +79,12 @@ func states(version uint64, s map[string]string) *healthview.Snapshot {
 // 1..3), or the local reply.
 func decide(t *testing.T, host proxytest.HostEmulator, model string, headers ...[2]string) ([]string, *proxytest.LocalHttpResponse) {
 	t.Helper()
+	return decideN(t, host, model, 3, headers...)
+}
+
+// decideN is decide for attempts 1..n.
+func decideN(t *testing.T, host proxytest.HostEmulator, model string, n int, headers ...[2]string) ([]string, *proxytest.LocalHttpResponse) {
+	t.Helper()
 	id := host.InitializeHttpContext()
 	h := append(reqHeaders("POST", "/v1/chat/completions"), headers...)
 	if a := host.CallOnRequestHeaders(id, h, false); a != types.ActionContinue {
@@ -89,10 +95,10 @@ func decide(t *testing.T, host proxytest.HostEmulator, model string, headers ...
 		return nil, host.GetSentLocalResponse(id)
 	}
 	var order []string
-	for n := 1; n <= 3; n++ {
-		v, err := host.GetProperty([]string{StateTryPrefix + itoa(n)})
+	for i := 1; i <= n; i++ {
+		v, err := host.GetProperty([]string{StateTryPrefix + itoa(i)})
 		if err != nil {
-			t.Fatalf("no %s%d: %v", StateTryPrefix, n, err)
+			t.Fatalf("no %s%d: %v", StateTryPrefix, i, err)
 		}
 		order = append(order, string(v))
 	}

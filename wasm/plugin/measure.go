@@ -22,6 +22,8 @@ const (
 	statFailures  = "detour_wasm_failures_total"
 	statPanics    = "detour_wasm_panics_total"
 	statAttempts  = "detour_upstream_attempts_total"
+	// statDemotions counts local demotions (demote.go), per worker VM.
+	statDemotions = "detour_wasm_local_demotions_total"
 	// statViews counts controller views taken (per worker VM), statViewErrors
 	// failed or unreadable reads of it (the last view stays in use).
 	statViews      = "detour_wasm_health_views_total"
@@ -44,6 +46,7 @@ type metricSet struct {
 	decisions map[string]proxywasm.MetricCounter
 	rejects   map[string]proxywasm.MetricCounter
 	attempts  map[string]proxywasm.MetricCounter
+	demotions map[string]proxywasm.MetricCounter
 	failures  proxywasm.MetricCounter
 	panics    proxywasm.MetricCounter
 
@@ -62,6 +65,7 @@ func newMetricSet() *metricSet {
 		decisions: map[string]proxywasm.MetricCounter{},
 		rejects:   map[string]proxywasm.MetricCounter{},
 		attempts:  map[string]proxywasm.MetricCounter{},
+		demotions: map[string]proxywasm.MetricCounter{},
 		failures:  proxywasm.DefineCounterMetric(statFailures),
 		panics:    proxywasm.DefineCounterMetric(statPanics),
 
@@ -109,13 +113,24 @@ func (b *backendStats) response(status int) {
 }
 
 func (m *metricSet) decided(backend string) {
-	c, ok := m.decisions[backend]
+	countIn(m.decisions, backend, func() string { return statDecisions + ".backend." + backend })
+}
+
+func (m *metricSet) demoted(backend string) {
+	countIn(m.demotions, backend, func() string { return statDemotions + ".backend." + backend })
+}
+
+// countIn increments the counter of key in set, defining it as name()
+// the first time (so a known key builds no name). Past maxSeries keys,
+// new ones are not counted.
+func countIn(set map[string]proxywasm.MetricCounter, key string, name func() string) {
+	c, ok := set[key]
 	if !ok {
-		if len(m.decisions) >= maxSeries {
+		if len(set) >= maxSeries {
 			return
 		}
-		c = proxywasm.DefineCounterMetric(statDecisions + ".backend." + backend)
-		m.decisions[backend] = c
+		c = proxywasm.DefineCounterMetric(name())
+		set[key] = c
 	}
 	c.Increment(1)
 }
@@ -267,16 +282,7 @@ func (s *measureStream) OnHttpStreamDone() {
 
 // attempt counts one upstream attempt by what happened to its body.
 func (m *metricSet) attempt(backend, outcome string) {
-	key := backend + "/" + outcome
-	c, ok := m.attempts[key]
-	if !ok {
-		if len(m.attempts) >= maxSeries {
-			return
-		}
-		c = proxywasm.DefineCounterMetric(statAttempts + ".backend." + backend + ".outcome." + outcome)
-		m.attempts[key] = c
-	}
-	c.Increment(1)
+	countIn(m.attempts, backend+"/"+outcome, func() string { return statAttempts + ".backend." + backend + ".outcome." + outcome })
 }
 
 func isEventStream(ct string) bool {

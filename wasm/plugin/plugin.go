@@ -7,6 +7,7 @@ import (
 
 	"github.com/tetratelabs/proxy-wasm-go-sdk/proxywasm/types"
 
+	"github.com/detourhq/detour/demote"
 	"github.com/detourhq/detour/route"
 	"github.com/detourhq/detour/wasm/proxywasm"
 )
@@ -22,6 +23,9 @@ type VM struct {
 	metrics *metricSet
 	// panicIn makes the named callback panic: tests of the recovery.
 	panicIn string
+	// demote is this worker's local demotion (demote.go); nil until a
+	// router role starts.
+	demote *demote.Tracker
 }
 
 // NewVM returns the VM context to register with proxywasm.SetVMContext.
@@ -50,6 +54,10 @@ type Plugin struct {
 	// configured source; nil otherwise).
 	health *health
 	done   uint64 // streams finished, for the GC check
+	// demoteRank and demoteHealth hold a decision's ranks while local
+	// demotions apply (router role; one callback at a time).
+	demoteRank   []uint8
+	demoteHealth route.Health
 }
 
 // OnPluginStart reads and checks the configuration. A bad configuration
@@ -89,6 +97,7 @@ func (p *Plugin) OnPluginStart(int) types.OnPluginStartStatus {
 				return types.OnPluginStartStatusFailed
 			}
 		}
+		p.startDemotion()
 	}
 	p.strip = []string{HeaderBackend, HeaderModel, HeaderRoute, HeaderStream, HeaderPriority}
 	proxywasm.LogInfo(fmt.Sprintf("detour: plugin started: role %s", cfg.Role))

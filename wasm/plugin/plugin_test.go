@@ -36,17 +36,26 @@ func routerConfig(mut func(*Config)) []byte {
 func start(t *testing.T, cfg []byte, props map[string]string) (proxytest.HostEmulator, *VM) {
 	t.Helper()
 	vm := NewVM(func() int64 { return 1e9 })
+	host, reset := startIn(t, vm, cfg, props)
+	t.Cleanup(reset)
+	return host, vm
+}
+
+// startIn runs a plugin with cfg in vm, in a fresh host emulator; the
+// caller resets it before the next (the emulator is one at a time).
+func startIn(t *testing.T, vm *VM, cfg []byte, props map[string]string) (proxytest.HostEmulator, func()) {
+	t.Helper()
 	opt := proxytest.NewEmulatorOption().WithVMContext(vm).WithPluginConfiguration(cfg)
 	for k, v := range props {
 		opt = opt.WithProperty(strings.Split(k, "."), []byte(v))
 	}
 	host, reset := proxytest.NewHostEmulator(opt)
-	t.Cleanup(reset)
 	host.RegisterForeignFunction("clear_route_cache", func([]byte) []byte { return []byte{0} })
 	if st := host.StartPlugin(); st != types.OnPluginStartStatusOK {
+		reset()
 		t.Fatalf("plugin start: %v; logs %q", st, host.GetCriticalLogs())
 	}
-	return host, vm
+	return host, reset
 }
 
 func reqHeaders(method, path string) [][2]string {

@@ -85,7 +85,7 @@ func (s *routerStream) OnHttpRequestBody(size int, endOfStream bool) (a types.Ac
 		return types.ActionContinue // the ext_proc filter decides this one
 	}
 	r := s.p.router
-	if err := r.DecideHealth(&s.req, &s.dec, s.p.health.forRequest()); err != nil {
+	if err := r.DecideHealth(&s.req, &s.dec, s.p.healthFor()); err != nil {
 		return s.reject(route.DecisionError(err, s.req.Kind))
 	}
 	// Shedding: only while the view has a route that sheds, and then

@@ -25,8 +25,18 @@ type upstreamStream struct {
 
 func (s *upstreamStream) OnHttpRequestHeaders(int, bool) (a types.Action) {
 	defer s.p.guard("upstream request headers")
-	// Envoy keeps one attempt's header changes for the next; these are
-	// only ever removed.
+	// The routed backend, for local demotion (demote.go): a first attempt
+	// goes to it. The ext_proc router names it in a header, which the
+	// strip below removes (Envoy keeps one attempt's header changes for
+	// the next); in wasm routing the attempt count says (the routes ask
+	// Envoy for x-envoy-attempt-count). A retry's backend is found by its
+	// request id.
+	routed, _ := proxywasm.GetHttpRequestHeader(HeaderBackend)
+	first := routed != ""
+	if !first {
+		n, _ := proxywasm.GetHttpRequestHeader("x-envoy-attempt-count")
+		first = n == "1"
+	}
 	for _, h := range s.p.strip {
 		_ = proxywasm.RemoveHttpRequestHeader(h)
 	}
@@ -36,6 +46,13 @@ func (s *upstreamStream) OnHttpRequestHeaders(int, bool) (a types.Action) {
 			s.backend = string(c)
 			s.model = s.p.cfg.Models[s.backend]
 		}
+	}
+	if s.p.vm.demote != nil {
+		if first {
+			routed = s.backend
+		}
+		id, _ := proxywasm.GetHttpRequestHeader("x-request-id")
+		s.p.observeAttempt(id, routed, s.backend)
 	}
 	return types.ActionContinue
 }
