@@ -78,10 +78,13 @@ func (s *stack) waitReplicasHealthy(n int) {
 	}
 }
 
-func redisCache(addr string) string {
+// redisCache is the cache section for a Redis at addr with the given
+// timeout: 50 ms where the test is about a dead Redis, 1 s elsewhere, so
+// a loaded machine's slow dial does not read as an outage.
+func redisCache(addr, timeout string) string {
 	return fmt.Sprintf(`cache:
   store: redis
-  redis: {address: "%s", timeout: 50ms}`, addr)
+  redis: {address: "%s", timeout: %s}`, addr, timeout)
 }
 
 // Two ext_proc replicas behind one Envoy share a Redis: an answer stored
@@ -97,7 +100,7 @@ func redisCache(addr string) string {
 // counts it as a failed routing stream. Each failure must be one of those.
 func TestCacheSharedAcrossReplicas(t *testing.T) {
 	rs := redistest.Start(t)
-	s := startStack(t, stackOptions{Replicas: 2, Extra: redisCache(rs.Addr)})
+	s := startStack(t, stackOptions{Replicas: 2, Extra: redisCache(rs.Addr, "1s")})
 	s.StartReplica(1)
 	s.waitReplicasHealthy(2)
 	keyA := []string{"authorization", "Bearer sk-replica-a"}
@@ -203,7 +206,7 @@ func TestCacheSharedAcrossReplicas(t *testing.T) {
 // detour_cache_backend_up says 0; when Redis is back the cache works again.
 func TestCacheRedisKilled(t *testing.T) {
 	rs := redistest.Start(t)
-	s := startStack(t, stackOptions{Extra: redisCache(rs.Addr)})
+	s := startStack(t, stackOptions{Extra: redisCache(rs.Addr, "50ms")})
 	key := []string{"authorization", "Bearer sk-redis"}
 	if r := post(t, s.URL("/v1/chat/completions"), reusable("before the crash", nil), key...); r.Status != 200 {
 		t.Fatalf("%d %s", r.Status, r.Body)
@@ -256,7 +259,7 @@ func TestCacheRedisKilled(t *testing.T) {
 // contains a credential.
 func TestCacheTenantIsolation(t *testing.T) {
 	rs := redistest.Start(t)
-	s := startStack(t, stackOptions{Extra: redisCache(rs.Addr) + "\n  tenant_header: x-tenant-id"})
+	s := startStack(t, stackOptions{Extra: redisCache(rs.Addr, "1s") + "\n  tenant_header: x-tenant-id"})
 	owner := []string{"authorization", "Bearer sk-secret-owner", "x-tenant-id", "acme"}
 	body := reusable("tenant scoped question", nil)
 	if r := post(t, s.URL("/v1/chat/completions"), body, owner...); r.Status != 200 {

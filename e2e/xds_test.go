@@ -69,7 +69,10 @@ func TestPolicyHotReload(t *testing.T) {
 
 	// An invalid edit: rejected, counted, the last good policy stays.
 	s.WritePolicy(s.PolicyText(o) + "\nbogus_key: 1\n")
-	time.Sleep(500 * time.Millisecond)
+	// Both processes have read it once each counts it (the request below
+	// then shows the last good policy, not one not yet reloaded).
+	waitMetric(t, s.MetricsAddr, `detour_extproc_policy_reloads_total{result="invalid"}`, 1, 5*time.Second)
+	waitMetric(t, s.XDSMetricsAddr, `detour_xds_policy_reloads_total{result="invalid"}`, 1, 5*time.Second)
 	r := post(t, s.URL("/v1/chat/completions"), chat("auto", nil, user("hi")))
 	if r.Status != 200 || r.Header.Get("x-sim-name") != "long" {
 		t.Errorf("after an invalid edit: %d from %q, want 200 from long (the last good policy)", r.Status, r.Header.Get("x-sim-name"))
