@@ -45,6 +45,8 @@ const (
 	// memory: how long a request's last attempt is remembered, at least;
 	// beyond the retry back-off cap (1.2 s) plus a slow failure.
 	memory = 5 * time.Second
+	// maxNames bounds the backend names interned.
+	maxNames = 1024
 )
 
 // Tracker holds the per-backend counts and the demotions in force.
@@ -52,12 +54,15 @@ type Tracker struct {
 	by     map[string]*entry
 	active int    // entries with until set
 	trials uint64 // decisions made with a demotion in force
-	// last is the cluster of each request's latest attempt, by
-	// x-request-id, in two generations swapped every memory: a retry's
-	// headers no longer carry the routed backend (the first attempt
-	// removed detour's headers, and Envoy keeps them removed), so the
-	// backend it moves away from is found here.
-	last, older map[string]string
+	// last is the cluster of each request's latest attempt, by a 64-bit
+	// hash of its x-request-id, in two generations swapped every memory:
+	// a retry's headers no longer carry the routed backend (the first
+	// attempt removed detour's headers, and Envoy keeps them removed), so
+	// the backend it moves away from is found here. Hashed keys and
+	// interned names keep no request's strings alive: the plugin's GC
+	// runs inside a request's callback.
+	last, older map[uint64]string
+	names       map[string]string
 	swapped     time.Time
 	// Viewed reports whether the controller's view already ranks a
 	// backend below HEALTHY: nothing to demote then (nil: never).
@@ -78,7 +83,7 @@ type entry struct {
 
 // New returns an empty tracker.
 func New() *Tracker {
-	return &Tracker{by: map[string]*entry{}, last: map[string]string{}, older: map[string]string{}}
+	return &Tracker{by: map[string]*entry{}, last: map[uint64]string{}, older: map[uint64]string{}, names: map[string]string{}}
 }
 
 // EventKind says what an observed attempt changed.
@@ -145,14 +150,15 @@ func (t *Tracker) Observe(now time.Time, id, routed, cluster string) Event {
 		clear(t.last)
 		t.swapped = now
 	}
+	key := idKey(id)
 	from := routed
-	if from == "" {
-		if from = t.last[id]; from == "" {
-			from = t.older[id]
+	if from == "" && id != "" {
+		if from = t.last[key]; from == "" {
+			from = t.older[key]
 		}
 	}
 	if id != "" {
-		t.last[id] = cluster
+		t.last[key] = t.intern(cluster)
 	}
 	switch {
 	case from == "":
@@ -187,6 +193,27 @@ func (t *Tracker) Observe(now time.Time, id, routed, cluster string) Event {
 	e.until, e.clean, e.trials, e.failed = now.Add(Hold), 0, 0, 0
 	t.active++
 	return Event{Kind: Demoted, Backend: from, Moved: moved, Routed: tried}
+}
+
+// idKey is the FNV-1a hash of a request id.
+func idKey(id string) uint64 {
+	h := uint64(14695981039346656037)
+	for i := 0; i < len(id); i++ {
+		h ^= uint64(id[i])
+		h *= 1099511628211
+	}
+	return h
+}
+
+// intern returns the tracker's copy of name (name itself past maxNames).
+func (t *Tracker) intern(name string) string {
+	if v, ok := t.names[name]; ok {
+		return v
+	}
+	if len(t.names) < maxNames {
+		t.names[name] = name
+	}
+	return name
 }
 
 // end ends e's demotion.

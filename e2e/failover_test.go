@@ -276,6 +276,21 @@ func TestLocalDemotion(t *testing.T) {
 	inBothModes(t, stackOptions{}, testLocalDemotion) // controller disabled: no view
 }
 
+// A backend with credentials keeps its own per-attempt filters in wasm
+// routing (the processor adds its key); an observing instance of the
+// plugin there counts its attempts, so it is demoted locally too.
+func TestLocalDemotionKeyedBackend(t *testing.T) {
+	t.Setenv("DETOUR_E2E_FAST_KEY", "sk-fast-e2e")
+	backends := quickstartBackends()
+	backends[0].APIKey, backends[0].KeyEnv = "sk-fast-e2e", "DETOUR_E2E_FAST_KEY"
+	s := startStack(t, stackOptions{Backends: backends, Wasm: "route"})
+	if r := post(t, s.URL("/v1/chat/completions"), chat("auto", nil, user("hello"))); r.Status != 200 || r.Header.Get("x-sim-name") != "fast" {
+		t.Fatalf("before the fault: %d from %q (a 401 means the key was not injected): %s", r.Status, r.Header.Get("x-sim-name"), r.Body)
+	}
+	testLocalDemotion(t, s)
+	s.checkWasmDecided()
+}
+
 func testLocalDemotion(t *testing.T, s *stack) {
 	s.Sim("fast").SetFault(sim.Fault{Refuse: true})
 	body := chat("auto", nil, user("hello"))

@@ -37,7 +37,9 @@ func (d *demotions) observe(id, routed, cluster string) {
 	now := d.now()
 	d.mu.Lock()
 	ev := d.t.Observe(now, id, routed, cluster)
-	d.active.Store(int32(d.t.Active()))
+	if ev.Kind != demote.Nothing { // only events change the count
+		d.active.Store(int32(d.t.Active()))
+	}
 	d.mu.Unlock()
 	switch ev.Kind {
 	case demote.Demoted:

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"testing"
+	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 
@@ -116,4 +117,38 @@ func BenchmarkLocalDemotionOverlay(b *testing.B) {
 			buf, _ = d.overlay(r, nil, buf)
 		}
 	})
+}
+
+// The lock-free count the decision path reads follows the demotions: up
+// on one, down when its trials answer again or its hold runs out.
+func TestLocalDemotionActiveCount(t *testing.T) {
+	r := quickstartRouter(t)
+	now := time.Unix(1_000_000, 0)
+	d := newDemotions(slog.New(slog.DiscardHandler), nil)
+	d.now = func() time.Time { return now }
+	demoteFast := func(prefix string) {
+		for i := range demote.MinMoves {
+			d.observe(fmt.Sprint(prefix, i), "fast", "fast")
+			d.observe(fmt.Sprint(prefix, i), "", "fast-b")
+		}
+	}
+	demoteFast("a")
+	if n := d.active.Load(); n != 1 {
+		t.Fatalf("active %d after a demotion, want 1", n)
+	}
+	for i := range demote.TrialsToEnd {
+		d.observe(fmt.Sprint("trial", i), "fast", "fast")
+	}
+	if n := d.active.Load(); n != 0 {
+		t.Errorf("active %d after clean trials, want 0", n)
+	}
+	now = now.Add(2 * demote.Window)
+	demoteFast("b")
+	now = now.Add(demote.Hold)
+	if got, _ := d.overlay(r, nil, nil); got != nil {
+		t.Errorf("ranks %v after the hold, want none", got)
+	}
+	if n := d.active.Load(); n != 0 {
+		t.Errorf("active %d after the hold, want 0", n)
+	}
 }

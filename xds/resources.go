@@ -781,6 +781,13 @@ func backendProtocolOptions(p *policy.Policy, o Options, b *policy.Backend, tls 
 		if err != nil {
 			return nil, err
 		}
+		obs, err := observeFilter(p, o, b)
+		if err != nil {
+			return nil, err
+		}
+		if obs != nil {
+			filters = append(filters, obs)
+		}
 		filters = append(filters, ft, &hcmv3.HttpFilter{Name: ExtProcFilter, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: up}})
 	}
 	codec, err := pack(&upstreamcodecv3.UpstreamCodec{})

@@ -160,10 +160,17 @@ func wasmSourceCluster(p *policy.Policy) (*clusterv3.Cluster, error) {
 	}, nil
 }
 
-// wasmFilter is one instance of the plugin. Every instance shares one VM
-// per worker: same vm_id, code and (empty) VM configuration.
+// wasmFilter is one instance of the plugin. Instances share one VM per
+// worker when their vm_id, code source and VM configuration agree: in
+// wasm routing every instance reads the module from disk. The VM
+// configuration names the module's sha256 (the plugin ignores it): a new
+// module at the same path is new configuration, which Envoy loads.
 func wasmFilter(p *policy.Policy, m *WasmModule, o Options, name string, cfg *plugin.Config) (*hcmv3.HttpFilter, error) {
 	code, err := wasmCode(p, m, o)
+	if err != nil {
+		return nil, err
+	}
+	vmConf, err := pack(wrapperspb.String("detour.wasm sha256:" + m.SHA256))
 	if err != nil {
 		return nil, err
 	}
@@ -179,9 +186,10 @@ func wasmFilter(p *policy.Policy, m *WasmModule, o Options, name string, cfg *pl
 		Name:   name,
 		RootId: wasmRootID,
 		Vm: &wasmv3.PluginConfig_VmConfig{VmConfig: &wasmv3.VmConfig{
-			VmId:    wasmVMID,
-			Runtime: "envoy.wasm.runtime.v8",
-			Code:    code,
+			VmId:          wasmVMID,
+			Runtime:       "envoy.wasm.runtime.v8",
+			Code:          code,
+			Configuration: vmConf,
 		}},
 		Configuration: conf,
 		// A crashed VM lets traffic through (to the ext_proc filter or the
@@ -467,6 +475,19 @@ func routerUpstreamFilters(p *policy.Policy, o Options) ([]*hcmv3.HttpFilter, er
 		return nil, err
 	}
 	return []*hcmv3.HttpFilter{ft, w, {Name: "envoy.filters.http.upstream_codec", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: codec}}}, nil
+}
+
+// observeFilter is, in wasm routing, the plugin's upstream role for the
+// own filters of a backend with credentials: it only counts the backend's
+// attempts for local demotion (decision 0016), the processor's stage
+// after it does the rest. Nil in ext_proc routing.
+func observeFilter(p *policy.Policy, o Options, b *policy.Backend) (*hcmv3.HttpFilter, error) {
+	if _, routing := wasmOn(p, o.Wasm); !routing {
+		return nil, nil
+	}
+	local := o
+	local.localWasm = true
+	return wasmFilter(p, o.Wasm, local, "detour_observe", &plugin.Config{Role: plugin.RoleUpstream, Backend: b.Name, ObserveOnly: true})
 }
 
 // clusterHasOwnFilters: in wasm routing mode only backends with credentials

@@ -34,6 +34,10 @@ func TestWasmBootstrapEnvoyValidates(t *testing.T) {
 	}{
 		{"measure only", func(*policy.Policy) {}},
 		{"wasm routing", func(p *policy.Policy) { p.Routing.Mode = policy.ModeWasm }},
+		{"wasm routing, a keyed backend", func(p *policy.Policy) {
+			p.Routing.Mode = policy.ModeWasm
+			p.Backends[0].Credentials = &policy.Credentials{APIKeyEnv: "DETOUR_TEST_KEY"}
+		}},
 		{"one route in wasm mode", func(p *policy.Policy) { p.Routes[0].Mode = policy.ModeWasm }},
 		{"plugin off", func(p *policy.Policy) { p.Wasm.Measure = &off }},
 	} {
@@ -92,7 +96,9 @@ func TestLoadWasmModule(t *testing.T) {
 // Fed over xDS, the measure role fetches the module from the control
 // plane; in wasm routing both the router and the upstream role read it
 // from disk, so that they share each worker's VM (local demotion needs
-// the two in one VM: decision 0016).
+// the two in one VM: decision 0016), and so does the observing instance
+// in a keyed backend's own filters. Every instance names the module's
+// sha256 in its VM configuration, so a new module is new configuration.
 func TestWasmCodeSources(t *testing.T) {
 	m, err := LoadWasmModule(wasmtest.Module(t))
 	if err != nil {
@@ -102,12 +108,14 @@ func TestWasmCodeSources(t *testing.T) {
 		name         string
 		routing      bool
 		remote, disk int // wasm filters whose code comes each way
+		observing    int // observe-only instances in clusters
 	}{
-		{"measure only", false, 1, 0},
-		{"wasm routing", true, 0, 2},
+		{"measure only", false, 1, 0, 0},
+		{"wasm routing", true, 0, 3, 1},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			p := parsePolicy(t, string(examples.QuickstartPolicy))
+			p.Backends[0].Credentials = &policy.Credentials{APIKeyEnv: "DETOUR_TEST_KEY"}
 			if tt.routing {
 				p.Routing.Mode = policy.ModeWasm
 			}
@@ -123,11 +131,24 @@ func TestWasmCodeSources(t *testing.T) {
 				}
 				text.Write(b)
 			}
+			for _, c := range r.Clusters {
+				b, err := protojson.Marshal(c)
+				if err != nil {
+					t.Fatal(err)
+				}
+				text.Write(b)
+			}
 			s := text.String()
 			remote := strings.Count(s, m.WasmURLPath())
 			disk := strings.Count(s, `"filename":"`+m.Path+`"`)
 			if remote != tt.remote || disk != tt.disk {
 				t.Errorf("%d filters fetch the module and %d read it from disk, want %d and %d", remote, disk, tt.remote, tt.disk)
+			}
+			if n := strings.Count(s, `observe_only`); n != tt.observing {
+				t.Errorf("%d observe-only instances, want %d", n, tt.observing)
+			}
+			if n := strings.Count(s, "sha256:"+m.SHA256); n != tt.remote+tt.disk {
+				t.Errorf("%d VM configurations name the module's sha256, want every one (%d)", n, tt.remote+tt.disk)
 			}
 		})
 	}

@@ -96,6 +96,11 @@ type Config struct {
 	Backend string            `json:"backend,omitempty"`
 	Model   string            `json:"model,omitempty"`
 	Models  map[string]string `json:"models,omitempty"`
+	// ObserveOnly: the upstream role only counts Backend's attempts for
+	// local demotion, changing nothing: in a backend's own filters (a
+	// backend with credentials), where the processor's per-attempt stage
+	// rewrites the request and adds the key.
+	ObserveOnly bool `json:"observe_only,omitempty"`
 }
 
 // ParseConfig decodes and checks a plugin configuration.
@@ -124,6 +129,12 @@ func ParseConfig(b []byte) (*Config, error) {
 			}
 		}
 	case RoleUpstream:
+		if c.ObserveOnly {
+			if c.Backend == "" {
+				return nil, errors.New("plugin configuration: role upstream, observe_only, needs backend")
+			}
+			break
+		}
 		if (c.Backend == "" || c.Model == "") && len(c.Models) == 0 {
 			return nil, errors.New("plugin configuration: role upstream needs backend and model, or models")
 		}

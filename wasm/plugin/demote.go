@@ -1,8 +1,6 @@
 package plugin
 
 import (
-	"time"
-
 	"github.com/detourhq/detour/demote"
 	"github.com/detourhq/detour/route"
 	"github.com/detourhq/detour/wasm/proxywasm"
@@ -36,15 +34,25 @@ func (p *Plugin) viewRanksLow(backend string) bool {
 	return ok && i < len(h.view.Rank) && h.view.Rank[i] > 0
 }
 
-// observeAttempt records an upstream attempt (upstream role): id is the
-// request's x-request-id, routed the backend the router chose if the
-// attempt's headers still name it (a first attempt), backend the
-// attempt's cluster.
-func (p *Plugin) observeAttempt(id, routed, backend string) {
+// observeAttempt records the upstream attempt to backend whose request
+// headers are at hand (upstream role, before it strips detour's
+// headers). A first attempt goes to
+// the routed backend: the ext_proc router names it in x-detour-backend
+// (which the strip removes, and Envoy keeps one attempt's header changes
+// for the next), and in wasm routing Envoy's x-envoy-attempt-count says 1
+// (the routes ask for it). A retry's backend is found by its request id.
+func (p *Plugin) observeAttempt(backend string) {
 	t := p.vm.demote
 	if t == nil || backend == "" {
 		return
 	}
+	routed, _ := proxywasm.GetHttpRequestHeader(HeaderBackend)
+	if routed == "" {
+		if n, _ := proxywasm.GetHttpRequestHeader("x-envoy-attempt-count"); n == "1" {
+			routed = backend
+		}
+	}
+	id, _ := proxywasm.GetHttpRequestHeader("x-request-id")
 	ev := t.Observe(p.vm.now(), id, routed, backend)
 	switch ev.Kind {
 	case demote.Demoted:
@@ -78,6 +86,3 @@ func (p *Plugin) healthFor() *route.Health {
 	h.Rank, h.Trial = out, trial || base != nil && base.Trial
 	return h
 }
-
-// now is the VM's clock as a time.
-func (v *VM) now() time.Time { return time.Unix(0, v.clock()) }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"runtime"
 	"strconv"
+	"time"
 
 	"github.com/tetratelabs/proxy-wasm-go-sdk/proxywasm/types"
 
@@ -17,6 +18,9 @@ type VM struct {
 	types.DefaultVMContext
 	// clock is time in nanoseconds; tests replace it.
 	clock func() int64
+	// now is the time local demotion keeps: time.Now, whose monotonic
+	// reading a step of the wall clock does not move (clock's does).
+	now func() time.Time
 	// metrics are shared by every plugin instance of the VM: Envoy
 	// returns the same stat for the same name, and defining one per
 	// instance would repeat the host calls.
@@ -29,7 +33,7 @@ type VM struct {
 }
 
 // NewVM returns the VM context to register with proxywasm.SetVMContext.
-func NewVM(clock func() int64) *VM { return &VM{clock: clock} }
+func NewVM(clock func() int64) *VM { return &VM{clock: clock, now: time.Now} }
 
 // NewPluginContext is called once per filter configuration.
 func (v *VM) NewPluginContext(uint32) types.PluginContext {

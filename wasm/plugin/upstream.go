@@ -25,20 +25,9 @@ type upstreamStream struct {
 
 func (s *upstreamStream) OnHttpRequestHeaders(int, bool) (a types.Action) {
 	defer s.p.guard("upstream request headers")
-	// The routed backend, for local demotion (demote.go): a first attempt
-	// goes to it. The ext_proc router names it in a header, which the
-	// strip below removes (Envoy keeps one attempt's header changes for
-	// the next); in wasm routing the attempt count says (the routes ask
-	// Envoy for x-envoy-attempt-count). A retry's backend is found by its
-	// request id.
-	routed, _ := proxywasm.GetHttpRequestHeader(HeaderBackend)
-	first := routed != ""
-	if !first {
-		n, _ := proxywasm.GetHttpRequestHeader("x-envoy-attempt-count")
-		first = n == "1"
-	}
-	for _, h := range s.p.strip {
-		_ = proxywasm.RemoveHttpRequestHeader(h)
+	if s.p.cfg.ObserveOnly {
+		s.p.observeAttempt(s.p.cfg.Backend)
+		return types.ActionContinue
 	}
 	s.backend, s.model = s.p.cfg.Backend, s.p.cfg.Model
 	if s.backend == "" {
@@ -47,19 +36,18 @@ func (s *upstreamStream) OnHttpRequestHeaders(int, bool) (a types.Action) {
 			s.model = s.p.cfg.Models[s.backend]
 		}
 	}
-	if s.p.vm.demote != nil {
-		if first {
-			routed = s.backend
-		}
-		id, _ := proxywasm.GetHttpRequestHeader("x-request-id")
-		s.p.observeAttempt(id, routed, s.backend)
+	// Before the strip: the ext_proc router names the routed backend in a
+	// header (observeAttempt).
+	s.p.observeAttempt(s.backend)
+	for _, h := range s.p.strip {
+		_ = proxywasm.RemoveHttpRequestHeader(h)
 	}
 	return types.ActionContinue
 }
 
 func (s *upstreamStream) OnHttpRequestBody(size int, endOfStream bool) (a types.Action) {
 	defer s.p.guard("upstream request body")
-	if s.model == "" {
+	if s.model == "" || s.p.cfg.ObserveOnly {
 		return types.ActionContinue // not a backend of the policy
 	}
 	if !endOfStream {
