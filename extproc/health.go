@@ -81,7 +81,7 @@ func (h *healthState) viewRanksLow(backend string) bool {
 		return false
 	}
 	i, ok := c.router.BackendIndex(backend)
-	return ok && i < len(c.Rank) && c.Rank[i] > 0
+	return ok && c.Low(i)
 }
 
 func buildRanks(v *healthview.Snapshot, r *route.Router) *healthRanks {

@@ -41,6 +41,10 @@ func (s *Snapshot) RanksFor(n int, name func(i int) string) Ranks {
 	return r
 }
 
+// Low reports whether the backend of index i ranks below HEALTHY (an
+// index past Rank, a backend the view does not know, does not).
+func (r *Ranks) Low(i int) bool { return i >= 0 && i < len(r.Rank) && r.Rank[i] > 0 }
+
 // ValidPriority reports whether v names a priority; "" is none (the
 // route's default applies).
 func ValidPriority(v string) bool {

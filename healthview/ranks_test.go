@@ -35,3 +35,12 @@ func TestValidPriority(t *testing.T) {
 		}
 	}
 }
+
+func TestRanksLow(t *testing.T) {
+	r := Ranks{Rank: []uint8{0, 1, 2, 3}}
+	for i, want := range map[int]bool{-1: false, 0: false, 1: true, 2: true, 3: true, 4: false} {
+		if got := r.Low(i); got != want {
+			t.Errorf("Low(%d) = %v, want %v", i, got, want)
+		}
+	}
+}

@@ -31,7 +31,7 @@ func (p *Plugin) viewRanksLow(backend string) bool {
 		return false
 	}
 	i, ok := p.router.BackendIndex(backend)
-	return ok && i < len(h.view.Rank) && h.view.Rank[i] > 0
+	return ok && h.view.Low(i)
 }
 
 // observeAttempt records the upstream attempt to backend whose request
