@@ -273,9 +273,7 @@ func listenerHTTPFilters(p *policy.Policy, o Options, extProc, router *anypb.Any
 		// share each worker's VM only when their code comes the same way
 		// (local demotion: the upstream role observes attempts, the router
 		// role decides on them; docs/decisions/0016).
-		local := o
-		local.localWasm = true
-		w, err := wasmFilter(p, o.Wasm, local, "detour_router", cfg)
+		w, err := diskWasmFilter(p, o, "detour_router", cfg)
 		if err != nil {
 			return nil, err
 		}
@@ -464,9 +462,7 @@ func routerUpstreamFilters(p *policy.Policy, o Options) ([]*hcmv3.HttpFilter, er
 	}
 	// Read from disk: Envoy 1.40 does not wait for a remote fetch before
 	// building upstream filters ("failed to load (in progress)").
-	local := o
-	local.localWasm = true
-	w, err := wasmFilter(p, o.Wasm, local, "detour_upstream", &plugin.Config{Role: plugin.RoleUpstream, Models: models})
+	w, err := diskWasmFilter(p, o, "detour_upstream", &plugin.Config{Role: plugin.RoleUpstream, Models: models})
 	if err != nil {
 		return nil, err
 	}
@@ -485,9 +481,15 @@ func observeFilter(p *policy.Policy, o Options, b *policy.Backend) (*hcmv3.HttpF
 	if _, routing := wasmOn(p, o.Wasm); !routing {
 		return nil, nil
 	}
-	local := o
-	local.localWasm = true
-	return wasmFilter(p, o.Wasm, local, "detour_observe", &plugin.Config{Role: plugin.RoleUpstream, Backend: b.Name, ObserveOnly: true})
+	return diskWasmFilter(p, o, "detour_observe", &plugin.Config{Role: plugin.RoleUpstream, Backend: b.Name, ObserveOnly: true})
+}
+
+// diskWasmFilter is wasmFilter reading the module from disk even when
+// Envoy is fed over xDS: every instance of wasm routing (one VM per
+// worker for all of them; upstream filters cannot wait for a fetch).
+func diskWasmFilter(p *policy.Policy, o Options, name string, cfg *plugin.Config) (*hcmv3.HttpFilter, error) {
+	o.localWasm = true
+	return wasmFilter(p, o.Wasm, o, name, cfg)
 }
 
 // clusterHasOwnFilters: in wasm routing mode only backends with credentials

@@ -48,7 +48,8 @@ const (
 	// sheddable); without it the route's default applies.
 	HeaderPriority = route.HeaderPriorityName
 	// AttemptCountHeader is Envoy's count of attempts, which detour's
-	// routes add to every response (include_attempt_count_in_response).
+	// routes add to every response (include_attempt_count_in_response)
+	// and, in wasm routing, to each attempt's request.
 	AttemptCountHeader = "x-envoy-attempt-count"
 )
 

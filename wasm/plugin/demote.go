@@ -35,12 +35,12 @@ func (p *Plugin) viewRanksLow(backend string) bool {
 }
 
 // observeAttempt records the upstream attempt to backend whose request
-// headers are at hand (upstream role, before it strips detour's
-// headers). A first attempt goes to
-// the routed backend: the ext_proc router names it in x-detour-backend
-// (which the strip removes, and Envoy keeps one attempt's header changes
-// for the next), and in wasm routing Envoy's x-envoy-attempt-count says 1
-// (the routes ask for it). A retry's backend is found by its request id.
+// headers are at hand (upstream role, before it strips detour's headers).
+// A first attempt goes to the routed backend: the ext_proc router names
+// it in x-detour-backend (which the strip removes, and Envoy keeps one
+// attempt's header changes for the next), and in wasm routing Envoy's
+// x-envoy-attempt-count says 1 (the routes ask for it on requests too). A
+// retry's backend is found by its request id.
 func (p *Plugin) observeAttempt(backend string) {
 	t := p.vm.demote
 	if t == nil || backend == "" {
@@ -48,7 +48,7 @@ func (p *Plugin) observeAttempt(backend string) {
 	}
 	routed, _ := proxywasm.GetHttpRequestHeader(HeaderBackend)
 	if routed == "" {
-		if n, _ := proxywasm.GetHttpRequestHeader("x-envoy-attempt-count"); n == "1" {
+		if n, _ := proxywasm.GetHttpRequestHeader(AttemptCountHeader); n == "1" {
 			routed = backend
 		}
 	}

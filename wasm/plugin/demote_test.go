@@ -17,7 +17,7 @@ import (
 // would also name the backend on the first).
 func attemptOn(t *testing.T, host proxytest.HostEmulator, id, cluster string, n int) {
 	t.Helper()
-	h := [][2]string{{":path", "/v1/chat/completions"}, {"x-request-id", id}, {"x-envoy-attempt-count", itoa(n)}}
+	h := [][2]string{{":path", "/v1/chat/completions"}, {"x-request-id", id}, {AttemptCountHeader, itoa(n)}}
 	host.SetProperty([]string{"xds", "cluster_name"}, []byte(cluster))
 	ctx := host.InitializeHttpContext()
 	if a := host.CallOnRequestHeaders(ctx, h, false); a != types.ActionContinue {
@@ -187,7 +187,7 @@ func TestObserveOnly(t *testing.T) {
 	for i := range demote.MinMoves {
 		id := fmt.Sprint("req-", i)
 		ctx := host.InitializeHttpContext()
-		h := [][2]string{{":path", "/v1/chat/completions"}, {"x-request-id", id}, {"x-envoy-attempt-count", "1"}, {HeaderBackend, "fast"}, {HeaderModel, "fast-8k"}}
+		h := [][2]string{{":path", "/v1/chat/completions"}, {"x-request-id", id}, {AttemptCountHeader, "1"}, {HeaderBackend, "fast"}, {HeaderModel, "fast-8k"}}
 		host.CallOnRequestHeaders(ctx, h, false)
 		for _, k := range []string{HeaderBackend, HeaderModel} {
 			if _, ok := header(host.GetCurrentRequestHeaders(ctx), k); !ok {
